@@ -161,7 +161,7 @@ class QuantSpace:
         )
         self.option_bits = np.array([self._bits_of_row(r) for r in self.option_table])
         # Row-major flat index of an option row: sum(idx * stride).
-        self._strides = np.array(
+        self.strides = np.array(
             [int(np.prod(self.cardinalities[i + 1 :])) for i in range(len(KNOBS))], dtype=np.int64
         )
 
@@ -207,7 +207,7 @@ class QuantSpace:
 
     def flat_option(self, idx: np.ndarray) -> np.ndarray:
         """Flat option number in ``[0, n_options)`` of index rows: ``(..., 5)`` → ``(...)``."""
-        return (np.asarray(idx, dtype=np.int64) * self._strides).sum(-1)
+        return (np.asarray(idx, dtype=np.int64) * self.strides).sum(-1)
 
     # ------------------------------------------------------------------ bits accounting
     def matrix_bits(self, idx: np.ndarray) -> np.ndarray:

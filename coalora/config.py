@@ -1,0 +1,339 @@
+"""The experiment schema: typed dataclasses loaded from YAML and validated before any work starts.
+
+Sections: ``model``, ``data``, ``space``, ``lora``, ``hypernet``, ``train``, ``eval``. The orchestrator
+extends :class:`ExperimentConfig` with its own sections (a subclass); :func:`load_config` validates any
+such root dataclass. Every problem is one :class:`ConfigError` naming the key, e.g.
+``train.steps: expected an integer, got 'ten'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+from coalora.space import BITS_ONLY_OPTIONS, DEFAULT_OPTIONS, FAMILIES, KNOBS
+
+METHODS: tuple[str, ...] = ("coa", "shared", "per-config", "fp-lora")
+TASKS: tuple[str, ...] = ("classification", "causal-lm")
+SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
+SPACE_PRESETS: dict[str, dict[str, tuple[Any, ...]]] = {"full": DEFAULT_OPTIONS, "bits-only": BITS_ONLY_OPTIONS}
+
+
+class ConfigError(ValueError):
+    """An invalid experiment configuration; the message names the key."""
+
+
+@dataclass
+class ModelSection:
+    """Which model, by short name (``minilm-l6``, ``smollm2-135m``, ``tiny-bert`` ...), path or hub id."""
+
+    name: str = "minilm-l6"
+    task: str | None = None  # inferred from the model when None
+    num_labels: int = 2
+    targets: list[str] | None = None  # regexes on module types; None = every block linear
+    cache_gib: float = 2.0  # bound of the dequantized-weight cache
+
+    def validate(self) -> None:
+        _check(self.task is None or self.task in TASKS, "model.task", f"must be one of {list(TASKS)}")
+        _check(self.num_labels >= 2, "model.num_labels", "must be at least 2")
+        _check(self.cache_gib >= 0, "model.cache_gib", "must be >= 0")
+
+
+@dataclass
+class DataSection:
+    """Dataset (short name or file), splits and batching."""
+
+    name: str = "rotten-tomatoes"
+    text_column: str = "text"
+    label_column: str | None = "label"
+    max_length: int = 64  # classification: tokens per example
+    block_size: int = 128  # causal LM: tokens per block
+    validation: float = 0.1
+    test: float = 0.1
+    max_train: int | None = None  # cap on training examples (or LM blocks)
+    max_eval: int | None = None  # cap on validation/test examples (or LM blocks)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("max_length", "block_size", "batch_size", "eval_batch_size"):
+            _check(getattr(self, key) > 0, f"data.{key}", "must be positive")
+        for key in ("validation", "test"):
+            _check(0.0 < getattr(self, key) < 1.0, f"data.{key}", "must be a fraction in (0, 1)")
+        _check(self.validation + self.test < 1.0, "data.validation", "validation + test must leave training data")
+        for key in ("max_train", "max_eval"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, f"data.{key}", "must be positive or null")
+        if _looks_like_path(self.name):
+            _check(Path(self.name).expanduser().exists(), "data.name", f"file not found: {self.name}")
+
+
+@dataclass
+class SpaceSection:
+    """The configuration space: a preset option list, overrides per knob, the quantizer family."""
+
+    preset: str = "full"
+    options: dict[str, list[Any]] | None = None
+    family: str = "nf"
+
+    def validate(self) -> None:
+        _check(self.preset in SPACE_PRESETS, "space.preset", f"must be one of {list(SPACE_PRESETS)}")
+        _check(self.family in FAMILIES, "space.family", f"must be one of {list(FAMILIES)}")
+        for knob in self.options or {}:
+            _check(knob in KNOBS, f"space.options.{knob}", f"unknown knob; knobs are {list(KNOBS)}")
+
+    def option_lists(self) -> dict[str, tuple[Any, ...]]:
+        out = dict(SPACE_PRESETS[self.preset])
+        out.update({k: tuple(v) for k, v in (self.options or {}).items()})
+        return out
+
+
+@dataclass
+class LoraSection:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.rank > 0, "lora.rank", f"must be a positive integer, got {self.rank}")
+        _check(self.alpha > 0, "lora.alpha", "must be positive")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class HypernetSection:
+    embed_dim: int = 8
+    hidden: int = 128
+    context: bool = False
+    init_std: float = 1e-3
+
+    def validate(self) -> None:
+        _check(self.embed_dim > 0, "hypernet.embed_dim", "must be positive")
+        _check(self.hidden > 0, "hypernet.hidden", "must be positive")
+        _check(self.init_std >= 0, "hypernet.init_std", "must be >= 0")
+
+
+@dataclass
+class TrainSection:
+    """Single-process training settings (also used inside each Ray Train worker)."""
+
+    method: str = "coa"
+    steps: int = 200
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    schedule: str = "linear"
+    warmup_steps: int = 10
+    configs_per_step: int = 2
+    grad_clip: float = 1.0
+    seed: int = 0
+    # Budgets of the initial training set (one allocation per budget); see coalora.allocate.
+    init_budgets: list[float] = field(default_factory=lambda: [2.25 + 0.25 * i for i in range(20)])
+    log_every: int = 10
+
+    def validate(self) -> None:
+        _check(self.method in METHODS, "train.method", f"unknown method {self.method!r}; one of {list(METHODS)}")
+        _check(self.steps > 0, "train.steps", "must be positive")
+        _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.schedule in SCHEDULES, "train.schedule", f"must be one of {list(SCHEDULES)}")
+        _check(0 <= self.warmup_steps, "train.warmup_steps", "must be >= 0")
+        _check(self.configs_per_step > 0, "train.configs_per_step", "must be positive")
+        _check(self.grad_clip > 0, "train.grad_clip", "must be positive")
+        _check(len(self.init_budgets) > 0, "train.init_budgets", "must name at least one budget")
+        _check(self.log_every > 0, "train.log_every", "must be positive")
+
+
+@dataclass
+class EvalSection:
+    """Evaluation configurations: allocations at ``budgets`` and ``random`` held-out random ones."""
+
+    budgets: list[float] = field(default_factory=lambda: [2.5, 3.0, 3.5, 4.0])
+    random: int = 8
+    random_bits: list[float] = field(default_factory=lambda: [2.5, 4.0])
+    seed: int = 1234
+    max_batches: int | None = None
+
+    def validate(self) -> None:
+        _check(self.random >= 0, "eval.random", "must be >= 0")
+        _check(
+            len(self.random_bits) == 2 and self.random_bits[0] <= self.random_bits[1],
+            "eval.random_bits",
+            "must be [low, high] with low <= high",
+        )
+        _check(self.max_batches is None or self.max_batches > 0, "eval.max_batches", "must be positive or null")
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole experiment. Subclass it to add sections (the orchestrator does)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    space: SpaceSection = field(default_factory=SpaceSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    hypernet: HypernetSection = field(default_factory=HypernetSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+C = TypeVar("C")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or name.endswith((".csv", ".jsonl", ".json", ".parquet", ".txt"))
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints are accepted where floats are expected)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type[C], data: Any, prefix: str = "") -> C:
+    where = prefix or "the configuration"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{full}: unknown key; known keys here: {sorted(names)}")
+    kwargs = {
+        k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def config_from_dict(data: Mapping[str, Any], cls: type[C] = ExperimentConfig) -> C:  # type: ignore[assignment]
+    """Build and validate a configuration from a plain mapping."""
+    cfg = _build(cls, data)
+    cfg.validate()  # type: ignore[attr-defined]
+    return cfg
+
+
+def load_config(
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    cls: type[C] = ExperimentConfig,  # type: ignore[assignment]
+) -> C:
+    """Read a YAML file (safe loader), apply ``key=value`` overrides, build and validate.
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown key, a wrong type or an impossible value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return config_from_dict(data, cls)
+
+
+def dump_config(cfg: Any) -> str:
+    """The configuration as YAML (round-trips through :func:`load_config`)."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
