@@ -5,30 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from coalora.hypernet import HypernetConfig
 from coalora.lora import CheckpointMismatchError, CoaLinear, CoaModel, LoraSettings
 from coalora.quant import fake_quantize
 from coalora.space import QuantSpace
 
-
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        vocab_size=100, max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(cfg).eval()
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=100, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval()
+from ._tiny import tiny_bert, tiny_llama
 
 
 def batch(seed: int = 0, n: int = 3, t: int = 10) -> dict[str, torch.Tensor]:

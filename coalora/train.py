@@ -1,0 +1,170 @@
+"""Single-process training loop for every method (DESIGN §2.3, §2.4).
+
+Each step samples ``configs_per_step`` configurations from the training set, runs the same batch under
+each, averages the losses (one backward per configuration keeps peak memory at one graph), clips the
+global gradient norm and takes an AdamW step.
+
+The loop is written to run unchanged inside Ray Train's ``train_loop_per_worker``: the caller passes
+``rank``/``world_size`` (configuration sampling is seeded per rank; data sharding is the batch
+iterator's job) and, when ``torch.distributed`` is initialised, gradients are averaged across workers
+before clipping, which is what DDP would do for these few trainable tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from coalora.config import TrainSection
+from coalora.lora import CoaModel
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`train` did."""
+
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        """Mean of the last 10% of step losses (at least one): less noisy than the last step."""
+        if not self.losses:
+            return float("nan")
+        tail = max(1, len(self.losses) // 10)
+        return float(np.mean(self.losses[-tail:]))
+
+
+def trainable_parameters(model: CoaModel) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model: CoaModel, cfg: TrainSection) -> torch.optim.AdamW:
+    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainSection, total_steps: int, start_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then constant, linear decay to 0, or cosine decay to 0 over ``total_steps``.
+
+    The factor is a pure function of the global step, so a resumed run needs only ``start_step``.
+    """
+    warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
+
+    def factor(local_step: int) -> float:
+        step = local_step + start_step
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if cfg.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _sync_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average gradients across data-parallel workers (one flat all-reduce)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train(
+    model: CoaModel,
+    batches: Iterator[dict[str, torch.Tensor]],
+    trainset: np.ndarray | None,
+    cfg: TrainSection,
+    *,
+    steps: int | None = None,
+    total_steps: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    rank: int = 0,
+    start_step: int = 0,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` for ``steps`` steps (default ``cfg.steps``).
+
+    Args:
+        model: a :class:`CoaModel` (with U_θ for ``coa``, without for the plain-LoRA methods).
+        batches: an endless iterator of batches (dicts of tensors with ``labels``).
+        trainset: ``(S, N, 5)`` configurations to sample from; None trains the unquantized base
+            (``fp-lora``).
+        cfg: the ``train`` section (lr, clip, configs per step, seed ...).
+        total_steps: length of the whole schedule when this call is one part of a longer run
+            (default: ``start_step + steps``).
+        optimizer: pass it to continue a run; made fresh otherwise.
+        rank: data-parallel rank; seeds configuration sampling so workers see different ones.
+        start_step: steps already taken (resume): keeps the sampling stream and schedule aligned.
+        on_step: called as ``on_step(step, loss)`` after every step.
+    """
+    n_steps = cfg.steps if steps is None else steps
+    params = trainable_parameters(model)
+    opt = optimizer or make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, total_steps or start_step + n_steps, start_step)
+    # One stream per (seed, rank), advanced past the steps already taken so a resumed run continues
+    # the same sequence of configurations an uninterrupted run would have drawn.
+    rng = np.random.default_rng([cfg.seed, rank, start_step])
+    device = model.device
+    if trainset is None:
+        model.set_config(None)
+    else:
+        trainset = np.asarray(trainset)
+        if trainset.ndim != 3 or len(trainset) == 0:
+            raise ValueError(f"trainset must be a non-empty (S, N, 5) array, got shape {trainset.shape}")
+    k = 1 if trainset is None else min(cfg.configs_per_step, len(trainset))
+    result = TrainResult(steps=0)
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_steps, desc=description, disable=not progress or rank != 0, leave=False)
+    for step in range(start_step, start_step + n_steps):
+        batch = _to_device(next(batches), device)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        chosen = [None] if trainset is None else rng.choice(len(trainset), size=k, replace=False)
+        for j in chosen:
+            if j is not None:
+                model.set_config(trainset[j])
+            loss = model(**batch).loss / k
+            loss.backward()
+            total += float(loss.detach())
+        _sync_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        result.losses.append(total)
+        result.steps += 1
+        if on_step is not None:
+            on_step(step + 1, total)
+        if (step + 1) % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(result.losses[-cfg.log_every:]):.4f}")
+        bar.update(1)
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    model.eval()
+    return result
