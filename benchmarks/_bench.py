@@ -64,7 +64,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     """A GitHub-markdown table (pastes straight into the README)."""
     if not rows:
         return "(no rows)"
-    cols = list(columns or rows[0].keys())
+    cols = list(columns or dict.fromkeys(k for r in rows for k in r))
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):

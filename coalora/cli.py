@@ -1,0 +1,234 @@
+"""The ``coalora`` command: inspect a space, train a method, evaluate configurations, export adapters.
+
+    coalora space    --model minilm-l6 [--json]
+    coalora train    --config configs/default.yaml [--method coa|shared|per-config|fp-lora] --out DIR
+    coalora evaluate --checkpoint DIR (--config FILE | --budget B | --random N [--seed S]) [--json]
+    coalora adapt    --checkpoint DIR (--budget B | --config FILE) --out DIR
+
+(``--config`` of evaluate/adapt is a configuration JSON, module name → knobs, as written by adapt.)
+
+Every expected failure (bad YAML, unknown module, impossible budget, wrong path, a checkpoint from
+another model) prints one line ``coalora: error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from coalora.allocate import AllocationError
+    from coalora.checkpoint import CheckpointError
+    from coalora.config import ConfigError
+    from coalora.data import DataError
+    from coalora.export import ExportError
+    from coalora.lora import CheckpointMismatchError
+    from coalora.models import ModelError
+    from coalora.quant import QuantError
+    from coalora.space import SpaceError
+
+    return (ConfigError, SpaceError, CheckpointError, CheckpointMismatchError, ModelError, DataError,
+            AllocationError, QuantError, ExportError, FileNotFoundError)
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+# ---------------------------------------------------------------------- space
+def cmd_space(args: argparse.Namespace) -> int:
+    from coalora.config import SpaceSection
+    from coalora.models import load_model
+    from coalora.space import QuantSpace
+
+    sec = SpaceSection(preset=args.preset, family=args.family)
+    sec.validate()
+    loaded = load_model(args.model, task=args.task)
+    space = QuantSpace.from_model(loaded.model, options=sec.option_lists(), family=sec.family)
+    info = space.describe()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"model {args.model}: {info['n_matrices']} target matrices, {info['total_params']:,} parameters")
+    print(f"options per matrix: {info['options_per_matrix']}  (family {info['family']})")
+    for knob, values in info["options"].items():
+        print(f"  {knob:13s} {values}")
+    print(f"attainable average bits: {info['min_bits']:.4f} .. {info['max_bits']:.4f}")
+    _print_table(info["matrices"], ["name", "layer", "module_type", "shape"])
+    return 0
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from coalora.config import load_config
+    from coalora.methods import train_method
+
+    overrides = list(args.set or [])
+    if args.method:
+        overrides.append(f"train.method={args.method}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"output directory {out} exists and is not empty (pass --overwrite)")
+    summary = train_method(cfg, out, progress=not args.quiet)
+    print(json.dumps(summary, indent=1) if args.json else f"wrote {', '.join(summary['checkpoints'])}")
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluate / adapt helpers
+def _read_config_json(path: str, space: Any) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"configuration file not found: {path}")
+    try:
+        mapping = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        from coalora.space import SpaceError
+
+        raise SpaceError(f"{path} is not valid JSON: {e}") from None
+    return space.from_json(mapping)
+
+
+def _budget_config(model: Any, cfg: Any, budget: float) -> Any:
+    from coalora.allocate import allocate
+    from coalora.experiment import error_table_for
+
+    model.space.check_budget(budget)
+    err = error_table_for(cfg, model.model, model.space, progress=False)
+    return allocate(err, model.space, budget)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
+    from coalora.methods import load_adapted
+
+    return load_adapted(args.checkpoint)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from coalora.evaluate import evaluate
+    from coalora.experiment import load_data, random_configs
+
+    model, meta, cfg, loaded = _load(args)
+    space = model.space
+    if args.config_json:
+        configs = _read_config_json(args.config_json, space)[None]
+    elif args.budget is not None:
+        configs = _budget_config(model, cfg, args.budget)[None]
+    elif args.random:
+        cfg.eval.seed = args.seed
+        configs = random_configs(cfg, space, n=args.random)
+    elif meta["method"] == "fp-lora":
+        configs = [None]
+    elif meta.get("trainset"):
+        configs = np.stack([space.from_json(c) for c in meta["trainset"]])
+    else:
+        raise ValueError("nothing to evaluate: pass --config, --budget or --random")
+    data = load_data(cfg, loaded.tokenizer, loaded.task)
+    batches = data.eval_batches(cfg, args.split)
+    rows = evaluate(model, configs, batches, loaded.task, max_batches=args.max_batches, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    metric = "accuracy" if loaded.task == "classification" else "perplexity"
+    _print_table(rows, ["config_id", "avg_bits", "loss", metric, "examples", "examples_per_s"])
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from coalora.experiment import load_base
+    from coalora.export import export_adapter
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"output directory {out} exists and is not empty (pass --overwrite)")
+    model, meta, cfg, _ = _load(args)
+    if args.config_json:
+        idx = _read_config_json(args.config_json, model.space)
+        how = f"configuration {args.config_json}"
+    else:
+        idx = _budget_config(model, cfg, args.budget)
+        how = f"allocation at {args.budget} bits"
+    path = export_adapter(model, idx, load_base(cfg), out, overwrite=args.overwrite,
+                          source={"checkpoint": str(args.checkpoint), "method": meta["method"], "chosen_by": how})
+    summary = json.loads((path / "export.json").read_text())
+    print(f"wrote {path}: {summary['avg_bits']:.4f} average bits, config {summary['config_id']} ({how})")
+    return 0
+
+
+# ---------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coalora", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("space", help="print a model's target matrices, options and attainable bits")
+    s.add_argument("--model", required=True, help="short name (minilm-l6, smollm2-135m, tiny-bert ...) or path")
+    s.add_argument("--task", choices=["classification", "causal-lm"])
+    s.add_argument("--preset", default="full", help="option preset: full (432 options) or bits-only")
+    s.add_argument("--family", default="nf", help="quantizer family: nf or int")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_space)
+
+    t = sub.add_parser("train", help="train one method in this process (no Ray)")
+    t.add_argument("--config", required=True, help="experiment YAML (configs/*.yaml)")
+    t.add_argument("--method", choices=["coa", "shared", "per-config", "fp-lora"])
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a YAML key, e.g. train.steps=50")
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint under one or many configurations")
+    e.add_argument("--checkpoint", required=True)
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--config", dest="config_json", help="a configuration JSON file: module name → knobs")
+    g.add_argument("--budget", type=float, help="average-bits budget (allocation picks the configuration)")
+    g.add_argument("--random", type=int, help="this many random configurations over eval.random_bits")
+    e.add_argument("--seed", type=int, default=1234, help="seed of --random")
+    e.add_argument("--split", choices=["validation", "test"], default="validation")
+    e.add_argument("--max-batches", type=int)
+    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_evaluate)
+
+    a = sub.add_parser("adapt", help="write a PEFT adapter for a budget or configuration (no training)")
+    a.add_argument("--checkpoint", required=True)
+    g = a.add_mutually_exclusive_group(required=True)
+    g.add_argument("--budget", type=float)
+    g.add_argument("--config", dest="config_json", help="a configuration JSON file: module name → knobs")
+    a.add_argument("--out", required=True)
+    a.add_argument("--overwrite", action="store_true")
+    a.set_defaults(fn=cmd_adapt)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except _expected_errors() + (FileExistsError, ValueError) as e:
+        if os.environ.get("COALORA_DEBUG"):
+            raise
+        print(f"coalora: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

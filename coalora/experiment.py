@@ -1,0 +1,158 @@
+"""Glue from an :class:`ExperimentConfig` to the pieces: model, space, data, configuration sets.
+
+Used by the CLI (single process) and by the orchestrator's actors and training workers, so every
+process builds the same model, space and splits from the same YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from coalora.allocate import ErrorTableCache, budget_grid, error_table, initial_set, target_weights
+from coalora.config import ExperimentConfig
+from coalora.data import (
+    Batchable,
+    TrainBatches,
+    eval_batches,
+    load_dataset,
+    split,
+    tokenize_classification,
+    tokenize_lm,
+)
+from coalora.hypernet import HypernetConfig
+from coalora.lora import CoaModel, LoraSettings
+from coalora.models import LoadedModel, load_model
+from coalora.space import QuantSpace
+
+log = logging.getLogger(__name__)
+
+
+def load_base(cfg: ExperimentConfig) -> LoadedModel:
+    """The pretrained model and tokenizer named by ``cfg.model`` (offline for the short names)."""
+    return load_model(cfg.model.name, task=cfg.model.task, num_labels=cfg.model.num_labels)
+
+
+def build_space(cfg: ExperimentConfig, model: torch.nn.Module) -> QuantSpace:
+    """The configuration space of ``model`` under ``cfg.space`` / ``cfg.model.targets``."""
+    return QuantSpace.from_model(
+        model, target_patterns=cfg.model.targets, options=cfg.space.option_lists(), family=cfg.space.family
+    )
+
+
+def build_adapted(cfg: ExperimentConfig, loaded: LoadedModel, method: str | None = None) -> CoaModel:
+    """Wrap the base model for ``method`` (default ``cfg.train.method``): U_θ only for ``coa``."""
+    method = method or cfg.train.method
+    space = build_space(cfg, loaded.model)
+    hyper = HypernetConfig(**dataclasses.asdict(cfg.hypernet)) if method == "coa" else None
+    lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
+    return CoaModel(loaded.model, space, lora, hyper, cache_bytes=int(cfg.model.cache_gib * 1024**3))
+
+
+@dataclass
+class DataBundle:
+    """Tokenised splits of the experiment's data set."""
+
+    task: str
+    train: Batchable
+    validation: Batchable
+    test: Batchable
+
+    def train_batches(
+        self, cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, start_step: int = 0
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless seeded training batches for this rank, from ``start_step`` on."""
+        tb = TrainBatches(self.train, cfg.data.batch_size, seed=cfg.data.seed, rank=rank, world_size=world_size)
+        return tb.iterate(start_step)
+
+    def eval_batches(self, cfg: ExperimentConfig, which: str = "validation") -> list[dict[str, torch.Tensor]]:
+        data = {"validation": self.validation, "test": self.test, "train": self.train}[which]
+        sort = self.task == "classification"
+        return list(eval_batches(data, cfg.data.eval_batch_size, sort_by_length=sort))
+
+
+def _cap(items: list[Any], n: int | None) -> list[Any]:
+    return items if n is None else items[:n]
+
+
+def load_data(cfg: ExperimentConfig, tokenizer: Any, task: str) -> DataBundle:
+    """Load, split (deterministic by ``cfg.data.seed``), cap and tokenise the experiment's data."""
+    d = cfg.data
+    examples = load_dataset(d.name, text_column=d.text_column, label_column=d.label_column)
+    parts = split(examples, seed=d.seed, validation=d.validation, test=d.test)
+    if task == "classification":
+        def tok(xs: list[Any]) -> Batchable:
+            return tokenize_classification(xs, tokenizer, max_length=d.max_length)
+
+        return DataBundle(
+            task,
+            tok(_cap(parts.train, d.max_train)),
+            tok(_cap(parts.validation, d.max_eval)),
+            tok(_cap(parts.test, d.max_eval)),
+        )
+
+    # Causal LM: documents are split first (no text leaks across splits), then cut into blocks.
+    def blocks(xs: list[Any], cap: int | None) -> Batchable:
+        max_tokens = None if cap is None else cap * d.block_size
+        return tokenize_lm(xs, tokenizer, block_size=d.block_size, max_tokens=max_tokens)
+
+    return DataBundle(
+        task,
+        blocks(parts.train, d.max_train),
+        blocks(parts.validation, d.max_eval),
+        blocks(parts.test, d.max_eval),
+    )
+
+
+def error_table_for(cfg: ExperimentConfig, model: torch.nn.Module, space: QuantSpace,
+                    progress: bool = True) -> np.ndarray:
+    """The (cached) ``(N, K)`` quantization-error table of the model's target weights."""
+    cache = ErrorTableCache()
+    return cache.get_or_compute(
+        cfg.model.name, space, lambda: error_table(target_weights(model, space), space, progress=progress)
+    )
+
+
+def initial_trainset(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) -> np.ndarray:
+    """One allocation per ``cfg.train.init_budgets`` entry (clipped to the attainable range): ``(S, N, 5)``."""
+    budgets = [min(max(b, space.min_bits), space.max_bits) for b in cfg.train.init_budgets]
+    return initial_set(err, space, budgets)
+
+
+def budget_configs(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) -> np.ndarray:
+    """Allocations at ``cfg.eval.budgets`` (the per-budget evaluation points): ``(B, N, 5)``."""
+    from coalora.allocate import allocate
+
+    return np.stack([allocate(err, space, b) for b in cfg.eval.budgets])
+
+
+def random_configs(cfg: ExperimentConfig, space: QuantSpace, n: int | None = None,
+                   exclude: np.ndarray | None = None) -> np.ndarray:
+    """``n`` random configurations spread evenly over ``cfg.eval.random_bits``, none in ``exclude``:
+    ``(n, N, 5)``. Seeded by ``cfg.eval.seed``: every method sees the same held-out set."""
+    n = cfg.eval.random if n is None else n
+    if n == 0:
+        return np.zeros((0, space.n_matrices, 5), dtype=np.int64)
+    lo, hi = cfg.eval.random_bits
+    rng = np.random.default_rng(cfg.eval.seed)
+    taken = set() if exclude is None else {space.config_id(c) for c in exclude}
+    out = []
+    for target in np.linspace(lo, hi, n):
+        while True:
+            c = space.sample_near(float(target), rng, 1, tol=0.05)[0]
+            cid = space.config_id(c)
+            if cid not in taken:
+                taken.add(cid)
+                out.append(c)
+                break
+    return np.stack(out)
+
+
+def spread_budgets(space: QuantSpace, n: int, lo: float = 2.25, hi: float = 7.0) -> list[float]:
+    """``n`` budgets spread over ``[lo, hi]`` within the attainable range."""
+    return [float(b) for b in budget_grid(space, n, lo, hi)]

@@ -1,0 +1,144 @@
+"""Train one method end to end in a single process, and reload what it wrote.
+
+Methods (DESIGN §2.4), all in the same framework so that comparisons are fair:
+
+- ``coa``: U_θ + one shared LoRA, configurations sampled from the training set (allocations at
+  ``train.init_budgets``);
+- ``shared``: the same without U_θ (Shared-LoRA);
+- ``per-config``: one plain LoRA per evaluation budget (QLoRA / LQ-LoRA style), each trained for
+  ``train.steps`` steps, written as one checkpoint per configuration under the output directory;
+- ``fp-lora``: the unquantized base + LoRA (the ceiling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from coalora.checkpoint import CheckpointError, load_trainable, read_meta, save_checkpoint
+from coalora.config import ExperimentConfig, config_from_dict
+from coalora.experiment import (
+    DataBundle,
+    budget_configs,
+    build_adapted,
+    build_space,
+    error_table_for,
+    initial_trainset,
+    load_base,
+    load_data,
+)
+from coalora.lora import CoaModel
+from coalora.models import LoadedModel
+from coalora.train import TrainResult, train
+
+PER_CONFIG_INDEX = "per_config.json"
+
+
+def _meta(cfg: ExperimentConfig, loaded: LoadedModel, method: str, res: TrainResult,
+          trainset: np.ndarray | None, space: Any) -> dict[str, Any]:
+    return {
+        "method": method,
+        "model": {"name": cfg.model.name, "task": loaded.task, "num_labels": cfg.model.num_labels},
+        "experiment": cfg.to_dict(),
+        "step": res.steps,
+        "train_loss": res.final_loss,
+        "train_seconds": res.seconds,
+        "trainset": None if trainset is None else [space.to_json(c) for c in trainset],
+    }
+
+
+def train_method(
+    cfg: ExperimentConfig,
+    out: str | os.PathLike,
+    method: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``method`` (default ``cfg.train.method``) and write its checkpoint(s) to ``out``.
+
+    Returns a summary: method, steps, seconds, final training loss, checkpoint paths.
+    """
+    method = method or cfg.train.method
+    out = Path(out)
+    t0 = time.perf_counter()
+    loaded = load_base(cfg)
+    data = load_data(cfg, loaded.tokenizer, loaded.task)
+    say(f"{method}: {cfg.model.name} ({loaded.task}), {len(data.train)} training examples")
+    if method == "per-config":
+        return _train_per_config(cfg, out, loaded, data, progress, say, t0)
+    model = build_adapted(cfg, loaded, method)
+    trainset = None
+    if method != "fp-lora":
+        err = error_table_for(cfg, loaded.model, model.space, progress=progress)
+        trainset = initial_trainset(cfg, model.space, err)
+        bits = model.space.average_bits(trainset)
+        say(f"training set: {len(trainset)} configurations, {bits.min():.2f}-{bits.max():.2f} bits")
+    res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method)
+    save_checkpoint(out, model, _meta(cfg, loaded, method, res, trainset, model.space))
+    say(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f} -> {out}")
+    return {"method": method, "steps": res.steps, "train_seconds": res.seconds,
+            "total_seconds": time.perf_counter() - t0, "train_loss": res.final_loss, "checkpoints": [str(out)]}
+
+
+def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, data: DataBundle,
+                      progress: bool, say: Callable[[str], None], t0: float) -> dict[str, Any]:
+    space = build_space(cfg, loaded.model)
+    err = error_table_for(cfg, loaded.model, space, progress=progress)
+    configs = budget_configs(cfg, space, err)
+    paths, seconds, losses = [], 0.0, []
+    for budget, c in zip(cfg.eval.budgets, configs):
+        # A fresh base per adapter: nothing learned for one configuration leaks into the next.
+        fresh = load_base(cfg) if paths else loaded
+        model = build_adapted(cfg, fresh, "per-config")
+        res = train(model, data.train_batches(cfg), c[None], cfg.train, progress=progress,
+                    description=f"per-config {budget:g} bits")
+        path = out / f"budget-{budget:g}-{space.config_id(c)}"
+        meta = _meta(cfg, fresh, "per-config", res, c[None], space)
+        meta["budget"] = budget
+        save_checkpoint(path, model, meta)
+        paths.append(str(path))
+        seconds += res.seconds
+        losses.append(res.final_loss)
+        say(f"per-config {budget:g} bits ({space.average_bits(c):.3f}): {res.seconds:.1f} s, loss {res.final_loss:.4f}")
+    index = {"method": "per-config", "budgets": list(cfg.eval.budgets),
+             "checkpoints": [os.path.relpath(p, out) for p in paths], "train_seconds": seconds}
+    (out / PER_CONFIG_INDEX).write_text(json.dumps(index, indent=1))
+    return {"method": "per-config", "steps": cfg.train.steps * len(paths), "train_seconds": seconds,
+            "total_seconds": time.perf_counter() - t0, "train_loss": float(np.mean(losses)), "checkpoints": paths}
+
+
+def load_adapted(
+    path: str | os.PathLike, cfg: ExperimentConfig | None = None, loaded: LoadedModel | None = None
+) -> tuple[CoaModel, dict[str, Any], ExperimentConfig, LoadedModel]:
+    """Rebuild the trained model of a checkpoint.
+
+    Args:
+        path: a checkpoint directory written by :func:`train_method` (or the orchestrator).
+        cfg: the experiment to load it into (default: the one stored in the checkpoint). A
+            checkpoint made for another model or space is a clear error.
+        loaded: an already loaded base model to wrap (saves a reload).
+    Returns:
+        ``(model, meta, cfg, loaded)`` with the trained weights in place.
+    """
+    meta = read_meta(path)
+    if cfg is None:
+        cfg = config_from_dict(meta["experiment"])
+    loaded = loaded or load_base(cfg)
+    model = build_adapted(cfg, loaded, meta["method"])
+    model.space.check_same(meta["space"], what=f"checkpoint {path}")
+    model.load_trainable_state(load_trainable(path, device=model.device))
+    return model, meta, cfg, loaded
+
+
+def per_config_checkpoints(path: str | os.PathLike) -> list[Path]:
+    """The adapters of a ``per-config`` output directory (in budget order)."""
+    p = Path(path)
+    index = p / PER_CONFIG_INDEX
+    if not index.is_file():
+        raise CheckpointError(f"{path} has no {PER_CONFIG_INDEX}: not a per-config output directory")
+    return [p / c for c in json.loads(index.read_text())["checkpoints"]]
