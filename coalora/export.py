@@ -100,7 +100,7 @@ def export_adapter(
             lora_alpha=coa.lora_settings.alpha,
             lora_dropout=0.0,
             target_modules=[m.name for m in space.matrices],
-            modules_to_save=heads or None,
+            modules_to_save=list(heads) or None,  # PEFT extends this list in place
             fan_in_fan_out=any(m.transposed for m in space.matrices),
             task_type=PEFT_TASK[fresh.task],
         )

