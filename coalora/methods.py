@@ -58,9 +58,13 @@ def train_method(
     method: str | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    configs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` (default ``cfg.train.method``) and write its checkpoint(s) to ``out``.
 
+    Args:
+        configs: ``per-config`` only: the ``(B, N, 5)`` configurations to train one adapter each
+            for (default: allocations at ``cfg.eval.budgets``).
     Returns a summary: method, steps, seconds, final training loss, checkpoint paths.
     """
     method = method or cfg.train.method
@@ -70,7 +74,7 @@ def train_method(
     data = load_data(cfg, loaded.tokenizer, loaded.task)
     say(f"{method}: {cfg.model.name} ({loaded.task}), {len(data.train)} training examples")
     if method == "per-config":
-        return _train_per_config(cfg, out, loaded, data, progress, say, t0)
+        return _train_per_config(cfg, out, loaded, data, progress, say, t0, configs)
     model = build_adapted(cfg, loaded, method)
     trainset = None
     if method != "fp-lora":
@@ -86,26 +90,34 @@ def train_method(
 
 
 def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, data: DataBundle,
-                      progress: bool, say: Callable[[str], None], t0: float) -> dict[str, Any]:
+                      progress: bool, say: Callable[[str], None], t0: float,
+                      configs: np.ndarray | None) -> dict[str, Any]:
     space = build_space(cfg, loaded.model)
-    err = error_table_for(cfg, loaded.model, space, progress=progress)
-    configs = budget_configs(cfg, space, err)
+    if configs is None:
+        err = error_table_for(cfg, loaded.model, space, progress=progress)
+        configs = budget_configs(cfg, space, err)
+        budgets: list[float | None] = list(cfg.eval.budgets)
+    else:
+        configs = space.validate(configs)
+        budgets = [None] * len(configs)
     paths, seconds, losses = [], 0.0, []
-    for budget, c in zip(cfg.eval.budgets, configs):
+    for budget, c in zip(budgets, configs):
+        bits = float(space.average_bits(c))
         # A fresh base per adapter: nothing learned for one configuration leaks into the next.
         fresh = load_base(cfg) if paths else loaded
         model = build_adapted(cfg, fresh, "per-config")
         res = train(model, data.train_batches(cfg), c[None], cfg.train, progress=progress,
-                    description=f"per-config {budget:g} bits")
-        path = out / f"budget-{budget:g}-{space.config_id(c)}"
+                    description=f"per-config {bits:.3f} bits")
+        tag = f"budget-{budget:g}" if budget is not None else f"bits-{bits:.3f}"
+        path = out / f"{tag}-{space.config_id(c)}"
         meta = _meta(cfg, fresh, "per-config", res, c[None], space)
         meta["budget"] = budget
         save_checkpoint(path, model, meta)
         paths.append(str(path))
         seconds += res.seconds
         losses.append(res.final_loss)
-        say(f"per-config {budget:g} bits ({space.average_bits(c):.3f}): {res.seconds:.1f} s, loss {res.final_loss:.4f}")
-    index = {"method": "per-config", "budgets": list(cfg.eval.budgets),
+        say(f"per-config {bits:.3f} bits: {res.seconds:.1f} s, loss {res.final_loss:.4f}")
+    index = {"method": "per-config", "budgets": budgets,
              "checkpoints": [os.path.relpath(p, out) for p in paths], "train_seconds": seconds}
     (out / PER_CONFIG_INDEX).write_text(json.dumps(index, indent=1))
     return {"method": "per-config", "steps": cfg.train.steps * len(paths), "train_seconds": seconds,
