@@ -1,9 +1,9 @@
 """The experiment schema: typed dataclasses loaded from YAML and validated before any work starts.
 
-Sections: ``model``, ``data``, ``space``, ``lora``, ``hypernet``, ``train``, ``eval``. The orchestrator
-extends :class:`ExperimentConfig` with its own sections (a subclass); :func:`load_config` validates any
-such root dataclass. Every problem is one :class:`ConfigError` naming the key, e.g.
-``train.steps: expected an integer, got 'ten'``.
+Sections: ``model``, ``data``, ``space``, ``lora``, ``hypernet``, ``train``, ``eval`` (the library), and
+``search``, ``run``, ``ray`` (read by the orchestrator; plain data here, no Ray import). One YAML serves
+both ``coalora train`` and ``orchestration/run.py``. :func:`load_config` validates any root dataclass.
+Every problem is one :class:`ConfigError` naming the key, e.g. ``train.steps: expected an integer, got 'ten'``.
 """
 
 from __future__ import annotations
@@ -172,8 +172,88 @@ class EvalSection:
 
 
 @dataclass
+class SearchSection:
+    """The configuration search (``coalora.search``): method, generator, segments, proposals per round."""
+
+    method: str = "gp"
+    generator: str = "pool"
+    encoding: str = "bits"
+    candidates: int = 8  # new configurations proposed per round
+    n_segments: int = 40
+    bits_range: list[float] | None = None  # segments and hypervolume axis; null = attainable range
+    loss_range: list[float] | None = None  # hypervolume normalisation; null = frozen from the first round
+    seed: int = 0
+    max_gp_points: int = 256
+
+    def validate(self) -> None:
+        from coalora.search import SearchError
+
+        _check(self.candidates >= 0, "search.candidates", "must be >= 0")
+        try:
+            self.settings()
+        except SearchError as e:
+            raise ConfigError(f"search: {e}") from None
+
+    def settings(self) -> Any:
+        """The :class:`coalora.search.SearchSettings` of this section (validated)."""
+        from coalora.search import SearchSettings
+
+        return SearchSettings(
+            method=self.method, generator=self.generator, encoding=self.encoding, n_segments=self.n_segments,
+            bits_range=None if self.bits_range is None else tuple(self.bits_range),
+            loss_range=None if self.loss_range is None else tuple(self.loss_range),
+            seed=self.seed, max_gp_points=self.max_gp_points,
+        ).validate()
+
+
+@dataclass
+class RunSection:
+    """The orchestrated run: where it writes and how many rounds it takes."""
+
+    name: str = "default"
+    out_dir: str = "runs"
+    rounds: int = 3
+    steps_per_round: int | None = None  # null = train.steps
+
+    def validate(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'")
+        _check(self.rounds > 0, "run.rounds", "must be positive")
+        _check(self.steps_per_round is None or self.steps_per_round > 0, "run.steps_per_round",
+               "must be positive or null")
+
+
+@dataclass
+class RaySection:
+    """How the orchestrator uses the Ray cluster (ignored by the single-process CLI)."""
+
+    num_workers: int = 1  # Ray Train data-parallel workers
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    evaluators: int = 2  # evaluator actors
+    cpus_per_evaluator: float = 1.0
+    gpus_per_evaluator: float = 0.0
+    configs_per_call: int = 2  # configurations per evaluator call (the unit of retry)
+    max_failures: int = 2  # Ray Train worker failures tolerated per round
+    max_retries: int = 3  # re-submissions of an evaluation whose actor died
+    search_cpus: float = 1.0
+    local_cpus: int | None = None  # size of a local cluster started by run.py (null = all cores)
+    object_store_mb: int = 512
+
+    def validate(self) -> None:
+        _check(self.num_workers >= 1, "ray.num_workers", "must be >= 1")
+        _check(self.evaluators >= 1, "ray.evaluators", "must be >= 1")
+        for key in ("cpus_per_worker", "cpus_per_evaluator", "gpus_per_evaluator", "search_cpus"):
+            _check(getattr(self, key) >= 0, f"ray.{key}", "must be >= 0")
+        _check(self.configs_per_call >= 1, "ray.configs_per_call", "must be >= 1")
+        _check(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1 retries forever)")
+        _check(self.max_retries >= 0, "ray.max_retries", "must be >= 0")
+        _check(self.local_cpus is None or self.local_cpus >= 1, "ray.local_cpus", "must be >= 1 or null")
+        _check(self.object_store_mb >= 64, "ray.object_store_mb", "must be at least 64")
+
+
+@dataclass
 class ExperimentConfig:
-    """The whole experiment. Subclass it to add sections (the orchestrator does)."""
+    """The whole experiment: the library's sections plus the orchestrator's (search, run, ray)."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -182,6 +262,9 @@ class ExperimentConfig:
     hypernet: HypernetSection = field(default_factory=HypernetSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    run: RunSection = field(default_factory=RunSection)
+    ray: RaySection = field(default_factory=RaySection)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

@@ -51,6 +51,8 @@ def build_adapted(cfg: ExperimentConfig, loaded: LoadedModel, method: str | None
     space = build_space(cfg, loaded.model)
     hyper = HypernetConfig(**dataclasses.asdict(cfg.hypernet)) if method == "coa" else None
     lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
+    # Seeded initialisation: every data-parallel worker must start from identical LoRA and U_θ weights.
+    torch.manual_seed(cfg.train.seed)
     return CoaModel(loaded.model, space, lora, hyper, cache_bytes=int(cfg.model.cache_gib * 1024**3))
 
 

@@ -130,6 +130,9 @@ def train(
     # One stream per (seed, rank), advanced past the steps already taken so a resumed run continues
     # the same sequence of configurations an uninterrupted run would have drawn.
     rng = np.random.default_rng([cfg.seed, rank, start_step])
+    # Dropout draws from torch's global generator: seed it from the same stream so that a round
+    # resumed from a checkpoint repeats the uninterrupted run exactly.
+    torch.manual_seed(int(rng.integers(2**62)))
     device = model.device
     if trainset is None:
         model.set_config(None)
