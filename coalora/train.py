@@ -132,7 +132,7 @@ def train(
     rng = np.random.default_rng([cfg.seed, rank, start_step])
     # Dropout draws from torch's global generator: seed it from the same stream so that a round
     # resumed from a checkpoint repeats the uninterrupted run exactly.
-    torch.manual_seed(int(rng.integers(2**62)))
+    torch.manual_seed(int(np.random.default_rng([cfg.seed, rank, start_step, 1]).integers(2**62)))
     device = model.device
     if trainset is None:
         model.set_config(None)

@@ -26,7 +26,7 @@ def coa_model(seed: int = 0, hyper: bool = True) -> CoaModel:
 
 
 def test_coa_training_lowers_loss_and_is_seeded():
-    cfg = TrainSection(steps=40, lr=5e-3, warmup_steps=0, schedule="constant", log_every=5)
+    cfg = TrainSection(steps=40, lr=2e-3, warmup_steps=0, schedule="constant", log_every=5)
     results, states = [], []
     for _ in range(2):
         torch.manual_seed(0)
