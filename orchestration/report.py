@@ -1,0 +1,147 @@
+"""Plots and the Markdown report of a run (regenerated after every round)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from coalora.pareto import non_dominated_mask
+from orchestration.store import RunStore, atomic_write, write_text
+
+
+def _ok(rows: Sequence[dict[str, Any]], round_k: int | None = None) -> list[dict[str, Any]]:
+    return [r for r in rows if r["status"] == "ok" and (round_k is None or r["round"] == round_k)
+            and math.isfinite(r["loss"])]
+
+
+def front_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The non-dominated rows in (loss, bits), both minimised, in increasing bits."""
+    if not rows:
+        return []
+    y = np.array([[r["loss"], r["avg_bits"]] for r in rows])
+    mask = non_dominated_mask(y)
+    return sorted((r for r, m in zip(rows, mask) if m), key=lambda r: r["avg_bits"])
+
+
+def plot_front(archive: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = sorted({r["round"] for r in archive})
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for i, k in enumerate(rounds):
+        ok = _ok(archive, k)
+        if not ok:
+            continue
+        color = cmap(i / max(1, len(rounds) - 1))
+        ax.scatter([r["avg_bits"] for r in ok], [r["loss"] for r in ok], s=10, color=color, alpha=0.35)
+        f = front_rows(ok)
+        ax.plot([r["avg_bits"] for r in f], [r["loss"] for r in f], "-o", ms=3, color=color, label=f"round {k}")
+    ax.set_xlabel("average bits per weight")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Pareto front per round (loss vs. bits)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_hypervolume(rounds: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ks = [r["round"] for r in rounds]
+    ax.plot(ks, [r["hypervolume"] for r in rounds], "-o", label="archive")
+    ax.plot(ks, [r["hv_train"] for r in rounds], "-s", label="training set")
+    ax.set_xlabel("round")
+    ax.set_ylabel("normalised hypervolume")
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
+def best_per_budget(rows: Sequence[dict[str, Any]], budgets: Sequence[float]) -> list[dict[str, Any] | None]:
+    """For each budget, the lowest-loss row whose average bits fit under it (None if none does)."""
+    out = []
+    for b in budgets:
+        fit = [r for r in rows if r["avg_bits"] <= b + 1e-12]
+        out.append(min(fit, key=lambda r: r["loss"]) if fit else None)
+    return out
+
+
+def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
+    """``front.png``, ``hypervolume.png``, ``front/<id>.json`` and ``report.md`` from the stored tables."""
+    archive = store.read_archive()
+    rounds = store.read_rounds()
+    if not rounds:
+        return
+    last = rounds[-1]["round"]
+    plot_front(archive, store.root / "front.png")
+    plot_hypervolume(rounds, store.root / "hypervolume.png")
+    final = _ok(archive, last)
+    front = front_rows(final)
+    metric = "accuracy" if any(r.get("accuracy") is not None for r in final) else "perplexity"
+    ck = store.checkpoint_dir(last)
+    for r in front:
+        cfg_json = space.to_json(np.asarray(r["knobs"], dtype=np.int64).reshape(space.n_matrices, 5))
+        write_text(store.root / "front" / f"{r['config_id']}.json", json.dumps(cfg_json, indent=1))
+    lines = [
+        f"# Run `{run_name}`",
+        "",
+        f"Model `{cfg.model.name}`, data `{cfg.data.name}`, {len(rounds)} round(s), search `{cfg.search.method}`"
+        f" ({cfg.search.n_segments} segments). Final hypervolume {rounds[-1]['hypervolume']:.4f}.",
+        "",
+        "![front](front.png) ![hypervolume](hypervolume.png)",
+        "",
+        "## Rounds",
+        "",
+        "| round | hypervolume | hv (training set) | set size | evaluated | failed | train loss | train s | eval s | search s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        lines.append(
+            f"| {r['round']} | {r['hypervolume']:.4f} | {r['hv_train']:.4f} | {r['set_size']} | {r['evaluated']} | "
+            f"{r['failed']} | {r['train_loss']:.4f} | {r['train_seconds']:.1f} | {r['eval_seconds']:.1f} | "
+            f"{r['search_seconds']:.1f} |"
+        )
+    lines += ["", f"## Front of the last round ({len(front)} configurations)", "",
+              f"| config | avg bits | loss | {metric} |", "|---|---|---|---|"]
+    for r in front:
+        m = r.get(metric)
+        lines.append(f"| `{r['config_id']}` | {r['avg_bits']:.4f} | {r['loss']:.4f} | "
+                     f"{'' if m is None else f'{m:.4f}'} |")
+    lines += ["", "## Best configuration per budget", "",
+              f"| budget | config | avg bits | loss | {metric} | deploy |", "|---|---|---|---|---|---|"]
+    budgets = sorted(set(cfg.eval.budgets))
+    for b, r in zip(budgets, best_per_budget(final, budgets)):
+        if r is None:
+            lines.append(f"| {b:g} | (none evaluated) | | | | `coalora adapt --checkpoint {ck} --budget {b:g} "
+                         f"--out adapters/{b:g}bit` |")
+            continue
+        path = store.root / "front" / f"{r['config_id']}.json"
+        if not path.is_file():
+            cfg_json = space.to_json(np.asarray(r["knobs"], dtype=np.int64).reshape(space.n_matrices, 5))
+            write_text(path, json.dumps(cfg_json, indent=1))
+        m = r.get(metric)
+        lines.append(
+            f"| {b:g} | `{r['config_id']}` | {r['avg_bits']:.4f} | {r['loss']:.4f} | "
+            f"{'' if m is None else f'{m:.4f}'} | `coalora adapt --checkpoint {ck} --config {path} "
+            f"--out adapters/{b:g}bit` |"
+        )
+    lines += ["", "Any other budget: `coalora adapt --run " + str(store.root) + " --budget B --out DIR` "
+              "(best evaluated configuration under B, else the allocation).", ""]
+    write_text(store.root / "report.md", "\n".join(lines))

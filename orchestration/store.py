@@ -1,0 +1,142 @@
+"""The run directory: Parquet tables, per-round training sets, checkpoints, plots and a report.
+
+    runs/<name>/
+        config.yaml               the effective experiment configuration (resume reads it back)
+        archive.parquet           one row per evaluation
+        rounds.parquet            one row per completed round (its presence marks the round complete)
+        trainset/round_<k>.json   the training set selected at the end of round k
+        checkpoints/round_<k>/    the coalora checkpoint trained in round k
+        search/round_<k>/         the search state at the end of round k (resume reads the last complete one)
+        front.png, hypervolume.png, report.md
+
+Every file is written to a temporary name and renamed into place, so a killed run never leaves a
+half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ARCHIVE_SCHEMA = pa.schema([
+    ("round", pa.int64()),
+    ("config_id", pa.string()),
+    ("role", pa.string()),  # "train" (in the round's training set) or "candidate"
+    ("knobs", pa.list_(pa.int16())),  # the N × 5 option indices, flattened
+    ("avg_bits", pa.float64()),
+    ("loss", pa.float64()),
+    ("accuracy", pa.float64()),
+    ("perplexity", pa.float64()),
+    ("status", pa.string()),  # "ok" or "error"
+    ("error", pa.string()),
+    ("seconds", pa.float64()),
+    ("actor", pa.string()),
+])
+
+ROUNDS_SCHEMA = pa.schema([
+    ("round", pa.int64()),
+    ("hypervolume", pa.float64()),
+    ("hv_train", pa.float64()),
+    ("set_size", pa.int64()),
+    ("evaluated", pa.int64()),
+    ("failed", pa.int64()),
+    ("train_loss", pa.float64()),
+    ("train_steps", pa.int64()),
+    ("train_seconds", pa.float64()),
+    ("eval_seconds", pa.float64()),
+    ("search_seconds", pa.float64()),
+])
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def _write_table(path: Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    atomic_write(path, lambda p: pq.write_table(table, p))
+
+
+class RunStore:
+    """Reads and writes one run directory (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def archive_path(self) -> Path:
+        return self.root / "archive.parquet"
+
+    @property
+    def rounds_path(self) -> Path:
+        return self.root / "rounds.parquet"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def search_dir(self, k: int) -> Path:
+        return self.root / "search" / f"round_{k}"
+
+    def checkpoint_dir(self, k: int) -> Path:
+        return self.root / "checkpoints" / f"round_{k}"
+
+    def trainset_path(self, k: int) -> Path:
+        return self.root / "trainset" / f"round_{k}.json"
+
+    # ------------------------------------------------------------------ tables
+    def read_archive(self) -> list[dict[str, Any]]:
+        return pq.read_table(self.archive_path).to_pylist() if self.archive_path.is_file() else []
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        return pq.read_table(self.rounds_path).to_pylist() if self.rounds_path.is_file() else []
+
+    def completed_rounds(self) -> int:
+        """How many rounds finished (rounds 0 … n−1); later files are leftovers of a killed round."""
+        return len(self.read_rounds())
+
+    def append_round(self, archive_rows: Sequence[dict[str, Any]], round_row: dict[str, Any]) -> None:
+        """Record one finished round. ``rounds.parquet`` is written last: it marks the round complete."""
+        k = round_row["round"]
+        kept = [r for r in self.read_archive() if r["round"] < k]
+        _write_table(self.archive_path, kept + list(archive_rows), ARCHIVE_SCHEMA)
+        rounds = [r for r in self.read_rounds() if r["round"] < k]
+        _write_table(self.rounds_path, rounds + [round_row], ROUNDS_SCHEMA)
+
+    def truncate_to(self, n_rounds: int) -> None:
+        """Drop everything a killed round left behind (rows and files of rounds ≥ ``n_rounds``)."""
+        archive = [r for r in self.read_archive() if r["round"] < n_rounds]
+        if self.archive_path.is_file():
+            _write_table(self.archive_path, archive, ARCHIVE_SCHEMA)
+        for sub in ("checkpoints", "trainset", "search"):
+            d = self.root / sub
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                stem = p.name.split(".")[0]
+                if stem.startswith("round_") and int(stem.split("_")[1]) >= n_rounds:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    def write_trainset(self, k: int, configs: list[dict[str, Any]]) -> None:
+        write_text(self.trainset_path(k), json.dumps(configs, indent=1))
