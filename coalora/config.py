@@ -39,9 +39,12 @@ class ModelSection:
     num_labels: int = 2
     targets: list[str] | None = None  # regexes on module types; None = every block linear
     cache_gib: float = 2.0  # bound of the dequantized-weight cache
+    dtype: str = "float32"  # weights and compute: float32, bfloat16 (GPU clusters) or float16
 
     def validate(self) -> None:
         _check(self.task is None or self.task in TASKS, "model.task", f"must be one of {list(TASKS)}")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+               "must be float32, bfloat16 or float16")
         _check(self.num_labels >= 2, "model.num_labels", "must be at least 2")
         _check(self.cache_gib >= 0, "model.cache_gib", "must be >= 0")
 
@@ -53,6 +56,8 @@ class DataSection:
     name: str = "rotten-tomatoes"
     text_column: str = "text"
     label_column: str | None = "label"
+    text_pair_column: str | None = None  # pair tasks (QNLI, MNLI, QQP): the second text
+    split: str = "train"  # hub data sets: the split to load (we make our own train/validation/test)
     max_length: int = 64  # classification: tokens per example
     block_size: int = 128  # causal LM: tokens per block
     validation: float = 0.1
@@ -285,7 +290,10 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 
 def _looks_like_path(name: str) -> bool:
-    return os.sep in name or name.endswith((".csv", ".jsonl", ".json", ".parquet", ".txt"))
+    """A data file (by extension or an explicit path), as opposed to a short or hub name like ``org/set``."""
+    suffixes = {s.lower() for s in Path(name).suffixes}
+    known = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt", ".gz", ".bz2", ".xz"}
+    return bool(suffixes & known) or name.startswith(("/", ".", "~"))
 
 
 def _type_name(tp: Any) -> str:

@@ -46,10 +46,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One text with an optional integer class label (None for language-modelling text)."""
+    """One text (or text pair, e.g. question + sentence) with an optional integer class label
+    (None for language-modelling text)."""
 
     text: str
     label: int | None = None
+    text_pair: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,18 +240,22 @@ def _rows_to_examples(
     label_column: str | None,
     label_map: Mapping[Any, int] | None,
     source: str,
+    text_pair_column: str | None = None,
 ) -> list[Example]:
     out: list[Example] = []
     for i, row in enumerate(rows):
         where = f"{source}, row {i + 1}"
-        for col in (text_column, label_column):
+        for col in (text_column, label_column, text_pair_column):
             if col is not None and col not in row:
                 raise DataError(f"{where}: no column {col!r} (columns: {sorted(row)})")
         text = row[text_column]
         if not isinstance(text, str):
             raise DataError(f"{where}: text column {text_column!r} holds {text!r}, not a string")
+        pair = None if text_pair_column is None else row[text_pair_column]
+        if text_pair_column is not None and not isinstance(pair, str):
+            raise DataError(f"{where}: text column {text_pair_column!r} holds {pair!r}, not a string")
         label = None if label_column is None else _to_label(row[label_column], label_map, where)
-        out.append(Example(text, label))
+        out.append(Example(text, label, pair))
     if not out:
         raise DataError(f"{source} has no rows")
     return out
@@ -294,6 +300,7 @@ def load_table(
     text_column: str,
     label_column: str | None = None,
     label_map: Mapping[Any, int] | None = None,
+    text_pair_column: str | None = None,
 ) -> list[Example]:
     """Read a user's table: CSV/TSV, JSONL (optionally .gz/.bz2/.xz) or Parquet.
 
@@ -303,6 +310,8 @@ def load_table(
         label_column: column holding the class; None for unlabelled text (language modelling).
         label_map: maps raw label values (e.g. ``"pos"``) to class ids; without it labels must be
             non-negative integers (``"1"``, ``1``, ``1.0`` and booleans are accepted).
+        text_pair_column: a second text column for pair tasks (question + sentence, premise +
+            hypothesis); the tokenizer encodes the two as one pair.
 
     Raises:
         DataError: missing file, unsupported extension, missing column, bad label or text.
@@ -311,9 +320,9 @@ def load_table(
     if not p.is_file():
         raise DataError(f"data file {str(p)!r} does not exist")
     fmt, opener = _table_format(p)
-    columns = [text_column] + ([label_column] if label_column is not None else [])
+    columns = [c for c in (text_column, label_column, text_pair_column) if c is not None]
     rows = _read_rows(p, fmt, opener, columns)
-    return _rows_to_examples(rows, text_column, label_column, label_map, repr(str(p)))
+    return _rows_to_examples(rows, text_column, label_column, label_map, repr(str(p)), text_pair_column)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -328,13 +337,15 @@ def load_dataset(
     label_column: str | None = "label",
     label_map: Mapping[Any, int] | None = None,
     split: str = "train",
+    text_pair_column: str | None = None,
 ) -> list[Example]:
     """Load a data set by short name, user file, or Hugging Face hub name.
 
     Short names ignore the column arguments: ``"rotten-tomatoes"`` gives labelled examples,
     ``"wiki"`` one unlabelled example per article. Files go to :func:`load_table`. Anything else
-    is a hub data set read with the ``datasets`` package (``split`` picks its split), which needs
-    that package and network access.
+    is a hub data set read with the ``datasets`` package (``split`` picks its split; a name of the
+    form ``repo:subset`` picks a subset, e.g. ``nyu-mll/glue:qnli``), which needs that package and
+    network access.
 
     Raises:
         DataError: unknown name with no way to load it, or any :func:`load_table` problem.
@@ -345,12 +356,13 @@ def load_dataset(
     if name_or_path == "wiki":
         return [Example(t) for t in load_wiki_text()]
     if _looks_like_path(name_or_path):
-        return load_table(name_or_path, text_column, label_column, label_map)
-    return _load_hub_dataset(name_or_path, text_column, label_column, label_map, split)
+        return load_table(name_or_path, text_column, label_column, label_map, text_pair_column)
+    return _load_hub_dataset(name_or_path, text_column, label_column, label_map, split, text_pair_column)
 
 
 def _load_hub_dataset(
-    name: str, text_column: str, label_column: str | None, label_map: Mapping[Any, int] | None, split: str
+    name: str, text_column: str, label_column: str | None, label_map: Mapping[Any, int] | None, split: str,
+    text_pair_column: str | None = None,
 ) -> list[Example]:
     known = list(DATASET_REGISTRY)
     try:
@@ -362,13 +374,15 @@ def _load_hub_dataset(
             f"Face hub needs the `datasets` package: run `{command}`"
         ) from None
     try:
-        rows = datasets.load_dataset(name, split=split)
+        repo, _, subset = name.partition(":")
+        rows = datasets.load_dataset(repo, subset or None, split=split)
     except Exception as e:  # noqa: BLE001 - hub/network failures come as many types
         raise DataError(
             f"{name!r} is not a known data set ({known}) nor an existing file, and loading it from the "
             f"Hugging Face hub failed (offline, or no such data set/split): {type(e).__name__}: {e}"
         ) from e
-    return _rows_to_examples(rows, text_column, label_column, label_map, f"hub data set {name!r}[{split}]")
+    return _rows_to_examples(rows, text_column, label_column, label_map, f"hub data set {name!r}[{split}]",
+                             text_pair_column)
 
 
 # ---------------------------------------------------------------------- splits
@@ -491,8 +505,13 @@ def tokenize_classification(
         raise DataError(f"example {missing[0]} has no label; classification needs labelled examples")
     pad = _pad_id(tokenizer)
     # Right padding whatever the tokenizer's default, so a batch can be cut to its longest example.
+    texts = [ex.text for ex in examples]
+    pairs = [ex.text_pair for ex in examples]
+    has_pair = [p is not None for p in pairs]
+    if any(has_pair) and not all(has_pair):
+        raise DataError("some examples have a text pair and some do not")
     enc = tokenizer(
-        [ex.text for ex in examples], truncation=True, max_length=max_length, padding="longest",
+        texts, *([pairs] if all(has_pair) else []), truncation=True, max_length=max_length, padding="longest",
         padding_side="right", return_attention_mask=True, return_tensors="pt",
     )
     table = enc["input_ids"].to(torch.int64)

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 def load_base(cfg: ExperimentConfig) -> LoadedModel:
     """The pretrained model and tokenizer named by ``cfg.model`` (offline for the short names)."""
-    return load_model(cfg.model.name, task=cfg.model.task, num_labels=cfg.model.num_labels)
+    return load_model(cfg.model.name, task=cfg.model.task, num_labels=cfg.model.num_labels,
+                      dtype=getattr(torch, cfg.model.dtype))
 
 
 def build_space(cfg: ExperimentConfig, model: torch.nn.Module) -> QuantSpace:
@@ -85,7 +86,8 @@ def _cap(items: list[Any], n: int | None) -> list[Any]:
 def load_data(cfg: ExperimentConfig, tokenizer: Any, task: str) -> DataBundle:
     """Load, split (deterministic by ``cfg.data.seed``), cap and tokenise the experiment's data."""
     d = cfg.data
-    examples = load_dataset(d.name, text_column=d.text_column, label_column=d.label_column)
+    examples = load_dataset(d.name, text_column=d.text_column, label_column=d.label_column, split=d.split,
+                            text_pair_column=d.text_pair_column)
     parts = split(examples, seed=d.seed, validation=d.validation, test=d.test)
     if task == "classification":
         def tok(xs: list[Any]) -> Batchable:

@@ -334,3 +334,21 @@ def test_load_dataset_short_names(rotten, wiki):
 def test_load_dataset_hub_name_without_datasets_package():
     with pytest.raises(DataError, match=r"'glue' is not a known data set.*needs the `datasets` package.*pip install"):
         load_dataset("glue")
+
+
+def test_text_pairs_are_tokenised_as_pairs(tmp_path):
+    """Pair tasks (QNLI-style): two text columns become one tokenizer pair."""
+    from coalora.data import load_table, tokenize_classification
+    from coalora.models import load_model
+
+    p = tmp_path / "pairs.csv"
+    p.write_text("question,sentence,label\nwho?,him.,1\nwhat?,that one.,0\n")
+    ex = load_table(p, "question", "label", text_pair_column="sentence")
+    assert ex[0].text == "who?" and ex[0].text_pair == "him." and ex[0].label == 1
+    tok = load_model("minilm-l6").tokenizer
+    data = tokenize_classification(ex, tok, max_length=16)
+    want = tok("who?", "him.")["input_ids"]
+    assert data.input_ids[0, : len(want)].tolist() == want
+    assert want.count(tok.sep_token_id) == 2
+    with pytest.raises(DataError, match="no column 'sentenc'"):
+        load_table(p, "question", "label", text_pair_column="sentenc")

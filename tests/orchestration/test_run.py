@@ -1,0 +1,183 @@
+"""The orchestrator on a local Ray: a smoke run, fault injection, resume, bad YAML.
+
+One undisturbed smoke run (2 rounds, 2 Ray Train workers, 2 evaluator actors) is the reference the
+fault-injection and resume runs must reproduce exactly (everything is seeded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow
+
+# Columns that legitimately differ between runs: who evaluated a configuration and how long it took.
+VOLATILE = ("actor", "seconds")
+
+
+def _cfg(tmp: Path, name: str, *extra: str):
+    from coalora.config import load_config
+
+    return load_config(SMOKE, [f"run.out_dir={tmp}", f"run.name={name}", *extra])
+
+
+def _stable(rows):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, runs):
+    from orchestration.loop import Orchestrator
+
+    cfg = _cfg(runs, "ref")
+    summary = Orchestrator(cfg, runs / "ref", say=lambda s: None).run()
+    return runs / "ref", summary
+
+
+def test_smoke_run_writes_every_artefact(reference):
+    from orchestration.store import RunStore
+
+    run_dir, summary = reference
+    store = RunStore(run_dir)
+    for name in ("archive.parquet", "rounds.parquet", "config.yaml", "front.png", "hypervolume.png", "report.md"):
+        assert (run_dir / name).is_file(), name
+    for k in (0, 1):
+        assert (store.checkpoint_dir(k) / "trainable.safetensors").is_file()
+        assert (store.checkpoint_dir(k) / "optimizer.safetensors").is_file()
+        assert store.trainset_path(k).is_file()
+        assert (store.search_dir(k) / "search.json").is_file()
+    rounds = store.read_rounds()
+    assert [r["round"] for r in rounds] == [0, 1]
+    for r in rounds:
+        assert 0.0 < r["hypervolume"] <= 1.21 + 1e-9  # normalised, reference point at 1.1 × 1.1
+        assert r["train_steps"] == 5 and math.isfinite(r["train_loss"]) and r["failed"] == 0
+    archive = store.read_archive()
+    # Round 0 scores the initial set (4 allocations); round 1 the selected set plus 2 candidates.
+    r0 = [a for a in archive if a["round"] == 0]
+    r1 = [a for a in archive if a["round"] == 1]
+    assert len(r0) == 4 and {a["role"] for a in r0} == {"train"}
+    assert sum(a["role"] == "candidate" for a in r1) == 2
+    assert all(a["status"] == "ok" and 0 <= a["accuracy"] <= 1 for a in archive)
+    assert all(len(a["knobs"]) == 12 * 5 for a in archive)
+    # Both evaluator actors did work.
+    assert len({a["actor"] for a in archive}) == 2
+    # The candidates are new configurations, not re-scored training members.
+    cand_ids = {a["config_id"] for a in r1 if a["role"] == "candidate"}
+    assert not cand_ids & {a["config_id"] for a in r0}
+    report = (run_dir / "report.md").read_text()
+    assert "Best configuration per budget" in report and "coalora adapt --checkpoint" in report
+    saved = json.loads(store.trainset_path(1).read_text())
+    assert saved["candidates"] == [] and len(saved["trainset"]) >= 1
+    assert summary["rounds"] == 2
+
+
+def test_killed_evaluator_loses_nothing(reference, runs):
+    """An evaluator killed mid-round: its work is redone elsewhere; the archive equals the reference."""
+    import ray
+
+    from orchestration.loop import Orchestrator
+    from orchestration.store import RunStore
+
+    killed = []
+    orch = None
+
+    def kill_one(k, done, total):
+        if k == 1 and not killed and done < total:
+            ray.kill(orch.pool.actors[0])
+            killed.append(done)
+
+    cfg = _cfg(runs, "fault")
+    orch = Orchestrator(cfg, runs / "fault", say=lambda s: None, on_eval_progress=kill_one)
+    orch.run()
+    assert killed, "the fault was never injected"
+    assert orch.pool is not None and orch.pool.spawned == 3  # one replacement actor
+    ref = RunStore(reference[0]).read_archive()
+    got = RunStore(runs / "fault").read_archive()
+    assert _stable(got) == _stable(ref)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_driver_dies_reproduces_the_run(reference, runs):
+    from orchestration.loop import Orchestrator
+    from orchestration.store import RunStore
+
+    def die(k):
+        if k == 0:
+            raise _Killed()
+
+    cfg = _cfg(runs, "resume")
+    with pytest.raises(_Killed):
+        Orchestrator(cfg, runs / "resume", say=lambda s: None, on_round=die).run()
+    store = RunStore(runs / "resume")
+    assert store.completed_rounds() == 1
+    # Leftovers of a round that was cut off half-way must not leak into the resumed run.
+    (store.checkpoint_dir(1)).mkdir(parents=True)
+    (store.checkpoint_dir(1) / "junk").write_text("partial")
+    Orchestrator(cfg, runs / "resume", resume=True, say=lambda s: None).run()
+    ref = RunStore(reference[0])
+    assert json.loads(store.trainset_path(1).read_text()) == json.loads(ref.trainset_path(1).read_text())
+    assert _stable(store.read_archive()) == _stable(ref.read_archive())
+    assert not (store.checkpoint_dir(1) / "junk").exists()
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "orchestration" / "run.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lora:\n  rank: 0\n", "lora.rank: must be a positive integer"),
+        ("ray:\n  evaluatorz: 2\n", "ray.evaluatorz: unknown key"),
+        ("run:\n  rounds: two\n", "run.rounds: expected an integer"),
+        ("search:\n  method: bayes\n", "search: method='bayes' is not one of"),
+        ("data:\n  name: /nope/reviews.csv\n", "data.name: file not found"),
+        ("model: [1, 2\n", "malformed YAML"),
+    ],
+)
+def test_bad_yaml_exits_2_with_one_line_and_writes_nothing(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    res = _run_cli("--config", str(tmp_path / "bad.yaml"), "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_dir_is_refused(tmp_path):
+    (tmp_path / "runs" / "smoke").mkdir(parents=True)
+    (tmp_path / "runs" / "smoke" / "archive.parquet").write_text("keep me")
+    res = _run_cli("--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 2 and "exists; pass --resume" in res.stderr
+    assert (tmp_path / "runs" / "smoke" / "archive.parquet").read_text() == "keep me"
+
+
+def test_report_best_per_budget_picks_lowest_loss_under_budget():
+    from orchestration.report import best_per_budget, front_rows
+
+    rows = [{"avg_bits": 2.5, "loss": 0.9}, {"avg_bits": 3.0, "loss": 0.5}, {"avg_bits": 3.0, "loss": 0.7},
+            {"avg_bits": 4.0, "loss": 0.6}]
+    best = best_per_budget(rows, [2.0, 2.75, 3.5, 8.0])
+    assert best[0] is None
+    assert best[1]["loss"] == 0.9 and best[2]["loss"] == 0.5 and best[3]["loss"] == 0.5
+    assert [(r["avg_bits"], r["loss"]) for r in front_rows(rows)] == [(2.5, 0.9), (3.0, 0.5)]
+    assert np.isfinite([r["loss"] for r in rows]).all()
