@@ -3,7 +3,7 @@
     coalora space    --model minilm-l6 [--json]
     coalora train    --config configs/default.yaml [--method coa|shared|per-config|fp-lora] --out DIR
     coalora evaluate --checkpoint DIR (--config FILE | --budget B | --random N [--seed S]) [--json]
-    coalora adapt    --checkpoint DIR (--budget B | --config FILE) --out DIR
+    coalora adapt    (--checkpoint DIR | --run RUN_DIR) (--budget B | --config FILE) --out DIR
 
 (``--config`` of evaluate/adapt is a configuration JSON, module name → knobs, as written by adapt.)
 
@@ -116,6 +116,10 @@ def _budget_config(model: Any, cfg: Any, budget: float) -> Any:
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
     from coalora.methods import load_adapted
 
+    if getattr(args, "run", None):
+        from coalora.runs import run_checkpoint
+
+        args.checkpoint = str(run_checkpoint(args.run))
     return load_adapted(args.checkpoint)
 
 
@@ -163,8 +167,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         idx = _read_config_json(args.config_json, model.space)
         how = f"configuration {args.config_json}"
     else:
-        idx = _budget_config(model, cfg, args.budget)
-        how = f"allocation at {args.budget} bits"
+        model.space.check_budget(args.budget)
+        best = None
+        if args.run:
+            from coalora.runs import best_under_budget
+
+            best = best_under_budget(args.run, args.budget, model.space)
+        if best is not None:
+            idx, row = best
+            how = f"best evaluated configuration under {args.budget} bits in {args.run} (loss {row['loss']:.4f})"
+        else:
+            idx = _budget_config(model, cfg, args.budget)
+            how = f"allocation at {args.budget} bits"
     path = export_adapter(model, idx, load_base(cfg), out, overwrite=args.overwrite,
                           source={"checkpoint": str(args.checkpoint), "method": meta["method"], "chosen_by": how})
     summary = json.loads((path / "export.json").read_text())
@@ -209,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
 
     a = sub.add_parser("adapt", help="write a PEFT adapter for a budget or configuration (no training)")
-    a.add_argument("--checkpoint", required=True)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory (coalora train, or runs/<name>/checkpoints/round_k)")
+    src.add_argument("--run", help="an orchestrated run directory: its last checkpoint and its archive")
     g = a.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget", type=float)
     g.add_argument("--config", dest="config_json", help="a configuration JSON file: module name → knobs")

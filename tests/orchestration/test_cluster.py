@@ -50,7 +50,8 @@ def test_kuberay_rayjob_points_at_a_real_config():
     assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
 
 
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("sweep-"))
+SWEEPS = sorted((ROOT / "configs").glob("sweep-*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
@@ -61,3 +62,13 @@ def test_every_config_validates_and_documents_its_command(path, monkeypatch):
     header = path.read_text().splitlines()[:8]
     assert any(("orchestration/run.py" in line or "benchmarks/" in line) and line.startswith("#") for line in header)
     load_config(path)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_sweep_validates(path, monkeypatch):
+    from orchestration.sweep import expand_grid, load_sweep
+
+    monkeypatch.chdir(ROOT)
+    assert "orchestration/sweep.py" in path.read_text().splitlines()[1]
+    cfg = load_sweep(path)
+    assert cfg.optuna is not None or len(expand_grid(cfg.grid)) >= 2

@@ -181,3 +181,19 @@ def test_report_best_per_budget_picks_lowest_loss_under_budget():
     assert best[1]["loss"] == 0.9 and best[2]["loss"] == 0.5 and best[3]["loss"] == 0.5
     assert [(r["avg_bits"], r["loss"]) for r in front_rows(rows)] == [(2.5, 0.9), (3.0, 0.5)]
     assert np.isfinite([r["loss"] for r in rows]).all()
+
+
+def test_adapt_from_run_picks_best_evaluated_configuration(reference, tmp_path):
+    from coalora.cli import main
+    from orchestration.report import best_per_budget
+    from orchestration.store import RunStore
+
+    run_dir, _ = reference
+    out = tmp_path / "adapter"
+    assert main(["adapt", "--run", str(run_dir), "--budget", "4.0", "--out", str(out)]) == 0
+    summary = json.loads((out / "export.json").read_text())
+    final = [r for r in RunStore(run_dir).read_archive() if r["round"] == 1 and r["status"] == "ok"]
+    (want,) = best_per_budget(final, [4.0])
+    assert summary["config_id"] == want["config_id"]
+    assert "best evaluated configuration" in summary["chosen_by"]
+    assert summary["checkpoint"].endswith("round_1")
