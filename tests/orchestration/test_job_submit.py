@@ -1,0 +1,112 @@
+"""`ray start --head` on loopback, then `ray job submit -- python orchestration/run.py --smoke-test`.
+
+The head is started with its own temporary directory; at the end only the processes of that head
+(found by that directory in their command lines, and their children) are stopped, never `ray stop`
+(which would kill every Ray cluster on the machine) outside CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _head_processes(temp_dir: str) -> list:
+    import psutil
+
+    roots = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+                roots.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    procs = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            for c in p.children(recursive=True):
+                procs[c.pid] = c
+        except psutil.NoSuchProcess:
+            continue
+    return list(procs.values())
+
+
+def _stop_head(temp_dir: str) -> None:
+    import psutil
+
+    procs = _head_processes(temp_dir)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture()
+def ray_head(tmp_path):
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    dash = _free_port()
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+               OMP_NUM_THREADS="1")
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+           "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dash}", "--disable-usage-stats"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert res.returncode == 0, res.stderr[-2000:]
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_smoke_test_succeeds(ray_head, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "runs"
+    # Ray >= 2.59 enables token authentication on the head; the client reads ~/.ray/auth_token.
+    env = dict(env, RAY_AUTH_MODE="token")
+    submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+              "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--no-wait", "--",
+              "python", "orchestration/run.py", "--smoke-test", "--set", f"run.out_dir={out}"]
+    res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    job_id = next(w for line in res.stdout.splitlines() for w in line.split() if w.startswith("raysubmit_"))
+    job_id = job_id.strip("'\"")
+    status = ""
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        st = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env,
+                            capture_output=True, text=True, timeout=60)
+        status = st.stdout
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(5)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "SUCCEEDED" in status, status + logs[-3000:]
+    assert "done: 2 round(s)" in logs
+    assert (out / "smoke" / "rounds.parquet").is_file() and (out / "smoke" / "report.md").is_file()
