@@ -62,6 +62,24 @@ class SearchError(ValueError):
     """Bad input to the search (k ≤ 0, empty archive, unknown setting, unreadable state). Names the problem."""
 
 
+def _use_pure_pytorch_log_ehvi() -> None:
+    """Keep BoTorch on its pure-PyTorch qLog(N)EHVI path.
+
+    BoTorch ≥ 0.17 JIT-compiles a C++ kernel (``-march=native``, via ``torch.utils.cpp_extension``)
+    the first time a qLog(N)EHVI is built. That costs a minute of compilation in every fresh
+    environment, builds binaries tied to one CPU model (clusters mix them), and waits forever on the
+    build directory's lock file if an earlier process was killed mid-build (seen here: a search actor
+    hung for good). The kernel only speeds up the acquisition's inner loop, which is not our
+    bottleneck, so we mark it as already tried; BoTorch then uses its Python implementation.
+    """
+    try:
+        from botorch.acquisition.multi_objective import logei
+    except ImportError:  # pragma: no cover - botorch is a dependency
+        return
+    if getattr(logei, "_C", None) is None:
+        logei._load_attempted = True
+
+
 # ---------------------------------------------------------------------------------------------- settings
 @dataclass
 class SearchSettings:
@@ -415,6 +433,7 @@ class GPAcquisition:
         baseline = prune_inferior_points_multi_objective(
             self.gp, tX, ref, objective=mc_objective, max_frac=min(1.0, max_baseline / len(tX))
         )
+        _use_pure_pytorch_log_ehvi()
         self.acqf = qLogNoisyExpectedHypervolumeImprovement(
             self.gp,
             ref_point=ref.tolist(),
