@@ -83,8 +83,9 @@ class Orchestrator:
         self.on_round = on_round
         self.on_eval_progress = on_eval_progress
         self.progress = Progress(cfg.run.rounds, say)
-        storage = cfg.run.out_dir if os.path.isabs(cfg.run.out_dir) else os.path.abspath(cfg.run.out_dir)
-        self.storage_path = os.path.join(storage, "_ray_train")
+        # Ray Train's own storage lives inside the run: a round name reused by another run (or by an
+        # --overwrite) must never find an old round there, since Train V2 resumes a run it finds.
+        self.storage_path = str(self.store.ray_train_dir.resolve())
         self.pool: EvaluatorPool | None = None
 
     def run(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@
         trainset/round_<k>.json   the training set selected at the end of round k
         checkpoints/round_<k>/    the coalora checkpoint trained in round k
         search/round_<k>/         the search state at the end of round k (resume reads the last complete one)
+        ray_train/                Ray Train's storage (its copy of each round's checkpoint)
         front.png, hypervolume.png, report.md
 
 Every file is written to a temporary name and renamed into place, so a killed run never leaves a
@@ -96,6 +97,10 @@ class RunStore:
     def config_path(self) -> Path:
         return self.root / "config.yaml"
 
+    @property
+    def ray_train_dir(self) -> Path:
+        return self.root / "ray_train"
+
     def search_dir(self, k: int) -> Path:
         return self.root / "search" / f"round_{k}"
 
@@ -137,6 +142,12 @@ class RunStore:
                 stem = p.name.split(".")[0]
                 if stem.startswith("round_") and int(stem.split("_")[1]) >= n_rounds:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
+        # Ray Train runs are named "<run>-round<k>"; an unfinished one would be resumed, not redone.
+        if self.ray_train_dir.is_dir():
+            for p in self.ray_train_dir.iterdir():
+                head, sep, k = p.name.rpartition("-round")
+                if sep and k.isdigit() and int(k) >= n_rounds:
+                    shutil.rmtree(p, ignore_errors=True)
 
     def write_trainset(self, k: int, configs: list[dict[str, Any]]) -> None:
         write_text(self.trainset_path(k), json.dumps(configs, indent=1))
