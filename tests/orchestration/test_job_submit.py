@@ -102,12 +102,12 @@ def test_ray_job_submit_smoke_test_succeeds(ray_head, tmp_path):
         st = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env,
                             capture_output=True, text=True, timeout=60)
         status = st.stdout + st.stderr  # the CLI prints the status line on stderr
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        if any(s in status.upper() for s in ("SUCCEEDED", "FAILED", "STOPPED")):  # "Job ... succeeded"
             break
         time.sleep(5)
     res = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env,
                          capture_output=True, text=True, timeout=60)
     logs = res.stdout + res.stderr
-    assert "SUCCEEDED" in status, status + logs[-3000:]
+    assert "SUCCEEDED" in status.upper(), status + logs[-3000:]
     assert "done: 2 round(s)" in logs
     assert (out / "smoke" / "rounds.parquet").is_file() and (out / "smoke" / "report.md").is_file()
