@@ -89,13 +89,17 @@ def test_ray_job_submit_smoke_test_succeeds(ray_head, tmp_path):
     out = tmp_path / "runs"
     # Ray >= 2.59 enables token authentication on the head; the client reads ~/.ray/auth_token.
     env = dict(env, RAY_AUTH_MODE="token")
-    submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+    job_id = f"coalora-smoke-{os.getpid()}-{int(time.time())}"
+    submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", job_id,
+              "--working-dir", str(ROOT),
               "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--no-wait", "--",
               "python", "orchestration/run.py", "--smoke-test", "--set", f"run.out_dir={out}"]
-    res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    for _ in range(30):  # right after `ray start` the head's job agent may not be up yet
+        res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        if res.returncode == 0 or "No available agent" not in res.stderr:
+            break
+        time.sleep(3)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    job_id = next(w for line in res.stdout.splitlines() for w in line.split() if w.startswith("raysubmit_"))
-    job_id = job_id.strip("'\"")
     status = ""
     deadline = time.time() + 900
     while time.time() < deadline:
