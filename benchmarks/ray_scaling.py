@@ -11,9 +11,7 @@ cores; one actor within 5 % of in-process.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,15 +61,8 @@ def main() -> None:
             return lambda: pools[n].evaluate(0, state_ref, configs)
 
         runs = {"in-process": in_process, "ray, 1 actor": through(1), "ray, 2 actors": through(2)}
-        for fn in runs.values():  # warm every cache once
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(repeats):
-            for k, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        # warmup=1 fills every weight cache before anything is timed.
+        med = _bench.interleaved_medians(runs, repeats=repeats, warmup=1)
         base = med["ray, 1 actor"]
         rows = [
             {"setting": k, "median_s": v, "evals_per_s": n_cfg / v, "speedup_vs_1_actor": base / v,

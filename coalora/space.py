@@ -518,6 +518,15 @@ def space_from_shapes(
     return QuantSpace(mats, **kwargs)
 
 
+MINILM_L6_SHAPES: dict[str, tuple[int, int]] = {
+    "attention.self.query": (384, 384),
+    "attention.self.key": (384, 384),
+    "attention.self.value": (384, 384),
+    "attention.output.dense": (384, 384),
+    "intermediate.dense": (1536, 384),
+    "output.dense": (384, 1536),
+}
+
 ROBERTA_LARGE_SHAPES: dict[str, tuple[int, int]] = {
     "attention.self.query": (1024, 1024),
     "attention.self.key": (1024, 1024),

@@ -23,7 +23,7 @@ from coalora.allocate import (
     target_weights,
     total_error,
 )
-from coalora.space import BITS_ONLY_OPTIONS, QuantSpace, SpaceError, space_from_shapes
+from coalora.space import BITS_ONLY_OPTIONS, MINILM_L6_SHAPES, QuantSpace, SpaceError, space_from_shapes
 
 # 4 bits × 2 scale widths × 2 block sizes = 16 options; 3 matrices → 4096 configurations to enumerate.
 SMALL_OPTIONS = {
@@ -34,14 +34,7 @@ SMALL_OPTIONS = {
     "block2": (256,),
 }
 SMALL_SHAPES = {"a": (32, 64), "b": (64, 96), "c": (16, 64)}  # unequal numels: the weighting matters
-MINILM_SHAPES = {
-    "attention.self.query": (384, 384),
-    "attention.self.key": (384, 384),
-    "attention.self.value": (384, 384),
-    "attention.output.dense": (384, 384),
-    "intermediate.dense": (1536, 384),
-    "output.dense": (384, 1536),
-}
+MINILM_SHAPES = MINILM_L6_SHAPES
 
 
 def small_space() -> QuantSpace:

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from coalora.space import (
     BITS_ONLY_OPTIONS,
+    MINILM_L6_SHAPES,
     ROBERTA_LARGE_SHAPES,
     QuantOption,
     QuantSpace,
@@ -24,17 +25,7 @@ MIN_OPT = dict(bits=2, scale_bits=2, scale2_dtype="bf16", block=64, block2=256)
 
 
 def minilm_like_space() -> QuantSpace:
-    return space_from_shapes(
-        6,
-        {
-            "attention.self.query": (384, 384),
-            "attention.self.key": (384, 384),
-            "attention.self.value": (384, 384),
-            "attention.output.dense": (384, 384),
-            "intermediate.dense": (1536, 384),
-            "output.dense": (384, 1536),
-        },
-    )
+    return space_from_shapes(6, MINILM_L6_SHAPES)
 
 
 def test_nf4_double_quant_is_4127_bits():
