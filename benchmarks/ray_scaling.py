@@ -41,7 +41,9 @@ def main() -> None:
         overrides += ["model.name=tiny-bert", "data.max_eval=64", "lora.rank=4", "lora.alpha=8"]
         n_cfg, repeats = 4, 2
     cfg = load_config(args.config, overrides)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_config=ray.LoggingConfig(log_level="ERROR"),
+    # Three logical CPUs: the 1-actor pool and the 2-actor pool live side by side (one CPU each), but
+    # only one setting runs at a time, so the two physical cores are never oversubscribed.
+    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_config=ray.LoggingConfig(log_level="ERROR"),
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
     try:
         loaded = load_base(cfg)
