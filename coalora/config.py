@@ -183,6 +183,7 @@ class SearchSection:
     method: str = "gp"
     generator: str = "pool"
     encoding: str = "bits"
+    kernel: str = "additive"  # GP covariance: additive | rbf | additive+rbf (see coalora.search_gp)
     candidates: int = 8  # new configurations proposed per round
     n_segments: int = 40
     bits_range: list[float] | None = None  # segments and hypervolume axis; null = attainable range
@@ -204,7 +205,8 @@ class SearchSection:
         from coalora.search import SearchSettings
 
         return SearchSettings(
-            method=self.method, generator=self.generator, encoding=self.encoding, n_segments=self.n_segments,
+            method=self.method, generator=self.generator, encoding=self.encoding, kernel=self.kernel,
+            n_segments=self.n_segments,
             bits_range=None if self.bits_range is None else tuple(self.bits_range),
             loss_range=None if self.loss_range is None else tuple(self.loss_range),
             seed=self.seed, max_gp_points=self.max_gp_points,

@@ -20,8 +20,13 @@ Methods (``SearchSettings.method``): ``gp`` (BoTorch GP on f1 + qLogNEHVI with b
 objective), and the baselines ``random``, ``nsga2`` (Optuna NSGA-II), ``frozen`` (no proposals, the first
 selected set is kept) and ``random-extend`` (random proposals, the set only grows; the paper's Fig. 8).
 The GP's candidate generators (``SearchSettings.generator``): ``pool`` (default; acquisition-scored
-mutations and crossovers of the segment fronts, two generations) and ``fd-walk`` (the paper's
-finite-difference coordinate walk on the acquisition, with an acceptance test: :func:`fd_walk`).
+mutations and crossovers of the segment fronts, then a (1 + λ) hill-climb on the acquisition from the best
+candidates of 2k segments) and ``fd-walk`` (the paper's finite-difference coordinate walk on the
+acquisition, with an acceptance test: :func:`fd_walk`).
+
+Modules: this one (settings, archive, selection, proposals, NSGA-II adapter, state), :mod:`coalora.search_gp`
+(encodings, the additive bits kernel, qLogNEHVI), :mod:`coalora.search_moves` (mutations, fd-walk, spread
+selection) and :mod:`coalora.pareto` (fronts, hypervolume, segments); everything public is re-exported here.
 
 Everything is seeded: call ``j`` of :meth:`ParetoSearch.propose` uses ``numpy.random.default_rng([seed, j])``
 and a torch seed derived from it inside ``torch.random.fork_rng`` (the caller's torch RNG is untouched),
@@ -35,49 +40,36 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from coalora.pareto import (
     ObjectiveBounds,
     ParetoError,
-    infer_reference_point,
     non_dominated_mask,
     segment_edges,
     segment_filter,
     segment_index,
 )
+from coalora.search_gp import (
+    ENCODINGS,
+    KERNELS,
+    ConfigEncoder,
+    GPAcquisition,
+    GPInputs,
+    SearchError,
+    additive_bits_kernel,
+    bits_basis,
+)
+from coalora.search_moves import WalkResult, config_keys, fd_walk, mutation_pool, spread_select
 from coalora.space import KNOBS, QuantSpace, SpaceError
 
 METHODS: tuple[str, ...] = ("gp", "random", "nsga2", "frozen", "random-extend")
 GENERATORS: tuple[str, ...] = ("pool", "fd-walk")
-ENCODINGS: tuple[str, ...] = ("full", "bits", "layer")
 STATE_VERSION = 1
 _STATE_JSON = "search.json"
 _ARCHIVE_PARQUET = "archive.parquet"
-
-
-class SearchError(ValueError):
-    """Bad input to the search (k ≤ 0, empty archive, unknown setting, unreadable state). Names the problem."""
-
-
-def _use_pure_pytorch_log_ehvi() -> None:
-    """Keep BoTorch on its pure-PyTorch qLog(N)EHVI path.
-
-    BoTorch ≥ 0.17 JIT-compiles a C++ kernel (``-march=native``, via ``torch.utils.cpp_extension``)
-    the first time a qLog(N)EHVI is built. That costs a minute of compilation in every fresh
-    environment, builds binaries tied to one CPU model (clusters mix them), and waits forever on the
-    build directory's lock file if an earlier process was killed mid-build (seen here: a search actor
-    hung for good). The kernel only speeds up the acquisition's inner loop, which is not our
-    bottleneck, so we mark it as already tried; BoTorch then uses its Python implementation.
-    """
-    try:
-        from botorch.acquisition.multi_objective import logei
-    except ImportError:  # pragma: no cover - botorch is a dependency
-        return
-    if getattr(logei, "_C", None) is None:
-        logei._load_attempted = True
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -89,6 +81,10 @@ class SearchSettings:
         method: one of :data:`METHODS`.
         generator: candidate generator of the ``gp`` method, one of :data:`GENERATORS`.
         encoding: GP input encoding, one of :data:`ENCODINGS` (see :class:`ConfigEncoder`).
+        kernel: GP covariance, one of :data:`KERNELS`: ``additive`` (a shared plus a per-matrix smooth
+            function of each matrix's bits, :func:`additive_bits_kernel`), ``rbf`` (BoTorch's default
+            RBF with ARD over the whole encoding) or their sum.
+        n_basis: basis functions per matrix of the additive kernel.
         n_segments: U, the number of equal bit segments of the filter (paper: 40).
         bits_range: ``(lo, hi)`` of the segments and of the hypervolume's bits axis; None → the space's
             attainable range.
@@ -102,7 +98,9 @@ class SearchSettings:
         mc_samples: quasi-MC samples of qLogNEHVI.
         max_baseline: qLogNEHVI's baseline: the observed points most likely to be Pareto-optimal, at most
             this many (its cost per candidate grows with the baseline).
-        pool_size: candidates of the first pool generation (the second has half as many).
+        pool_size: candidates of the first generation of the ``pool`` generator.
+        pool_generations: generations of the ``pool`` generator (1 = score one pool of mutations).
+        pool_children: mutants per lineage per later generation (2k lineages).
         fd_max_steps: step cap of each fd-walk.
         fd_starts_per_candidate: fd-walk start points per requested candidate (≥ 1).
         nsga2_population: NSGA-II population size.
@@ -111,6 +109,8 @@ class SearchSettings:
     method: str = "gp"
     generator: str = "pool"
     encoding: str = "bits"
+    kernel: str = "additive"
+    n_basis: int = 8
     n_segments: int = 40
     bits_range: tuple[float, float] | None = None
     loss_range: tuple[float, float] | None = None
@@ -121,15 +121,19 @@ class SearchSettings:
     mc_samples: int = 64
     max_baseline: int = 32
     pool_size: int = 512
+    pool_generations: int = 6
+    pool_children: int = 32
     fd_max_steps: int = 10
     fd_starts_per_candidate: int = 1
     nsga2_population: int = 16
 
     def validate(self) -> "SearchSettings":
-        for name, allowed in (("method", METHODS), ("generator", GENERATORS), ("encoding", ENCODINGS)):
+        for name, allowed in (("method", METHODS), ("generator", GENERATORS), ("encoding", ENCODINGS),
+                              ("kernel", KERNELS)):
             if getattr(self, name) not in allowed:
                 raise SearchError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
-        positive = ("n_segments", "max_gp_points", "fit_maxiter", "mc_samples", "max_baseline", "pool_size", "fd_max_steps",
+        positive = ("n_segments", "n_basis", "max_gp_points", "fit_maxiter", "mc_samples", "max_baseline", "pool_size",
+                    "pool_generations", "pool_children", "fd_max_steps",
                     "fd_starts_per_candidate")
         for name in positive:
             v = getattr(self, name)
@@ -148,311 +152,6 @@ class SearchSettings:
         if not (math.isfinite(self.hv_margin) and self.hv_margin > 0):
             raise SearchError(f"hv_margin must be a positive number; got {self.hv_margin!r}")
         return self
-
-
-# ---------------------------------------------------------------------------------------------- encoding
-class ConfigEncoder:
-    """Maps configurations to GP inputs in ``[0, 1]^d`` in which the average bits is affine.
-
-    - ``full``: per matrix, every knob with more than one option as ``index / (cardinality − 1)``, then
-      every matrix's storage bits scaled to ``[0, 1]`` by the space's bit range: ``d = N·K' + N``.
-    - ``bits``: only the per-matrix storage bits: ``d = N``.
-    - ``layer``: per-layer and per-module-type numel-weighted mean of the scaled bits: ``d = L + T``.
-
-    ``avg_bits(C) = encode(C) @ a + b`` with ``(a, b) = bits_affine()``, which lets bits enter the
-    acquisition exactly, as a deterministic model.
-    """
-
-    def __init__(self, space: QuantSpace, kind: str) -> None:
-        if kind not in ENCODINGS:
-            raise SearchError(f"encoding {kind!r} is not one of {list(ENCODINGS)}")
-        self.space, self.kind = space, kind
-        self.lo = space.min_bits
-        self.span = max(space.max_bits - space.min_bits, 1e-12)
-        self.varying = [k for k in range(len(KNOBS)) if space.cardinalities[k] > 1]
-        w = space.numels / space.numels.sum()
-        n = space.n_matrices
-        if kind == "full":
-            self.dim = n * len(self.varying) + n
-            self._a = np.concatenate([np.zeros(n * len(self.varying)), self.span * w])
-        elif kind == "bits":
-            self.dim = n
-            self._a = self.span * w
-        else:
-            layers = sorted({m.layer for m in space.matrices})
-            types = space.module_types
-            # (N, L + T) averaging matrix: column g holds the numel weights of group g's matrices, summing to 1.
-            G = np.zeros((n, len(layers) + len(types)))
-            for i, m in enumerate(space.matrices):
-                G[i, layers.index(m.layer)] = w[i]
-                G[i, len(layers) + types.index(m.module_type)] = w[i]
-            group_w = G.sum(0)
-            self._G = G / group_w
-            self.dim = G.shape[1]
-            self._a = np.concatenate([self.span * group_w[: len(layers)], np.zeros(len(types))])
-
-    def encode(self, idx: np.ndarray) -> np.ndarray:
-        """``(B, N, 5)`` index arrays → ``(B, d)`` float64 features in ``[0, 1]``."""
-        idx = np.asarray(idx)
-        z = (self.space.matrix_bits(idx) - self.lo) / self.span  # (B, N)
-        if self.kind == "bits":
-            return z
-        if self.kind == "layer":
-            return z @ self._G
-        card = self.space.cardinalities[self.varying]
-        knobs = idx[..., self.varying] / (card - 1)  # (B, N, K')
-        return np.concatenate([knobs.reshape(len(idx), -1), z], axis=-1)
-
-    def bits_affine(self) -> tuple[np.ndarray, float]:
-        """``(a (d,), b)`` with ``average_bits = encode(C) @ a + b``."""
-        return self._a.copy(), float(self.lo)
-
-
-# ---------------------------------------------------------------------------------------------- generators
-def _keys(idx: np.ndarray) -> list[bytes]:
-    """Exact de-duplication keys of ``(B, N, 5)`` index arrays."""
-    flat = np.ascontiguousarray(np.asarray(idx, dtype=np.int16)).reshape(len(idx), -1)
-    return [row.tobytes() for row in flat]
-
-
-def mutation_pool(
-    space: QuantSpace, parents: np.ndarray, rng: np.random.Generator, size: int
-) -> np.ndarray:
-    """Children of ``parents`` by local moves and crossover: ``(P, N, 5)`` → ``(size, N, 5)``.
-
-    Moves, chosen per child: *step* (±1 on 1–4 random knobs, reflected at the ends of a knob's range),
-    *swap* (one matrix one bit level up, another one down: moves within a bit segment), *resample*
-    (1–2 matrices get a random option) and *cross* (uniform per-matrix crossover of two parents, then a
-    step). Children may repeat parents or each other; the caller de-duplicates.
-    """
-    card = space.cardinalities
-    varying = np.flatnonzero(card > 1)
-    n = space.n_matrices
-    out = np.empty((size, n, len(KNOBS)), dtype=np.int64)
-    if len(varying) == 0:
-        out[:] = parents[0]
-        return out
-    bits_k = KNOBS.index("bits")
-    can_swap = card[bits_k] > 1 and n > 1
-    moves = rng.choice(4, size=size, p=[0.35, 0.25 if can_swap else 0.0, 0.2, 0.2 + (0.0 if can_swap else 0.25)])
-    for c in range(size):
-        child = parents[rng.integers(len(parents))].copy()
-        move = moves[c]
-        if move == 3 and len(parents) > 1:
-            other = parents[rng.integers(len(parents))]
-            take = rng.random(n) < 0.5
-            child[take] = other[take]
-            move = 0
-        if move == 1:
-            i, j = rng.choice(n, size=2, replace=False)
-            child[i, bits_k] = _reflect(child[i, bits_k] + 1, card[bits_k])
-            child[j, bits_k] = _reflect(child[j, bits_k] - 1, card[bits_k])
-        elif move == 2:
-            for i in rng.choice(n, size=min(n, 1 + int(rng.integers(2))), replace=False):
-                child[i] = rng.integers(0, card)
-        else:
-            for _ in range(min(4, int(rng.geometric(0.5)))):
-                i, k = int(rng.integers(n)), int(varying[rng.integers(len(varying))])
-                child[i, k] = _reflect(child[i, k] + (1 if rng.random() < 0.5 else -1), card[k])
-        out[c] = child
-    return out
-
-
-def _reflect(v: int, card: int) -> int:
-    """Keep an index in ``[0, card)`` by bouncing off the ends (a step past the top goes one down)."""
-    if v >= card:
-        return max(card - 2, 0)
-    if v < 0:
-        return min(1, card - 1)
-    return int(v)
-
-
-@dataclass
-class WalkResult:
-    """Outcome of one :func:`fd_walk`.
-
-    Attributes:
-        config: ``(N, 5)`` end point of the walk.
-        start_value, end_value: acquisition at the start and end point (end ≥ start).
-        steps: accepted moves.
-        local_optimum: True when the walk stopped because no ±1 move improves the acquisition
-            (False: it hit the step cap).
-        best_new: ``(N, 5)`` best-scoring configuration seen (end point or a scored neighbour) that is not
-            in ``avoid``, or None; what :meth:`ParetoSearch.propose` takes when the end point is known.
-        best_new_value: its acquisition value (−inf if none).
-    """
-
-    config: np.ndarray
-    start_value: float
-    end_value: float
-    steps: int
-    local_optimum: bool
-    best_new: np.ndarray | None
-    best_new_value: float
-
-
-def fd_walk(
-    space: QuantSpace,
-    score: Callable[[np.ndarray], np.ndarray],
-    start: np.ndarray,
-    max_steps: int,
-    avoid: set[bytes] | None = None,
-) -> WalkResult:
-    """The paper's finite-difference coordinate walk on an acquisition function (δ = 1), made sound.
-
-    Each step scores every ±1 neighbour of ``x`` in one batch, forms the per-coordinate gradient
-    estimate ``g_j = (a(x+e_j) − a(x−e_j))/2`` (a one-sided *difference* ``±(a(x±e_j) − a(x))`` where
-    only one side exists; the authors' code used the raw value there, which always pointed out of the
-    range and returned the start point), and moves along ``sign(g_j)`` on the coordinate with the largest
-    ``|g_j|`` whose move stays in range **and increases** the acquisition. It stops at a local optimum
-    (no ±1 move improves) or after ``max_steps`` moves, never because a coordinate is at a boundary.
-
-    Args:
-        space: the configuration space.
-        score: ``(B, N, 5)`` → ``(B,)`` acquisition values (higher is better).
-        start: ``(N, 5)`` start point.
-        max_steps: step cap (≥ 0).
-        avoid: keys (:func:`_keys`) that ``best_new`` must not be.
-    """
-    avoid = avoid if avoid is not None else set()
-    card = space.cardinalities
-    coords = [(i, k) for i in range(space.n_matrices) for k in range(len(KNOBS)) if card[k] > 1]
-    ci = np.array([c[0] for c in coords], dtype=np.int64)
-    ck = np.array([c[1] for c in coords], dtype=np.int64)
-    x = space.validate(start).copy()
-    a0 = float(score(x[None])[0])
-    start_value = a0
-    best_new, best_new_value = (x.copy(), a0) if _keys(x[None])[0] not in avoid else (None, -math.inf)
-    steps, local_opt = 0, False
-    while True:
-        v = x[ci, ck]
-        up_ok, dn_ok = v + 1 < card[ck], v - 1 >= 0
-        nb = np.repeat(x[None], 2 * len(coords), axis=0)
-        j = np.arange(len(coords))
-        nb[j, ci, ck] = np.minimum(v + 1, card[ck] - 1)
-        nb[len(coords) + j, ci, ck] = np.maximum(v - 1, 0)
-        valid = np.concatenate([up_ok, dn_ok])
-        vals = np.full(2 * len(coords), -np.inf)
-        vals[valid] = score(nb[valid])
-        a_up, a_dn = vals[: len(coords)], vals[len(coords) :]
-        for r in np.flatnonzero(valid):
-            if vals[r] > best_new_value and _keys(nb[r : r + 1])[0] not in avoid:
-                best_new, best_new_value = nb[r].copy(), float(vals[r])
-        if steps >= max_steps:
-            break
-        g = np.where(up_ok & dn_ok, (a_up - a_dn) / 2, np.where(up_ok, a_up - a0, a0 - a_dn))
-        direction = np.where(g >= 0, 1, -1)
-        target_val = np.where(direction > 0, a_up, a_dn)  # -inf where that side is out of range
-        improving = target_val > a0
-        if not improving.any():
-            local_opt = True
-            break
-        order = np.argsort(-np.abs(np.where(improving, g, 0.0)), kind="stable")
-        c = int(order[0])
-        x[ci[c], ck[c]] += direction[c]
-        a0 = float(target_val[c])
-        steps += 1
-    return WalkResult(x, start_value, a0, steps, local_opt, best_new, best_new_value)
-
-
-def spread_select(values: np.ndarray, segments: np.ndarray, k: int) -> list[int]:
-    """Pick ``k`` candidates by value, at most one per segment per pass: ``(M,), (M,)`` → indices.
-
-    Pass 1 takes the best candidate of each segment in order of value until ``k`` are taken; further
-    passes repeat over what is left, so proposals cover as many segments as the pool allows.
-    """
-    order = np.argsort(-values, kind="stable")
-    chosen: list[int] = []
-    taken = np.zeros(len(values), dtype=bool)
-    while len(chosen) < k and not taken.all():
-        used: set[int] = set()
-        for c in order:
-            if taken[c] or int(segments[c]) in used:
-                continue
-            used.add(int(segments[c]))
-            taken[c] = True
-            chosen.append(int(c))
-            if len(chosen) == k:
-                break
-    return chosen
-
-
-# ---------------------------------------------------------------------------------------------- acquisition
-class GPAcquisition:
-    """qLogNEHVI over (normalised loss, normalised bits) with a GP on the loss and exact bits.
-
-    Fits ``SingleTaskGP(X, y, Standardize)`` with ``fit_gpytorch_mll`` (L-BFGS capped at ``fit_maxiter``).
-    The bits enter as a deterministic second objective computed from the inputs (the encoding makes
-    them affine: ``X @ a + b``), both objectives are negated for BoTorch's maximisation, and the reference
-    point is one every observation dominates (:func:`~coalora.pareto.infer_reference_point`, 10 % margin).
-    A single-output GP keeps BoTorch's cached-root fast path for the noisy baseline.
-
-    Args:
-        encoder: the input encoding.
-        X: ``(n, d)`` encoded configurations; ``y``: ``(n,)`` normalised losses; ``bits_norm``: ``(n,)``
-            normalised bits of the same configurations.
-        bounds: the fixed normalisation (its bits range scales the deterministic objective).
-    """
-
-    def __init__(
-        self, encoder: ConfigEncoder, X: np.ndarray, y: np.ndarray, bits_norm: np.ndarray, bounds: ObjectiveBounds,
-        fit_maxiter: int, mc_samples: int, seed: int, max_baseline: int = 32,
-    ) -> None:
-        import torch
-        from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
-        from botorch.acquisition.multi_objective.objective import GenericMCMultiOutputObjective
-        from botorch.acquisition.multi_objective.utils import prune_inferior_points_multi_objective
-        from botorch.fit import fit_gpytorch_mll
-        from botorch.models import SingleTaskGP
-        from botorch.models.transforms.outcome import Standardize
-        from botorch.sampling import SobolQMCNormalSampler
-        from gpytorch.mlls import ExactMarginalLogLikelihood
-
-        self.encoder = encoder
-        self._torch = torch
-        dt = torch.float64
-        tX = torch.as_tensor(X, dtype=dt)
-        ty = torch.as_tensor(y, dtype=dt).unsqueeze(-1)
-        self.gp = SingleTaskGP(tX, ty, outcome_transform=Standardize(m=1))
-        mll = ExactMarginalLogLikelihood(self.gp.likelihood, self.gp)
-        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": int(fit_maxiter)}})
-        a, b = encoder.bits_affine()
-        span, lo = bounds.bits[1] - bounds.bits[0], bounds.bits[0]
-        a_n = torch.as_tensor(a / span, dtype=dt)  # normalised bits = X @ a_n + b_n
-        b_n = (b - lo) / span
-
-        def objective(samples: "torch.Tensor", X: "torch.Tensor | None" = None) -> "torch.Tensor":
-            # samples: (mc, batch, q, 1) loss draws; X: (batch, q, d) → (mc, batch, q, 2), both maximised.
-            bits = (X @ a_n + b_n).unsqueeze(-1).expand(samples.shape)
-            return torch.cat([-samples, -bits], dim=-1)
-
-        ref = torch.as_tensor(-infer_reference_point(np.stack([y, bits_norm], axis=-1), scale=0.1), dtype=dt)
-        mc_objective = GenericMCMultiOutputObjective(objective)
-        # NEHVI re-evaluates the posterior of every baseline point jointly with each candidate, so its cost
-        # grows with the baseline: keep the max_baseline points most likely to be Pareto-optimal.
-        baseline = prune_inferior_points_multi_objective(
-            self.gp, tX, ref, objective=mc_objective, max_frac=min(1.0, max_baseline / len(tX))
-        )
-        _use_pure_pytorch_log_ehvi()
-        self.acqf = qLogNoisyExpectedHypervolumeImprovement(
-            self.gp,
-            ref_point=ref.tolist(),
-            X_baseline=baseline,
-            sampler=SobolQMCNormalSampler(torch.Size([mc_samples]), seed=seed),
-            objective=mc_objective,
-            prune_baseline=False,
-            cache_root=True,
-        )
-
-    def __call__(self, configs: np.ndarray, batch: int = 256) -> np.ndarray:
-        """``(B, N, 5)`` → ``(B,)`` log-EHVI values (q = 1 each)."""
-        torch = self._torch
-        X = torch.as_tensor(self.encoder.encode(configs), dtype=torch.float64)
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(X), batch):
-                out.append(self.acqf(X[s : s + batch].unsqueeze(1)))
-        return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 # ---------------------------------------------------------------------------------------------- NSGA-II
@@ -495,6 +194,10 @@ class _Nsga2:
             if row["status"] == "ok":
                 self.study.enqueue_trial(self._params(configs[row["key"]]))
                 trial = self.study.ask(self.dists)
+                # An enqueued trial's parameters are all fixed, so Optuna never asks the sampler for it and
+                # NSGA-II never assigns it a generation (it would ignore it as a parent). Asking for the
+                # relative parameters does both, without changing the fixed values.
+                _ = trial.relative_params
                 self.study.tell(trial, [row["loss"], row["bits"]])
         self.told = len(rows)
 
@@ -507,7 +210,7 @@ class _Nsga2:
             trial = self.study.ask(self.dists)
             cfg = self._config(trial.params)
             self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
-            key = _keys(cfg[None])[0]
+            key = config_keys(cfg[None])[0]
             if key not in avoid:
                 avoid.add(key)
                 out.append(cfg)
@@ -516,7 +219,7 @@ class _Nsga2:
         while len(out) < k and len(fallback) and tries < 50 * k:
             tries += 1
             cfg = mutation_pool(self.space, fallback, rng, 1)[0]
-            key = _keys(cfg[None])[0]
+            key = config_keys(cfg[None])[0]
             if key not in avoid:
                 avoid.add(key)
                 out.append(cfg)
@@ -623,7 +326,7 @@ class ParetoSearch:
                 hi = lo + 0.1 * max(abs(lo), 1.0)
             self.bounds = ObjectiveBounds((lo, hi), self.bits_range, self.settings.hv_margin)
         bits = np.atleast_1d(self.space.average_bits(idx))
-        for cfg, key, loss, b, ok in zip(idx, _keys(idx), l, bits, finite):
+        for cfg, key, loss, b, ok in zip(idx, config_keys(idx), l, bits, finite):
             if key not in self._configs:
                 self._configs[key] = cfg.copy()
             row = _Row(len(self._rows), self.round, key, self.space.config_id(cfg), float(loss), float(b),
@@ -793,7 +496,7 @@ class ParetoSearch:
         if len(out) < k:
             warnings.warn(f"found only {len(out)} of {k} unseen configurations to propose", RuntimeWarning,
                           stacklevel=2)
-        self._pending.update(_keys(out))
+        self._pending.update(config_keys(out))
         return out
 
     def _random_spread(self, k: int, rng: np.random.Generator, avoid: set[bytes]) -> np.ndarray:
@@ -809,7 +512,7 @@ class ParetoSearch:
             a, c = self.edges[u], self.edges[u + 1]
             target = float(np.clip(rng.uniform(a, c), lo_att, hi_att))
             cfg = self.space.sample_near(target, rng, 1, tol=(c - a) / 2)[0]
-            key = _keys(cfg[None])[0]
+            key = config_keys(cfg[None])[0]
             if key not in avoid:
                 avoid.add(key)
                 out.append(cfg)
@@ -850,9 +553,9 @@ class ParetoSearch:
         assert self.bounds is not None
         _, l, b = self._finite_latest(keys)
         pts = self.bounds.normalise(l, b)
-        X = self.encoder.encode(self._stack(keys))
-        return GPAcquisition(self.encoder, X, pts[:, 0], pts[:, 1], self.bounds, self.settings.fit_maxiter,
-                             self.settings.mc_samples, seed, self.settings.max_baseline)
+        st = self.settings
+        return GPAcquisition(GPInputs(self.encoder, st.kernel, st.n_basis), self._stack(keys), pts[:, 0], pts[:, 1],
+                             self.bounds, st.fit_maxiter, st.mc_samples, seed, st.max_baseline)
 
     def _propose_gp(self, k: int, rng: np.random.Generator, avoid: set[bytes]) -> np.ndarray:
         import torch
@@ -866,10 +569,20 @@ class ParetoSearch:
                 return self._fd_walk_candidates(k, acq, parents, rng, avoid)
             return self._pool_candidates(k, acq, parents, rng, avoid)
 
+    @staticmethod
+    def _first_unseen(cands: np.ndarray, seen: set[bytes]) -> np.ndarray:
+        """Indices of the first occurrence of every candidate not in ``seen``."""
+        out, local = [], set()
+        for i, key in enumerate(config_keys(cands)):
+            if key not in seen and key not in local:
+                local.add(key)
+                out.append(i)
+        return np.asarray(out, dtype=np.int64)
+
     def _dedup(self, cands: np.ndarray, avoid: set[bytes]) -> tuple[np.ndarray, list[bytes]]:
         keep, keys = [], []
         seen = set(avoid)
-        for i, key in enumerate(_keys(cands)):
+        for i, key in enumerate(config_keys(cands)):
             if key not in seen:
                 seen.add(key)
                 keep.append(i)
@@ -887,12 +600,33 @@ class ParetoSearch:
         pool = np.concatenate([mutation_pool(self.space, parents, rng, size), explore])
         pool, keys = self._dedup(pool, avoid)
         vals = acq(pool)
-        # Generation 2: refine around the best-scoring children.
-        top = pool[np.argsort(-vals, kind="stable")[: max(8, size // 16)]]
-        pool2, keys2 = self._dedup(mutation_pool(self.space, top, rng, max(1, size // 2)), avoid | set(keys))
-        if len(pool2):
-            pool = np.concatenate([pool, pool2])
-            vals = np.concatenate([vals, acq(pool2)])
+        seen = avoid | set(keys)
+        # Later generations: a (1 + λ) hill-climb on the acquisition from 2k lineages, started at the best
+        # candidate of as many segments as possible; each generation scores `pool_children` mutants of every
+        # lineage head in one batch and moves a head to its best child when that improves the acquisition.
+        seg = segment_index(self.space.average_bits(pool), self.edges)
+        heads = spread_select(vals, seg, 2 * k)
+        head_cfg, head_val = pool[heads], vals[heads]
+        lam = self.settings.pool_children
+        for _ in range(self.settings.pool_generations - 1):
+            kids, owner = [], []
+            for h in range(len(head_cfg)):
+                kids.append(mutation_pool(self.space, head_cfg[h : h + 1], rng, lam))
+                owner.append(np.full(lam, h))
+            children, owner_arr = np.concatenate(kids), np.concatenate(owner)
+            first = self._first_unseen(children, seen)
+            if not len(first):
+                break
+            children, owner_arr = children[first], owner_arr[first]
+            seen |= set(config_keys(children))
+            cvals = acq(children)
+            pool = np.concatenate([pool, children])
+            vals = np.concatenate([vals, cvals])
+            for h in range(len(head_cfg)):
+                mine = np.flatnonzero(owner_arr == h)
+                if len(mine) and cvals[mine].max() > head_val[h]:
+                    best = mine[np.argmax(cvals[mine])]
+                    head_cfg[h], head_val[h] = children[best], cvals[best]
         seg = segment_index(self.space.average_bits(pool), self.edges)
         if (seg >= 0).sum() >= k:  # candidates outside a configured bit range would never be selected
             inside = np.flatnonzero(seg >= 0)
@@ -920,7 +654,7 @@ class ParetoSearch:
                 results.append((w.best_new_value, w.best_new))
         out: list[np.ndarray] = []
         for _, cfg in sorted(results, key=lambda t: -t[0]):
-            key = _keys(cfg[None])[0]
+            key = config_keys(cfg[None])[0]
             if key not in avoid:
                 avoid.add(key)
                 out.append(cfg)
@@ -989,7 +723,7 @@ class ParetoSearch:
         by_id: dict[str, bytes] = {}
         for rec in table:
             cfg = space.validate(np.asarray(rec["config"], dtype=np.int64).reshape(space.n_matrices, len(KNOBS)))
-            key = _keys(cfg[None])[0]
+            key = config_keys(cfg[None])[0]
             self._configs.setdefault(key, cfg)
             by_id[rec["config_id"]] = key
             self._rows.append(_Row(int(rec["row"]), int(rec["round"]), key, rec["config_id"], float(rec["loss"]),
@@ -999,13 +733,14 @@ class ParetoSearch:
         self._calls = int(state["propose_calls"])
         self._train = None if state["train"] is None else [by_id[i] for i in state["train"]]
         self._since_select = [by_id[i] for i in state["since_select"]]
-        self._pending = set(_keys(np.asarray(state["pending"], dtype=np.int64).reshape(
+        self._pending = set(config_keys(np.asarray(state["pending"], dtype=np.int64).reshape(
             -1, space.n_matrices, len(KNOBS)))) if state["pending"] else set()
         self._history = list(state["history"])
         return self
 
 
 __all__ = [
-    "ConfigEncoder", "ENCODINGS", "GENERATORS", "GPAcquisition", "METHODS", "ParetoError", "ParetoSearch",
-    "SearchError", "SearchSettings", "SpaceError", "WalkResult", "fd_walk", "mutation_pool", "spread_select",
+    "ConfigEncoder", "ENCODINGS", "GENERATORS", "GPAcquisition", "GPInputs", "KERNELS", "METHODS", "ParetoError",
+    "ParetoSearch", "SearchError", "SearchSettings", "SpaceError", "WalkResult", "additive_bits_kernel",
+    "bits_basis", "config_keys", "fd_walk", "mutation_pool", "spread_select",
 ]

@@ -48,6 +48,7 @@ def test_yaml_and_overrides(tmp_path):
         ("- a\n- b\n", r"top level must be a mapping"),
         ("lora: {rank: 8\n", r"malformed YAML \(line"),
         ("eval:\n  random_bits: [4.0, 2.5]\n", r"eval\.random_bits"),
+        ("search:\n  kernel: matern\n", r"search: kernel='matern' is not one of"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, message):
@@ -62,3 +63,10 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(None, ["train.steps"])
     with pytest.raises(ConfigError, match=r"train\.stepz: unknown key"):
         load_config(None, ["train.stepz=3"])
+
+
+def test_search_section_reaches_the_search_settings(tmp_path):
+    cfg = load_config(write(tmp_path, "search:\n  kernel: rbf\n  encoding: full\n  n_segments: 7\n"))
+    settings = cfg.search.settings()
+    assert (settings.kernel, settings.encoding, settings.n_segments) == ("rbf", "full", 7)
+    assert load_config(None).search.settings().kernel == "additive"
