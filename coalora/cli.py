@@ -85,23 +85,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"output directory {out} exists and is not empty (pass --overwrite)")
-    summary = train_method(cfg, out, progress=not args.quiet)
+    # With --json, stdout carries only the JSON summary; progress notes go to stderr.
+    say = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    summary = train_method(cfg, out, progress=not args.quiet, say=say)
     print(json.dumps(summary, indent=1) if args.json else f"wrote {', '.join(summary['checkpoints'])}")
     return 0
 
 
 # ---------------------------------------------------------------------- evaluate / adapt helpers
-def _read_config_json(path: str, space: Any) -> Any:
+def _read_config_json(path: str, space: Any, many: bool = False) -> Any:
+    """A configuration JSON file → ``(N, 5)`` indices; with ``many``, a list of them → ``(B, N, 5)``.
+
+    One configuration is a mapping module name → knobs; a file may also hold a list of such mappings
+    (``many`` only), e.g. the ``trainset`` of ``runs/<name>/trainset/round_<k>.json``.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"configuration file not found: {path}")
     try:
-        mapping = json.loads(p.read_text())
+        data = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         from coalora.space import SpaceError
 
         raise SpaceError(f"{path} is not valid JSON: {e}") from None
-    return space.from_json(mapping)
+    if isinstance(data, dict) and isinstance(data.get("trainset"), list):
+        data = data["trainset"]  # a run's trainset/round_<k>.json
+    if isinstance(data, list):
+        if not many:
+            raise ValueError(f"{path} holds {len(data)} configurations; this command takes one")
+        if not data:
+            raise ValueError(f"{path} holds an empty list of configurations")
+        import numpy as np
+
+        return np.stack([space.from_json(c) for c in data])
+    config = space.from_json(data)
+    return config[None] if many else config
 
 
 def _budget_config(model: Any, cfg: Any, budget: float) -> Any:
@@ -123,35 +141,69 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
     return load_adapted(args.checkpoint)
 
 
+def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+    """Each adapter of a ``per-config`` directory on the configuration it was trained for."""
+    from coalora.evaluate import evaluate
+    from coalora.experiment import load_data
+    from coalora.methods import load_adapted, per_config_checkpoints
+
+    if args.config_json or args.budget or args.random:
+        raise ValueError(f"{args.checkpoint} is a per-config directory: each adapter is evaluated on its own "
+                         "configuration; pass one adapter's directory to evaluate it elsewhere")
+    rows: list[dict[str, Any]] = []
+    loaded = batches = None
+    for path in per_config_checkpoints(args.checkpoint):
+        # A fresh base per adapter (wrapping replaces the base's target modules in place).
+        model, meta, cfg, loaded = load_adapted(path)
+        if batches is None:
+            batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, args.split)
+        config = model.space.from_json(meta["trainset"][0])[None]
+        for r in evaluate(model, config, batches, loaded.task, max_batches=args.max_batches, progress=False):
+            rows.append({**r, "budget": meta.get("budget"), "checkpoint": str(path)})
+    return rows, loaded.task
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from coalora.evaluate import evaluate
     from coalora.experiment import load_data, random_configs
+    from coalora.methods import PER_CONFIG_INDEX
 
-    model, meta, cfg, loaded = _load(args)
-    space = model.space
-    if args.config_json:
-        configs = _read_config_json(args.config_json, space)[None]
-    elif args.budget is not None:
-        configs = _budget_config(model, cfg, args.budget)[None]
-    elif args.random:
-        cfg.eval.seed = args.seed
-        configs = random_configs(cfg, space, n=args.random)
-    elif meta["method"] == "fp-lora":
-        configs = [None]
-    elif meta.get("trainset"):
-        configs = np.stack([space.from_json(c) for c in meta["trainset"]])
+    if args.checkpoint and (Path(args.checkpoint) / PER_CONFIG_INDEX).is_file():
+        rows, task = _evaluate_per_config(args)
     else:
-        raise ValueError("nothing to evaluate: pass --config, --budget or --random")
-    data = load_data(cfg, loaded.tokenizer, loaded.task)
-    batches = data.eval_batches(cfg, args.split)
-    rows = evaluate(model, configs, batches, loaded.task, max_batches=args.max_batches, progress=not args.quiet)
+        model, meta, cfg, loaded = _load(args)
+        task = loaded.task
+        space = model.space
+        budgets: list[float | None] = []
+        if args.config_json:
+            configs = _read_config_json(args.config_json, space, many=True)
+        elif args.budget:
+            configs = np.stack([_budget_config(model, cfg, b) for b in args.budget])
+            budgets = list(args.budget)
+        elif args.random:
+            cfg.eval.seed = args.seed
+            configs = random_configs(cfg, space, n=args.random)
+        elif meta["method"] == "fp-lora":
+            configs = [None]
+        elif meta.get("trainset"):
+            configs = np.stack([space.from_json(c) for c in meta["trainset"]])
+        else:
+            raise ValueError("nothing to evaluate: pass --config, --budget or --random")
+        data = load_data(cfg, loaded.tokenizer, loaded.task)
+        batches = data.eval_batches(cfg, args.split)
+        rows = evaluate(model, configs, batches, loaded.task, max_batches=args.max_batches, progress=not args.quiet)
+        for r, b in zip(rows, budgets):
+            r["budget"] = b
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    metric = "accuracy" if loaded.task == "classification" else "perplexity"
-    _print_table(rows, ["config_id", "avg_bits", "loss", metric, "examples", "examples_per_s"])
+    metric = "accuracy" if task == "classification" else "perplexity"
+    columns = ["config_id", "avg_bits", "loss", metric, "examples", "examples_per_s"]
+    if any(r.get("budget") is not None for r in rows):
+        columns.insert(1, "budget")
+    _print_table(rows, columns)
     return 0
 
 
@@ -210,10 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint under one or many configurations")
-    e.add_argument("--checkpoint", required=True)
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory (coalora train, a per-config directory, "
+                                          "or runs/<name>/checkpoints/round_k)")
+    src.add_argument("--run", help="an orchestrated run directory: its last checkpoint")
     g = e.add_mutually_exclusive_group()
-    g.add_argument("--config", dest="config_json", help="a configuration JSON file: module name → knobs")
-    g.add_argument("--budget", type=float, help="average-bits budget (allocation picks the configuration)")
+    g.add_argument("--config", dest="config_json",
+                   help="a configuration JSON file (module name → knobs), or a list of them")
+    g.add_argument("--budget", type=float, nargs="+",
+                   help="average-bits budget(s); allocation picks one configuration per budget")
     g.add_argument("--random", type=int, help="this many random configurations over eval.random_bits")
     e.add_argument("--seed", type=int, default=1234, help="seed of --random")
     e.add_argument("--split", choices=["validation", "test"], default="validation")

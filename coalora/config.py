@@ -133,6 +133,7 @@ class TrainSection:
     method: str = "coa"
     steps: int = 200
     lr: float = 5e-4
+    hypernet_lr_scale: float = 1.0  # U_θ's learning rate = lr × this (coa only)
     weight_decay: float = 0.01
     schedule: str = "linear"
     warmup_steps: int = 10
@@ -147,6 +148,7 @@ class TrainSection:
         _check(self.method in METHODS, "train.method", f"unknown method {self.method!r}; one of {list(METHODS)}")
         _check(self.steps > 0, "train.steps", "must be positive")
         _check(self.lr > 0, "train.lr", "must be positive")
+        _check(self.hypernet_lr_scale > 0, "train.hypernet_lr_scale", "must be positive")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.schedule in SCHEDULES, "train.schedule", f"must be one of {list(SCHEDULES)}")
         _check(0 <= self.warmup_steps, "train.warmup_steps", "must be >= 0")

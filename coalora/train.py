@@ -48,7 +48,22 @@ def trainable_parameters(model: CoaModel) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(model: CoaModel, cfg: TrainSection) -> torch.optim.AdamW:
-    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """AdamW over the trainable parameters; U_θ's at ``lr × hypernet_lr_scale``.
+
+    Always two parameter groups (LoRA, then U_θ; the second empty without a hypernetwork), so an
+    optimizer state saved by one method loads into the same layout. U_θ gets its own learning rate
+    because its gradient passes through B, which starts at zero: at the LoRA rate it barely moves in a
+    short run (see benchmarks/quality.py).
+    """
+    lora, hyper = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (hyper if name.startswith("hypernet.") else lora).append(p)
+    groups = [
+        {"params": lora, "lr": cfg.lr},
+        {"params": hyper, "lr": cfg.lr * cfg.hypernet_lr_scale},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(

@@ -175,7 +175,8 @@ class Orchestrator:
             "round": k, "hypervolume": float(hist.get("hv_archive", 0.0)), "hv_train": float(hist.get("hv_train", 0.0)),
             "set_size": len(new_set), "evaluated": len(rows), "failed": failed,
             "train_loss": float(metrics.get("train_loss", math.nan)), "train_steps": int(metrics.get("train_steps", 0)),
-            "train_seconds": t_train, "eval_seconds": t_eval, "search_seconds": t_search,
+            "train_seconds": t_train, "train_loop_seconds": float(metrics.get("train_seconds", math.nan)),
+            "eval_seconds": t_eval, "search_seconds": t_search,
         }
         store.append_round(rows, round_row)
         write_report(store, cfg, space, cfg.run.name)

@@ -50,7 +50,8 @@ ROUNDS_SCHEMA = pa.schema([
     ("failed", pa.int64()),
     ("train_loss", pa.float64()),
     ("train_steps", pa.int64()),
-    ("train_seconds", pa.float64()),
+    ("train_seconds", pa.float64()),  # wall time of the training phase (Ray Train start-up included)
+    ("train_loop_seconds", pa.float64()),  # of which the training loop itself, as the workers measured it
     ("eval_seconds", pa.float64()),
     ("search_seconds", pa.float64()),
 ])

@@ -180,3 +180,45 @@ def test_space_command(capsys):
     assert info["min_bits"] == pytest.approx(2.0322265625)
     assert main(["space", "--model", "no-such-model"]) == 2
     assert "is not a known short name" in _err(capsys)
+
+
+def test_evaluate_many_budgets_a_config_list_and_a_per_config_directory(workdir, capsys):
+    ck = str(workdir / "coa")
+    assert main(["evaluate", "--checkpoint", ck, "--budget", "3.0", "4.0", "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["budget"] for r in rows] == [3.0, 4.0]
+    assert rows[0]["avg_bits"] <= 3.0 < rows[1]["avg_bits"] <= 4.0
+    # A list of configurations (here a run-style trainset file) evaluates each of them, in order.
+    coa, _, _, _ = load_adapted(workdir / "coa")
+    picked = coa.space.sample(np.random.default_rng(9), 3)
+    (workdir / "three.json").write_text(json.dumps({"trainset": [coa.space.to_json(c) for c in picked]}))
+    assert main(["evaluate", "--checkpoint", ck, "--config", str(workdir / "three.json"), "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["config_id"] for r in rows] == [coa.space.config_id(c) for c in picked]
+    # adapt takes exactly one configuration.
+    assert main(["adapt", "--checkpoint", ck, "--config", str(workdir / "three.json"),
+                 "--out", str(workdir / "never")]) == 2
+    assert "holds 3 configurations; this command takes one" in _err(capsys)
+    assert not (workdir / "never").exists()
+    # A per-config directory: every adapter on its own configuration.
+    cfg = load_config(workdir / "tiny.yaml", ["train.steps=2"])
+    from coalora.methods import train_method
+
+    train_method(cfg, workdir / "per-eval", method="per-config", progress=False, say=lambda s: None)
+    assert main(["evaluate", "--checkpoint", str(workdir / "per-eval"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["budget"] for r in rows] == [3.0, 4.0]
+    for r, path in zip(rows, per_config_checkpoints(workdir / "per-eval")):
+        meta = json.loads((path / "meta.json").read_text())
+        assert r["config_id"] == coa.space.config_id(coa.space.from_json(meta["trainset"][0]))
+    assert main(["evaluate", "--checkpoint", str(workdir / "per-eval"), "--budget", "3.0"]) == 2
+    assert "is a per-config directory" in _err(capsys)
+
+
+def test_train_json_prints_only_json_on_stdout(workdir, tmp_path, capsys):
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--method", "shared", "--set", "train.steps=1",
+                 "--out", str(tmp_path / "s"), "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["method"] == "shared" and summary["steps"] == 1
+    assert "shared: tiny-bert" in captured.err  # the progress note went to stderr

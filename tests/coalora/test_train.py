@@ -166,3 +166,20 @@ def test_bad_trainset_shape():
     model = coa_model()
     with pytest.raises(ValueError, match="non-empty"):
         train(model, separable_batches(), np.zeros((0, 12, 5), dtype=int), TrainSection(steps=1), progress=False)
+
+
+def test_hypernet_gets_its_own_learning_rate():
+    model = coa_model()
+    cfg = TrainSection(lr=0.01, hypernet_lr_scale=5.0, warmup_steps=0, schedule="linear")
+    opt = make_optimizer(model, cfg)
+    lora_group, hyper_group = opt.param_groups
+    hyper_ids = {id(p) for p in model.hypernet.parameters()}
+    assert {id(p) for p in hyper_group["params"]} == hyper_ids
+    assert not hyper_ids & {id(p) for p in lora_group["params"]}
+    assert len(lora_group["params"]) + len(hyper_group["params"]) == len(
+        [p for p in model.parameters() if p.requires_grad])
+    assert (lora_group["lr"], hyper_group["lr"]) == pytest.approx((0.01, 0.05))
+    sched = make_scheduler(opt, cfg, total_steps=4)
+    opt.step()
+    sched.step()  # the schedule scales both groups alike: factor 0.75 after one of four steps
+    assert (lora_group["lr"], hyper_group["lr"]) == pytest.approx((0.0075, 0.0375))

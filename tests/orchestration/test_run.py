@@ -65,6 +65,7 @@ def test_smoke_run_writes_every_artefact(reference):
     for r in rounds:
         assert 0.0 < r["hypervolume"] <= 1.21 + 1e-9  # normalised, reference point at 1.1 × 1.1
         assert r["train_steps"] == 5 and math.isfinite(r["train_loss"]) and r["failed"] == 0
+        assert 0 < r["train_loop_seconds"] <= r["train_seconds"]
     archive = store.read_archive()
     # Round 0 scores the initial set (4 allocations); round 1 the selected set plus 2 candidates.
     r0 = [a for a in archive if a["round"] == 0]
@@ -197,3 +198,16 @@ def test_adapt_from_run_picks_best_evaluated_configuration(reference, tmp_path):
     assert summary["config_id"] == want["config_id"]
     assert "best evaluated configuration" in summary["chosen_by"]
     assert summary["checkpoint"].endswith("round_1")
+
+
+def test_evaluate_from_run_scores_its_last_training_set(reference, capsys):
+    """`coalora evaluate --run DIR --config trainset/round_1.json` uses the last checkpoint on that set."""
+    from coalora.cli import main
+
+    run_dir, _ = reference
+    trainset = run_dir / "trainset" / "round_1.json"
+    assert main(["evaluate", "--run", str(run_dir), "--config", str(trainset), "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    saved = json.loads(trainset.read_text())["trainset"]
+    assert len(rows) == len(saved) > 0
+    assert all(np.isfinite(r["loss"]) for r in rows)

@@ -1,0 +1,485 @@
+"""The study (issue #6): the paper's claims at CPU scale, run through the product's own commands.
+
+Every number comes from ``python orchestration/run.py`` (coa with its search, and the search ablation)
+or ``coalora train`` / ``coalora evaluate`` (the baselines and all final scores), called as a user would
+call them; this script only sequences the commands, skips what is already done (it is resumable: rerun
+it after an interruption), and turns the JSON the commands print into tables and plots.
+
+Parts (``--parts``, comma-separated; default all):
+
+- ``table2``: Table 2 at CPU scale (configs/study/minilm-rt.yaml). ``coa`` (4 orchestrated rounds with the
+  GP search), ``shared``, ``per-config`` (one adapter per budget of ``eval.budgets``) and ``fp-lora``, each
+  scored on the test split under the allocation configuration of every budget. Reports mean accuracy,
+  the paired gap to per-config, the hypervolume of the accuracy-vs-bits front and the training time.
+- ``seen-unseen``: coa's accuracy against bits on its last training set and on ``eval.random`` random
+  configurations it never saw (shared on the same unseen ones, for reference).
+- ``search-ablation``: the same orchestrated run with ``search.method`` = gp, nsga2, random-extend and
+  frozen: hypervolume per round and held-out accuracy of the final checkpoint.
+- ``causal-lm``: SmolLM2-135M on the Wikipedia sample (configs/study/smollm2-wiki.yaml): coa, shared and
+  per-config at the budgets of ``eval.budgets``, perplexity on held-out text.
+
+Outputs: runs under ``runs/study/`` (checkpoints, archives, logs of every command) and the small tables
+and plots under ``benchmarks/results/study/`` (with ``manifest.json``: commands, commit, hardware).
+
+    python benchmarks/study.py [--parts table2,seen-unseen,search-ablation,causal-lm] [--seeds 0,1]
+                               [--quick] [--set KEY=VALUE ...]
+
+``--quick`` shrinks every part (2 rounds of 4 steps, 64 evaluation sentences) to check the pipeline
+in a few minutes; its results go to ``benchmarks/results/study-quick/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm")
+MINILM = "configs/study/minilm-rt.yaml"
+SMOLLM = "configs/study/smollm2-wiki.yaml"
+SEARCH_METHODS = ("gp", "nsga2", "random-extend", "frozen")
+UNSEEN_SEED = 4321  # seed of the random held-out configurations (never a training configuration)
+QUICK = ["train.steps=4", "run.rounds=2", "data.max_eval=64", "data.max_train=512", "eval.random=3",
+         "search.candidates=4"]
+QUICK_LM = ["train.steps=3", "data.max_eval=8", "data.max_train=64"]
+
+
+class Study:
+    """Runs commands (skipping finished ones), keeps their logs and the manifest."""
+
+    def __init__(self, quick: bool, overrides: list[str]) -> None:
+        self.quick = quick
+        self.overrides = overrides
+        self.runs = ROOT / "runs" / ("study-quick" if quick else "study")
+        self.results = ROOT / "benchmarks" / "results" / ("study-quick" if quick else "study")
+        self.logs = self.runs / "logs"
+        for d in (self.runs, self.results, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.results / "manifest.json"
+        self.manifest: dict[str, Any] = (
+            json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {"commands": []}
+        )
+        self.manifest.update({
+            "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
+            "hardware": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU",
+            "python": platform.python_version(), "study_command": " ".join(["python"] + sys.argv),
+        })
+
+    # ------------------------------------------------------------------ plumbing
+    def sets(self, base: Sequence[str] = (), lm: bool = False) -> list[str]:
+        """``--set`` arguments: --quick's, then the user's, then the part's own (last wins: seeds, and the
+        baselines' step count, which is derived from the run's rounds × steps after the user's overrides)."""
+        extra = (QUICK_LM if lm else QUICK) if self.quick else []
+        return [a for kv in [*extra, *self.overrides, *base] for a in ("--set", kv)]
+
+    def overrides_for(self, lm: bool = False) -> list[str]:
+        """The KEY=VALUE list of :meth:`sets` (for reading a part's configuration here)."""
+        return [a for a in self.sets(lm=lm) if a != "--set"]
+
+    def sh(self, cmd: list[str], log: str, echo: bool = False) -> str:
+        """Run ``cmd`` in the repository root and return its stdout.
+
+        Both streams go to ``logs/<log>`` as they come (``tail -f`` it to follow a long run); with ``echo``
+        they are also shown here, indented.
+        """
+        shown = " ".join(shlex.quote(c) for c in cmd)
+        print(f"$ {shown}", flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        t0 = time.perf_counter()
+        out: list[str] = []
+        with open(self.logs / log, "w") as f:
+            f.write(f"$ {shown}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, bufsize=1)
+
+            def pump(stream: Any, keep: bool) -> None:
+                for line in stream:
+                    if keep:
+                        out.append(line)
+                    f.write(line)
+                    f.flush()
+                    if echo:
+                        print("    " + line, end="", flush=True)
+
+            err = threading.Thread(target=pump, args=(proc.stderr, False), daemon=True)
+            err.start()
+            pump(proc.stdout, True)
+            err.join()
+            code = proc.wait()
+            seconds = time.perf_counter() - t0
+            f.write(f"# exit {code} after {seconds:.0f} s\n")
+        if code != 0:
+            tail = "\n".join((self.logs / log).read_text().strip().splitlines()[-15:])
+            raise SystemExit(f"study: command failed (exit {code}; log {self.logs / log}):\n{shown}\n{tail}")
+        self.manifest["commands"].append({"command": shown.replace(str(ROOT) + "/", ""), "seconds": round(seconds, 1),
+                                          "log": str((self.logs / log).relative_to(ROOT))})
+        self.save_manifest()
+        return "".join(out)
+
+    def save_manifest(self) -> None:
+        self.manifest_path.write_text(json.dumps(self.manifest, indent=1))
+
+    def coalora(self, *args: str, log: str, echo: bool = False) -> str:
+        return self.sh([sys.executable, "-m", "coalora.cli", *args], log, echo)
+
+    def evaluate(self, name: str, *args: str) -> list[dict[str, Any]]:
+        """``coalora evaluate ... --split test --json``, cached in ``runs/.../eval-<name>.json``."""
+        path = self.runs / f"eval-{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        out = self.coalora("evaluate", *args, "--split", "test", "--json", "--quiet", log=f"eval-{name}.log")
+        rows = json.loads(out)
+        path.write_text(json.dumps(rows, indent=1))
+        return rows
+
+    def orchestrated(self, name: str, config: str, sets: list[str]) -> Path:
+        """``python orchestration/run.py`` into ``runs/<study>/<name>``; resumed if it stopped midway."""
+        from coalora.config import load_config
+
+        run_dir = self.runs / name
+        args = self.sets(sets) + ["--set", f"run.name={name}", "--set", f"run.out_dir={self.runs}"]
+        rounds = load_config(ROOT / config, [a for a in args if a != "--set"]).run.rounds
+        done = _completed_rounds(run_dir)
+        if done >= rounds:
+            return run_dir
+        cmd = [sys.executable, "orchestration/run.py"]
+        cmd += ["--resume", str(run_dir)] if done > 0 else ["--config", config, *args, "--overwrite"]
+        self.sh(cmd, f"run-{name}.log", echo=True)
+        return run_dir
+
+    def trained(self, name: str, config: str, method: str, sets: list[str], lm: bool = False) -> Path:
+        """``coalora train --method M`` into ``runs/<study>/<name>`` (skipped when it is there)."""
+        out = self.runs / name
+        if (out / "meta.json").is_file() or (out / "per_config.json").is_file():
+            return out
+        self.coalora("train", "--config", config, "--method", method, "--out", str(out), "--overwrite",
+                     "--json", *self.sets(sets, lm), log=f"train-{name}.log", echo=True)
+        return out
+
+    def write_csv(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with open(self.results / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows({k: _fmt(v) for k, v in r.items()} for r in rows)
+        print(f"wrote {self.results / name}")
+
+
+# ---------------------------------------------------------------------- helpers
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _fmt(v: Any) -> Any:
+    return round(v, 5) if isinstance(v, float) else v
+
+
+def _completed_rounds(run_dir: Path) -> int:
+    from coalora.checkpoint import CheckpointError
+    from coalora.runs import last_round
+
+    try:
+        return last_round(run_dir) + 1
+    except CheckpointError:
+        return 0
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _run_train_seconds(run_dir: Path) -> tuple[float, float]:
+    """(training-loop seconds, whole-run seconds) summed over a run's rounds."""
+    rows = _read_parquet(run_dir / "rounds.parquet")
+    # The training loop's own time (what `coalora train` reports for the baselines); Ray Train's start-up
+    # per round is in the whole-run figure.
+    train = sum(r.get("train_loop_seconds") or r["train_seconds"] for r in rows)
+    return train, sum(r["train_seconds"] + r["eval_seconds"] + r["search_seconds"] for r in rows)
+
+
+def accuracy_hypervolume(acc: np.ndarray, bits: np.ndarray, bits_range: tuple[float, float]) -> float:
+    """Hypervolume of the (error = 1 − accuracy, bits) front, both minimised.
+
+    Fixed normalisation for every method: error in [0, 0.5] (0.5 = chance on a balanced binary task),
+    bits in ``bits_range``, reference point (1.1, 1.1) (:class:`coalora.pareto.ObjectiveBounds`).
+    """
+    from coalora.pareto import ObjectiveBounds
+
+    return ObjectiveBounds((0.0, 0.5), bits_range, 0.1).hypervolume(1.0 - np.asarray(acc), np.asarray(bits))
+
+
+def _plot(path: Path, series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str, title: str,
+          markers: dict[str, str] | None = None, hlines: dict[str, float] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, (x, y) in series.items():
+        order = np.argsort(x)
+        style = (markers or {}).get(label, "o-")
+        ax.plot(np.asarray(x)[order], np.asarray(y)[order], style, label=label, ms=5, lw=1.2)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, ls="--", lw=1, color="grey", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def _seed_sets(seed: int) -> list[str]:
+    return [f"train.seed={seed}", f"search.seed={seed}"]
+
+
+# ---------------------------------------------------------------------- parts
+def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
+    from coalora.config import load_config
+
+    cfg = load_config(ROOT / MINILM, st.overrides_for())
+    rounds, steps = cfg.run.rounds, cfg.run.steps_per_round or cfg.train.steps
+    total = [f"train.steps={rounds * steps}"]
+    budgets = [str(b) for b in cfg.eval.budgets]
+    per_config_rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    for seed in seeds:
+        s = _seed_sets(seed)
+        run = st.orchestrated(f"coa-s{seed}", MINILM, s)
+        scores = {"coa": st.evaluate(f"coa-s{seed}-budgets", "--run", str(run), "--budget", *budgets)}
+        seconds = {"coa": _run_train_seconds(run)}
+        for method in ("shared", "per-config", "fp-lora"):
+            out = st.trained(f"{method}-s{seed}", MINILM, method, s + total)
+            if method == "per-config":
+                scores[method] = st.evaluate(f"{method}-s{seed}", "--checkpoint", str(out))
+                seconds[method] = (json.loads((out / "per_config.json").read_text())["train_seconds"],) * 2
+            else:
+                args = ["--checkpoint", str(out)] + ([] if method == "fp-lora" else ["--budget", *budgets])
+                scores[method] = st.evaluate(f"{method}-s{seed}", *args)
+                t = json.loads((out / "meta.json").read_text())["train_seconds"]
+                seconds[method] = (t, t)
+        ref = np.array([r["accuracy"] for r in scores["per-config"]])
+        ids = {m: [r["config_id"] for r in scores[m]] for m in ("coa", "shared", "per-config")}
+        if not ids["coa"] == ids["shared"] == ids["per-config"]:
+            raise SystemExit(f"study: methods were scored on different configurations: {ids}")
+        lo = min(cfg.eval.budgets) - 0.25  # the hypervolume's bits axis: a quarter bit around the budgets
+        for method, rows in scores.items():
+            acc = np.array([r["accuracy"] for r in rows])
+            bits = np.array([r["avg_bits"] for r in rows])
+            row = {"seed": seed, "method": method, "mean_accuracy": float(acc.mean()),
+                   "min_accuracy": float(acc.min()), "configs": len(acc),
+                   "train_seconds": seconds[method][0], "total_seconds": seconds[method][1],
+                   "adapters": len(acc) if method == "per-config" else 1}
+            if method != "fp-lora":
+                row["gap_to_per_config_pt"] = float((acc - ref).mean() * 100)
+                row["hypervolume"] = accuracy_hypervolume(acc, bits, (lo, max(cfg.eval.budgets) + 0.25))
+            summary.append(row)
+            for r, b in zip(rows, cfg.eval.budgets if method != "fp-lora" else [None]):
+                per_config_rows.append({"seed": seed, "method": method, "budget": b, "config_id": r["config_id"],
+                                        "avg_bits": r["avg_bits"], "accuracy": r["accuracy"], "loss": r["loss"]})
+    agg = _aggregate(summary, "method", ["mean_accuracy", "gap_to_per_config_pt", "hypervolume", "train_seconds"])
+    st.write_csv("table2-per-config.csv", per_config_rows)
+    st.write_csv("table2-seeds.csv", summary)
+    st.write_csv("table2.csv", agg)
+    series = {}
+    for method in ("coa", "shared", "per-config"):
+        rows = [r for r in per_config_rows if r["method"] == method and r["seed"] == seeds[0]]
+        series[method] = (np.array([r["avg_bits"] for r in rows]), np.array([r["accuracy"] for r in rows]))
+    fp = [r["accuracy"] for r in per_config_rows if r["method"] == "fp-lora" and r["seed"] == seeds[0]]
+    _plot(st.results / "table2.png", series, "average bits", "test accuracy",
+          f"MiniLM-L6 / Rotten Tomatoes, allocation configurations (seed {seeds[0]})",
+          hlines={"fp-lora (unquantized)": fp[0]} if fp else None)
+    return {"table2": agg}
+
+
+def _aggregate(rows: list[dict[str, Any]], key: str, fields: list[str]) -> list[dict[str, Any]]:
+    """Mean and spread (std over seeds, 0 for one seed) of ``fields`` per ``key``."""
+    out = []
+    for k in dict.fromkeys(r[key] for r in rows):
+        mine = [r for r in rows if r[key] == k]
+        row: dict[str, Any] = {key: k, "seeds": len(mine)}
+        for f in fields:
+            vals = [r[f] for r in mine if r.get(f) is not None]
+            if vals:
+                row[f] = float(np.mean(vals))
+                row[f + "_std"] = float(np.std(vals))
+        out.append(row)
+    return out
+
+
+def seen_unseen(st: Study, seeds: list[int]) -> dict[str, Any]:
+    from coalora.config import load_config
+
+    cfg = load_config(ROOT / MINILM, st.overrides_for())
+    rows_out, summary = [], []
+    for seed in seeds:
+        run = st.orchestrated(f"coa-s{seed}", MINILM, _seed_sets(seed))
+        seen = st.evaluate(f"coa-s{seed}-seen", "--run", str(run))  # the set its last round trained on
+        unseen = st.evaluate(f"coa-s{seed}-unseen", "--run", str(run), "--random", str(cfg.eval.random),
+                             "--seed", str(UNSEEN_SEED))
+        overlap = {r["config_id"] for r in seen} & {r["config_id"] for r in unseen}
+        if overlap:
+            raise SystemExit(f"study: 'unseen' configurations {sorted(overlap)} are in the training set")
+        shared_run = st.runs / f"shared-s{seed}"
+        shared = (st.evaluate(f"shared-s{seed}-unseen", "--checkpoint", str(shared_run), "--random",
+                              str(cfg.eval.random), "--seed", str(UNSEEN_SEED))
+                  if (shared_run / "meta.json").is_file() else [])
+        for label, rows in (("coa seen", seen), ("coa unseen", unseen), ("shared unseen", shared)):
+            for r in rows:
+                rows_out.append({"seed": seed, "set": label, "config_id": r["config_id"], "avg_bits": r["avg_bits"],
+                                 "accuracy": r["accuracy"], "loss": r["loss"]})
+        # Does coa generalise? Compare the unseen accuracies with a line fitted to the seen ones over the
+        # same bit range (the seen set spans 2.25-7 bits, the unseen 2.5-4).
+        sb = np.array([r["avg_bits"] for r in seen])
+        sa = np.array([r["accuracy"] for r in seen])
+        ub = np.array([r["avg_bits"] for r in unseen])
+        ua = np.array([r["accuracy"] for r in unseen])
+        in_range = (sb >= ub.min() - 0.25) & (sb <= ub.max() + 0.25)
+        fit = np.polyfit(sb, sa, 1) if len(sb) > 1 else np.array([0.0, sa.mean()])
+        summary.append({
+            "seed": seed, "seen_configs": len(sb), "seen_mean_accuracy_all": float(sa.mean()),
+            "seen_mean_accuracy_in_unseen_range": float(sa[in_range].mean()) if in_range.any() else None,
+            "unseen_configs": len(ub), "unseen_mean_accuracy": float(ua.mean()),
+            "unseen_minus_seen_fit_pt": float((ua - np.polyval(fit, ub)).mean() * 100),
+            "shared_unseen_mean_accuracy": float(np.mean([r["accuracy"] for r in shared])) if shared else None,
+        })
+    st.write_csv("seen-unseen.csv", rows_out)
+    st.write_csv("seen-unseen-summary.csv", summary)
+    series = {}
+    for label in ("coa seen", "coa unseen", "shared unseen"):
+        rows = [r for r in rows_out if r["set"] == label and r["seed"] == seeds[0]]
+        if rows:
+            series[label] = (np.array([r["avg_bits"] for r in rows]), np.array([r["accuracy"] for r in rows]))
+    _plot(st.results / "seen-unseen.png", series, "average bits", "test accuracy",
+          f"coa on configurations it trained on vs never saw (seed {seeds[0]})",
+          markers={"coa seen": "o", "coa unseen": "x", "shared unseen": "+"})
+    return {"seen_unseen": summary}
+
+
+def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
+    from coalora.config import load_config
+
+    cfg = load_config(ROOT / MINILM, st.overrides_for())
+    summary, curves = [], {}
+    for seed in seeds:
+        for method in SEARCH_METHODS:
+            name = f"coa-s{seed}" if method == "gp" else f"search-{method}-s{seed}"
+            run = st.orchestrated(name, MINILM, _seed_sets(seed) + [f"search.method={method}"])
+            rounds = _read_parquet(run / "rounds.parquet")
+            archive = _read_parquet(run / "archive.parquet")
+            held = st.evaluate(f"{name}-unseen", "--run", str(run), "--random", str(cfg.eval.random),
+                               "--seed", str(UNSEEN_SEED))
+            train_s, total_s = _run_train_seconds(run)
+            summary.append({
+                "seed": seed, "method": method, "rounds": len(rounds),
+                "evaluations": sum(1 for r in archive if r["status"] == "ok"),
+                "distinct_configs": len({r["config_id"] for r in archive}),
+                "final_hypervolume": rounds[-1]["hypervolume"],
+                "heldout_mean_accuracy": float(np.mean([r["accuracy"] for r in held])),
+                "final_set_size": rounds[-1]["set_size"], "train_seconds": train_s, "total_seconds": total_s,
+            })
+            if seed == seeds[0]:
+                curves[method] = (np.array([r["round"] for r in rounds], dtype=float),
+                                  np.array([r["hypervolume"] for r in rounds]))
+    st.write_csv("search-ablation-seeds.csv", summary)
+    agg = _aggregate(summary, "method", ["final_hypervolume", "heldout_mean_accuracy", "evaluations", "total_seconds"])
+    st.write_csv("search-ablation.csv", agg)
+    _plot(st.results / "search-ablation.png", curves, "round", "hypervolume (validation loss vs bits)",
+          f"Search ablation, MiniLM-L6 / Rotten Tomatoes (seed {seeds[0]})")
+    return {"search_ablation": agg}
+
+
+def causal_lm(st: Study, seeds: list[int]) -> dict[str, Any]:
+    from coalora.config import load_config
+
+    cfg = load_config(ROOT / SMOLLM, st.overrides_for(lm=True))
+    budgets = [str(b) for b in cfg.eval.budgets]
+    rows_out, summary = [], []
+    for seed in seeds:
+        s = [f"train.seed={seed}"]
+        scores, seconds = {}, {}
+        for method in ("coa", "shared", "per-config"):
+            out = st.trained(f"lm-{method}-s{seed}", SMOLLM, method, s, lm=True)
+            if method == "per-config":
+                scores[method] = st.evaluate(f"lm-{method}-s{seed}", "--checkpoint", str(out))
+                seconds[method] = json.loads((out / "per_config.json").read_text())["train_seconds"]
+            else:
+                scores[method] = st.evaluate(f"lm-{method}-s{seed}", "--checkpoint", str(out), "--budget", *budgets)
+                seconds[method] = json.loads((out / "meta.json").read_text())["train_seconds"]
+        ref = np.array([r["perplexity"] for r in scores["per-config"]])
+        for method, rows in scores.items():
+            ppl = np.array([r["perplexity"] for r in rows])
+            tokens = cfg.train.steps * cfg.data.batch_size * cfg.data.block_size * (len(rows) if method == "per-config" else 1)
+            summary.append({"seed": seed, "method": method, "mean_perplexity": float(ppl.mean()),
+                            "ratio_to_per_config": float((ppl / ref).mean()), "steps": cfg.train.steps,
+                            "adapters": len(rows) if method == "per-config" else 1, "train_tokens": tokens,
+                            "train_seconds": seconds[method]})
+            for r, b in zip(rows, cfg.eval.budgets):
+                rows_out.append({"seed": seed, "method": method, "budget": b, "config_id": r["config_id"],
+                                 "avg_bits": r["avg_bits"], "perplexity": r["perplexity"], "loss": r["loss"]})
+    st.write_csv("causal-lm-per-config.csv", rows_out)
+    agg = _aggregate(summary, "method", ["mean_perplexity", "ratio_to_per_config", "train_seconds"])
+    st.write_csv("causal-lm.csv", agg)
+    series = {m: (np.array([r["avg_bits"] for r in rows_out if r["method"] == m and r["seed"] == seeds[0]]),
+                  np.array([r["perplexity"] for r in rows_out if r["method"] == m and r["seed"] == seeds[0]]))
+              for m in ("coa", "shared", "per-config")}
+    _plot(st.results / "causal-lm.png", series, "average bits", "test perplexity",
+          f"SmolLM2-135M / Wikipedia sample, {cfg.train.steps} steps (seed {seeds[0]})")
+    return {"causal_lm": agg}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", default=",".join(PARTS))
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (train.seed and search.seed)")
+    p.add_argument("--quick", action="store_true", help="a tiny version of every part, to check the pipeline")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every command")
+    args = p.parse_args(argv)
+    parts = args.parts.split(",")
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown:
+        p.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    st = Study(args.quick, args.set)
+    fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm}
+    for part in parts:
+        t0 = time.perf_counter()
+        print(f"== {part} (seeds {seeds})", flush=True)
+        result = fns[part](st, seeds)
+        st.manifest.setdefault("parts", {})[part] = {"seeds": seeds, "seconds": round(time.perf_counter() - t0, 1)}
+        st.save_manifest()
+        for name, table in result.items():
+            print(f"-- {name}")
+            for row in table:
+                print("   " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
