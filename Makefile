@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run test bench clean-venv
+.PHONY: install run test bench study clean-venv
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/quant_speed.py --quick
+
+# The study (issue #6): every result table and plot under benchmarks/results/study/, through the
+# product's own commands; resumable. `make study ARGS="--parts table2 --seeds 0,1"`.
+study: $(STAMP)
+	$(PY) benchmarks/study.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

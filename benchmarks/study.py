@@ -274,7 +274,7 @@ def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
         run = st.orchestrated(f"coa-s{seed}", MINILM, s)
         scores = {"coa": st.evaluate(f"coa-s{seed}-budgets", "--run", str(run), "--budget", *budgets)}
         seconds = {"coa": _run_train_seconds(run)}
-        for method in ("shared", "per-config", "fp-lora"):
+        for method in ("shared", "fp-lora", "per-config"):  # per-config last: the longest
             out = st.trained(f"{method}-s{seed}", MINILM, method, s + total)
             if method == "per-config":
                 scores[method] = st.evaluate(f"{method}-s{seed}", "--checkpoint", str(out))
