@@ -113,10 +113,9 @@ def main() -> None:
             "train_seconds": summary["train_seconds"],
         })
         say(f"{name}: {vals.mean():.4f} in {time.perf_counter() - t0:.0f} s")
-    ref = next((r for r in table if r["variant"] == "shared"), None)
-    if ref is not None:
+    if "shared" in per_config:
         for r in table:
-            r["vs_shared"] = r[next(k for k in r if k.startswith("mean_"))] - ref[next(k for k in ref if k.startswith("mean_"))]
+            r["vs_shared"] = float(per_config[r["variant"]].mean() - per_config["shared"].mean())
             # Paired over the same held-out configurations: the mean difference over its standard error.
             d = per_config[r["variant"]] - per_config["shared"]
             r["paired_t"] = float(d.mean() / (d.std(ddof=1) / len(d) ** 0.5)) if len(d) > 1 and d.std() > 0 else 0.0

@@ -580,14 +580,9 @@ class ParetoSearch:
         return np.asarray(out, dtype=np.int64)
 
     def _dedup(self, cands: np.ndarray, avoid: set[bytes]) -> tuple[np.ndarray, list[bytes]]:
-        keep, keys = [], []
-        seen = set(avoid)
-        for i, key in enumerate(config_keys(cands)):
-            if key not in seen:
-                seen.add(key)
-                keep.append(i)
-                keys.append(key)
-        return cands[keep], keys
+        """The candidates not in ``avoid`` (first occurrence of each) and their keys."""
+        kept = cands[self._first_unseen(cands, avoid)]
+        return kept, config_keys(kept)
 
     def _pool_candidates(
         self, k: int, acq: GPAcquisition, parents: np.ndarray, rng: np.random.Generator, avoid: set[bytes]
