@@ -35,6 +35,7 @@ import csv
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -134,6 +135,23 @@ class Study:
     def save_manifest(self) -> None:
         self.manifest_path.write_text(json.dumps(self.manifest, indent=1))
 
+    def reuse(self, log: str) -> None:
+        """Record a finished command that is being skipped (run earlier, perhaps by hand with the same
+        command line and log) in the manifest, from the first and last lines of its log."""
+        path = self.logs / log
+        if not path.is_file():
+            return
+        lines = path.read_text().strip().splitlines()
+        last = re.match(r"# exit 0 after (\d+) s", lines[-1]) if lines else None
+        if not lines or not lines[0].startswith("$ ") or last is None:
+            return
+        shown = lines[0][2:].replace(str(ROOT) + "/", "")
+        if any(c["command"] == shown for c in self.manifest["commands"]):
+            return
+        self.manifest["commands"].append({"command": shown, "seconds": float(last.group(1)),
+                                          "log": str(path.relative_to(ROOT))})
+        self.save_manifest()
+
     def coalora(self, *args: str, log: str, echo: bool = False) -> str:
         return self.sh([sys.executable, "-m", "coalora.cli", *args], log, echo)
 
@@ -141,6 +159,7 @@ class Study:
         """``coalora evaluate ... --split test --json``, cached in ``runs/.../eval-<name>.json``."""
         path = self.runs / f"eval-{name}.json"
         if path.is_file():
+            self.reuse(f"eval-{name}.log")
             return json.loads(path.read_text())
         out = self.coalora("evaluate", *args, "--split", "test", "--json", "--quiet", log=f"eval-{name}.log")
         rows = json.loads(out)
@@ -156,6 +175,7 @@ class Study:
         rounds = load_config(ROOT / config, [a for a in args if a != "--set"]).run.rounds
         done = _completed_rounds(run_dir)
         if done >= rounds:
+            self.reuse(f"run-{name}.log")
             return run_dir
         cmd = [sys.executable, "orchestration/run.py"]
         cmd += ["--resume", str(run_dir)] if done > 0 else ["--config", config, *args, "--overwrite"]
@@ -166,6 +186,7 @@ class Study:
         """``coalora train --method M`` into ``runs/<study>/<name>`` (skipped when it is there)."""
         out = self.runs / name
         if (out / "meta.json").is_file() or (out / "per_config.json").is_file():
+            self.reuse(f"train-{name}.log")
             return out
         self.coalora("train", "--config", config, "--method", method, "--out", str(out), "--overwrite",
                      "--json", *self.sets(sets, lm), log=f"train-{name}.log", echo=True)

@@ -1,0 +1,66 @@
+"""The study driver's bookkeeping (benchmarks/study.py): the hypervolume it reports, the seed
+aggregation, and reusing finished commands without losing them from the manifest."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study_driver", ROOT / "benchmarks" / "study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_accuracy_hypervolume_exact(study):
+    # Error 0 at the lowest bits is the ideal corner (0, 0): the whole box up to the reference (1.1, 1.1).
+    assert study.accuracy_hypervolume(np.array([1.0]), np.array([2.0]), (2.0, 4.0)) == pytest.approx(1.21)
+    # Error 0.25 of 0.5 and bits 3 of [2, 4] normalise to (0.5, 0.5): 0.6 × 0.6.
+    assert study.accuracy_hypervolume(np.array([0.75]), np.array([3.0]), (2.0, 4.0)) == pytest.approx(0.36)
+    # A dominated point adds nothing.
+    both = study.accuracy_hypervolume(np.array([0.75, 0.7]), np.array([3.0, 3.5]), (2.0, 4.0))
+    assert both == pytest.approx(0.36)
+
+
+def test_aggregate_mean_and_spread(study):
+    rows = [{"method": "a", "x": 1.0}, {"method": "a", "x": 3.0}, {"method": "b", "x": 5.0}]
+    out = {r["method"]: r for r in study._aggregate(rows, "method", ["x"])}
+    assert out["a"]["seeds"] == 2 and out["a"]["x"] == pytest.approx(2.0)
+    assert out["b"]["seeds"] == 1 and out["b"]["x"] == pytest.approx(5.0)
+    assert out["b"]["x_std"] == 0.0
+    assert out["a"]["x_std"] == pytest.approx(1.0)  # population std: half the difference of two seeds
+
+
+def _study_in(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    return study.Study(quick=False, overrides=[])
+
+
+def test_reuse_records_a_finished_log_once(study, tmp_path, monkeypatch):
+    st = _study_in(study, tmp_path, monkeypatch)
+    (st.logs / "train-x.log").write_text(f"$ {tmp_path}/.venv/bin/python -m coalora.cli train --out runs/x\n"
+                                         "step 10 ...\n# exit 0 after 42 s\n")
+    st.reuse("train-x.log")
+    st.reuse("train-x.log")
+    cmds = json.loads(st.manifest_path.read_text())["commands"]
+    assert cmds == [{"command": ".venv/bin/python -m coalora.cli train --out runs/x", "seconds": 42.0,
+                     "log": "runs/study/logs/train-x.log"}]
+
+
+def test_reuse_ignores_failed_and_missing_logs(study, tmp_path, monkeypatch):
+    st = _study_in(study, tmp_path, monkeypatch)
+    (st.logs / "bad.log").write_text("$ python x\nTraceback ...\n# exit 1 after 3 s\n")
+    (st.logs / "cut.log").write_text("$ python y\nstep 10\n")
+    for log in ("bad.log", "cut.log", "missing.log"):
+        st.reuse(log)
+    assert st.manifest["commands"] == []
