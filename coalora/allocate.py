@@ -381,9 +381,10 @@ def _solve_milp(
     rhs: float,
     time_limit: float,
     mip_rel_gap: float,
-) -> tuple[np.ndarray, bool]:
+) -> tuple[np.ndarray | None, bool]:
     """One HiGHS solve over the candidate options: the chosen flat option per matrix ``(N,)`` and
-    whether HiGHS proved it optimal (within ``mip_rel_gap``)."""
+    whether HiGHS proved it optimal (within ``mip_rel_gap``); ``(None, False)`` when the time limit
+    ran out before any feasible configuration was found."""
     n = space.n_matrices
     w = space.numels / space.numels.sum()
     sizes = np.array([len(c) for c in cand])
@@ -412,6 +413,10 @@ def _solve_milp(
         options={"time_limit": float(time_limit), "mip_rel_gap": float(mip_rel_gap), "disp": False},
     )
     if res.x is None:
+        if res.status == 1:
+            # Time limit reached before HiGHS found any feasible configuration (large tables on a busy
+            # CPU): not an infeasible budget, so the caller falls back to the greedy allocation.
+            return None, False
         raise AllocationError(
             f"MILP found no configuration for budget {rhs:.6f} bits: {res.message} (HiGHS status {res.status})"
         )
@@ -568,17 +573,22 @@ def allocate(
         if not prune:
             cand = [np.arange(space.n_options)] * space.n_matrices
         choice, optimal = _solve_milp(err, space, cand, rhs, time_limit, mip_rel_gap)
-        if space.average_bits(space.option_table[choice]) > budget + _BUDGET_SLACK:
+        if choice is not None and space.average_bits(space.option_table[choice]) > budget + _BUDGET_SLACK:
             choice, optimal = _solve_milp(err, space, cand, rhs - 2 * _HIGHS_FEAS_TOL, time_limit, mip_rel_gap)
         if not optimal:
             # HiGHS ran out of time before closing the gap (it happens on tables whose options differ by
-            # less than its tolerances). Keep the better of its incumbent and the greedy answer.
+            # less than its tolerances), or before finding anything at all. Keep the better of its
+            # incumbent (if any) and the greedy answer, which always exists for an attainable budget.
             greedy = _greedy(err, space, [pareto_options(err[i], bits) for i in range(space.n_matrices)], budget)
-            if total_error(err, space, space.option_table[greedy]) < total_error(err, space, space.option_table[choice]):
+            found = choice is not None
+            if not found or (total_error(err, space, space.option_table[greedy])
+                             < total_error(err, space, space.option_table[choice])):
                 choice = greedy
+            what = ("proving optimality" if found else "finding any configuration")
             warnings.warn(
-                f"MILP stopped after {time_limit:g} s before proving optimality at budget {budget:.6f} bits; "
-                "using the better of its best configuration and the greedy one", RuntimeWarning, stacklevel=2,
+                f"MILP stopped after {time_limit:g} s before {what} at budget {budget:.6f} bits; using "
+                + ("the better of its best configuration and the greedy one" if found else "the greedy one"),
+                RuntimeWarning, stacklevel=2,
             )
     cfg = space.option_table[choice].copy()
     got = float(space.average_bits(cfg))
