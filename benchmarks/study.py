@@ -14,7 +14,8 @@ Parts (``--parts``, comma-separated; default all):
 - ``seen-unseen``: coa's accuracy against bits on its last training set and on ``eval.random`` random
   configurations it never saw (shared on the same unseen ones, for reference).
 - ``search-ablation``: the same orchestrated run with ``search.method`` = gp, nsga2, random-extend and
-  frozen: hypervolume per round and held-out accuracy of the final checkpoint.
+  frozen: hypervolume per round, and the final checkpoint's test accuracy on the random held-out
+  configurations and on Table 2's allocation configurations.
 - ``causal-lm``: SmolLM2-135M on the Wikipedia sample (configs/study/smollm2-wiki.yaml): coa, shared and
   per-config at the budgets of ``eval.budgets``, perplexity on held-out text.
 
@@ -416,6 +417,9 @@ def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
             archive = _read_parquet(run / "archive.parquet")
             held = st.evaluate(f"{name}-unseen", "--run", str(run), "--random", str(cfg.eval.random),
                                "--seed", str(UNSEEN_SEED))
+            # Table 2's six allocation configurations: the same configurations for every method.
+            at_budgets = st.evaluate(f"{name}-budgets", "--run", str(run), "--budget",
+                                     *[str(b) for b in cfg.eval.budgets])
             train_s, total_s = _run_train_seconds(run)
             summary.append({
                 "seed": seed, "method": method, "rounds": len(rounds),
@@ -423,13 +427,15 @@ def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
                 "distinct_configs": len({r["config_id"] for r in archive}),
                 "final_hypervolume": rounds[-1]["hypervolume"],
                 "heldout_mean_accuracy": float(np.mean([r["accuracy"] for r in held])),
+                "budgets_mean_accuracy": float(np.mean([r["accuracy"] for r in at_budgets])),
                 "final_set_size": rounds[-1]["set_size"], "train_seconds": train_s, "total_seconds": total_s,
             })
             if seed == seeds[0]:
                 curves[method] = (np.array([r["round"] for r in rounds], dtype=float),
                                   np.array([r["hypervolume"] for r in rounds]))
     st.write_csv("search-ablation-seeds.csv", summary)
-    agg = _aggregate(summary, "method", ["final_hypervolume", "heldout_mean_accuracy", "evaluations", "total_seconds"])
+    agg = _aggregate(summary, "method", ["final_hypervolume", "heldout_mean_accuracy", "budgets_mean_accuracy",
+                                       "evaluations", "total_seconds"])
     st.write_csv("search-ablation.csv", agg)
     _plot(st.results / "search-ablation.png", curves, "round", "hypervolume (validation loss vs bits)",
           f"Search ablation, MiniLM-L6 / Rotten Tomatoes (seed {seeds[0]})")
