@@ -499,7 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"== {part} (seeds {seeds})", flush=True)
         result = fns[part](st, seeds)
-        st.manifest.setdefault("parts", {})[part] = {"seeds": seeds, "seconds": round(time.perf_counter() - t0, 1)}
+        # Wall time of this call only (a resumed call reuses finished commands); each command's own
+        # time is in manifest["commands"].
+        st.manifest.setdefault("parts", {})[part] = {"seeds": seeds,
+                                                     "last_call_seconds": round(time.perf_counter() - t0, 1)}
         st.save_manifest()
         for name, table in result.items():
             print(f"-- {name}")
