@@ -277,6 +277,16 @@ def _plot(path: Path, series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: 
     print(f"wrote {path}")
 
 
+def _per_config_configs(out: Path) -> Path:
+    """The configurations a per-config directory's adapters were trained for, in budget order, as a
+    JSON list that ``coalora evaluate --config`` takes: ``<out>/configs.json``."""
+    index = json.loads((out / "per_config.json").read_text())
+    configs = [json.loads((out / c / "meta.json").read_text())["trainset"][0] for c in index["checkpoints"]]
+    path = out / "configs.json"
+    path.write_text(json.dumps(configs))
+    return path
+
+
 def _seed_sets(seed: int) -> list[str]:
     return [f"train.seed={seed}", f"search.seed={seed}"]
 
@@ -451,14 +461,20 @@ def causal_lm(st: Study, seeds: list[int]) -> dict[str, Any]:
     for seed in seeds:
         s = [f"train.seed={seed}"]
         scores, seconds = {}, {}
-        for method in ("coa", "shared", "per-config"):
-            out = st.trained(f"lm-{method}-s{seed}", SMOLLM, method, s, lm=True)
-            if method == "per-config":
-                scores[method] = st.evaluate(f"lm-{method}-s{seed}", "--checkpoint", str(out))
-                seconds[method] = json.loads((out / "per_config.json").read_text())["train_seconds"]
-            else:
-                scores[method] = st.evaluate(f"lm-{method}-s{seed}", "--checkpoint", str(out), "--budget", *budgets)
-                seconds[method] = json.loads((out / "meta.json").read_text())["train_seconds"]
+        outs = {m: st.trained(f"lm-{m}-s{seed}", SMOLLM, m, s, lm=True) for m in ("coa", "shared", "per-config")}
+        scores["per-config"] = st.evaluate(f"lm-per-config-s{seed}", "--checkpoint", str(outs["per-config"]))
+        seconds["per-config"] = json.loads((outs["per-config"] / "per_config.json").read_text())["train_seconds"]
+        # coa and shared are scored on the very configurations per-config trained for. Allocating the
+        # budgets again could give other ones: SmolLM2's MILP can hit HiGHS's time limit, and what it
+        # has found by then depends on the machine's load.
+        at = _per_config_configs(outs["per-config"])
+        for method in ("coa", "shared"):
+            scores[method] = st.evaluate(f"lm-{method}-s{seed}-at-per-config", "--checkpoint", str(outs[method]),
+                                         "--config", str(at))
+            seconds[method] = json.loads((outs[method] / "meta.json").read_text())["train_seconds"]
+        ids = {m: [r["config_id"] for r in rows] for m, rows in scores.items()}
+        if not ids["coa"] == ids["shared"] == ids["per-config"]:
+            raise SystemExit(f"study: methods were scored on different configurations: {ids}")
         ref = np.array([r["perplexity"] for r in scores["per-config"]])
         for method, rows in scores.items():
             ppl = np.array([r["perplexity"] for r in rows])

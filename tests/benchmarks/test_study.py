@@ -64,3 +64,15 @@ def test_reuse_ignores_failed_and_missing_logs(study, tmp_path, monkeypatch):
     for log in ("bad.log", "cut.log", "missing.log"):
         st.reuse(log)
     assert st.manifest["commands"] == []
+
+
+def test_per_config_configs_in_budget_order(study, tmp_path):
+    # The configurations coa and shared are scored on: exactly those per-config trained for, in order.
+    out = tmp_path / "per-config"
+    cfgs = {"b3": {"m": {"bits": 3}}, "b4": {"m": {"bits": 4}}}
+    for name, c in cfgs.items():
+        (out / name).mkdir(parents=True)
+        (out / name / "meta.json").write_text(json.dumps({"trainset": [c], "budget": 0}))
+    (out / "per_config.json").write_text(json.dumps({"checkpoints": ["b4", "b3"]}))
+    path = study._per_config_configs(out)
+    assert json.loads(path.read_text()) == [cfgs["b4"], cfgs["b3"]]
