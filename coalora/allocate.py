@@ -537,7 +537,7 @@ def allocate(
     space: QuantSpace,
     budget: float,
     method: str = "milp",
-    time_limit: float = 10.0,
+    time_limit: float = 60.0,
     mip_rel_gap: float = 1e-6,
     prune: bool = True,
 ) -> np.ndarray:
@@ -550,7 +550,8 @@ def allocate(
             configuration is returned without solving.
         method: ``"milp"`` (exact, SciPy/HiGHS) or ``"greedy"`` (marginal analysis, see :func:`_greedy`).
         time_limit: seconds HiGHS may spend; past it the better of its best configuration and the
-            greedy answer is used, with a ``RuntimeWarning``.
+            greedy answer is used, with a ``RuntimeWarning``. What HiGHS has found by then depends on
+            the machine's load, so the default is far above need (SmolLM2: 4-25 s per budget).
         mip_rel_gap: HiGHS's relative optimality gap at which the search stops.
         prune: drop dominated options before the MILP (lossless, and far fewer binaries); off only
             to check that claim or to time the difference. The greedy method always prunes.
@@ -615,7 +616,7 @@ def initial_set(
     space: QuantSpace,
     budgets: Sequence[float],
     method: str = "milp",
-    time_limit: float = 10.0,
+    time_limit: float = 60.0,
 ) -> np.ndarray:
     """One allocation per budget, duplicates removed, in budget order: ``(B', N, 5)``, ``B' ≤ B``.
 
