@@ -16,13 +16,15 @@ Parts (``--parts``, comma-separated; default all):
 - ``search-ablation``: the same orchestrated run with ``search.method`` = gp, nsga2, random-extend and
   frozen: hypervolume per round, and the final checkpoint's test accuracy on the random held-out
   configurations and on Table 2's allocation configurations.
+- ``baseline-seeds``: table2's shared and per-config only, at several seeds: the seed-to-seed spread
+  that coa's gap must beat (cheaper than all of table2 at a new seed; table2 reuses these runs).
 - ``causal-lm``: SmolLM2-135M on the Wikipedia sample (configs/study/smollm2-wiki.yaml): coa, shared and
   per-config at the budgets of ``eval.budgets``, perplexity on held-out text.
 
 Outputs: runs under ``runs/study/`` (checkpoints, archives, logs of every command) and the small tables
 and plots under ``benchmarks/results/study/`` (with ``manifest.json``: commands, commit, hardware).
 
-    python benchmarks/study.py [--parts table2,seen-unseen,search-ablation,causal-lm] [--seeds 0,1]
+    python benchmarks/study.py [--parts table2,seen-unseen,search-ablation,causal-lm,baseline-seeds] [--seeds 0,1]
                                [--quick] [--set KEY=VALUE ...]
 
 ``--quick`` shrinks every part (2 rounds of 4 steps, 64 evaluation sentences) to check the pipeline
@@ -50,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm")
+PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds")
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
 SEARCH_METHODS = ("gp", "nsga2", "random-extend", "frozen")
@@ -365,6 +367,30 @@ def _aggregate(rows: list[dict[str, Any]], key: str, fields: list[str]) -> list[
     return out
 
 
+def baseline_seeds(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """Table 2's shared and per-config alone at several seeds (a subset of ``table2``'s runs, which it
+    reuses): how far a method's mean accuracy moves with the seed, the yardstick for coa's gap."""
+    from coalora.config import load_config
+
+    cfg = load_config(ROOT / MINILM, st.overrides_for())
+    total = [f"train.steps={cfg.run.rounds * (cfg.run.steps_per_round or cfg.train.steps)}"]
+    budgets = [str(b) for b in cfg.eval.budgets]
+    rows = []
+    for seed in seeds:
+        for method in ("shared", "per-config"):
+            out = st.trained(f"{method}-s{seed}", MINILM, method, _seed_sets(seed) + total)
+            args = ["--checkpoint", str(out)] + (["--budget", *budgets] if method == "shared" else [])
+            acc = [r["accuracy"] for r in st.evaluate(f"{method}-s{seed}", *args)]
+            rows.append({"seed": seed, "method": method, "mean_accuracy": float(np.mean(acc)), **{
+                f"acc_{b}": a for b, a in zip(budgets, acc)}})
+    st.write_csv("baseline-seeds.csv", rows)
+    agg = _aggregate(rows, "method", ["mean_accuracy"])
+    for row in agg:  # the seed-to-seed range of the mean, in points
+        mine = [r["mean_accuracy"] for r in rows if r["method"] == row["method"]]
+        row["range_pt"] = (max(mine) - min(mine)) * 100
+    return {"baseline_seeds": agg}
+
+
 def seen_unseen(st: Study, seeds: list[int]) -> dict[str, Any]:
     from coalora.config import load_config
 
@@ -510,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     st = Study(args.quick, args.set)
-    fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm}
+    fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
+           "baseline-seeds": baseline_seeds}
     for part in parts:
         t0 = time.perf_counter()
         print(f"== {part} (seeds {seeds})", flush=True)

@@ -76,3 +76,27 @@ def test_per_config_configs_in_budget_order(study, tmp_path):
     (out / "per_config.json").write_text(json.dumps({"checkpoints": ["b4", "b3"]}))
     path = study._per_config_configs(out)
     assert json.loads(path.read_text()) == [cfgs["b4"], cfgs["b3"]]
+
+
+def test_baseline_seeds_reports_the_seed_to_seed_range(study, tmp_path, monkeypatch):
+    st = _study_in(study, tmp_path, monkeypatch)
+    monkeypatch.setattr(study, "ROOT", ROOT)  # the real configs/study/minilm-rt.yaml
+    acc = {("shared", 0): 0.80, ("shared", 1): 0.79, ("per-config", 0): 0.81, ("per-config", 1): 0.78}
+    calls = []
+
+    def trained(name, config, method, sets, lm=False):
+        calls.append((name, sets))
+        return tmp_path / name
+
+    def evaluate(name, *args):
+        method, seed = name.rsplit("-s", 1)
+        return [{"accuracy": acc[(method, int(seed))]}] * 6
+
+    monkeypatch.setattr(st, "trained", trained)
+    monkeypatch.setattr(st, "evaluate", evaluate)
+    out = {r["method"]: r for r in study.baseline_seeds(st, [0, 1])["baseline_seeds"]}
+    assert out["shared"]["range_pt"] == pytest.approx(1.0)
+    assert out["per-config"]["range_pt"] == pytest.approx(3.0)
+    assert out["per-config"]["mean_accuracy"] == pytest.approx(0.795)
+    # The same runs table2 makes: 4 rounds × 50 steps, seeded like it.
+    assert calls[0] == ("shared-s0", ["train.seed=0", "search.seed=0", "train.steps=200"])
