@@ -537,7 +537,7 @@ def allocate(
     space: QuantSpace,
     budget: float,
     method: str = "milp",
-    time_limit: float = 60.0,
+    time_limit: float = 10.0,
     mip_rel_gap: float = 1e-6,
     prune: bool = True,
 ) -> np.ndarray:
@@ -551,7 +551,8 @@ def allocate(
         method: ``"milp"`` (exact, SciPy/HiGHS) or ``"greedy"`` (marginal analysis, see :func:`_greedy`).
         time_limit: seconds HiGHS may spend; past it the better of its best configuration and the
             greedy answer is used, with a ``RuntimeWarning``. What HiGHS has found by then depends on
-            the machine's load, so the default is far above need (SmolLM2: 4-25 s per budget).
+            the machine's load (SmolLM2 needs 4-25 s per budget on a busy machine). The limit is not
+            raised for that: on tables with near-tied options HiGHS stalls until the limit whatever it is.
         mip_rel_gap: HiGHS's relative optimality gap at which the search stops.
         prune: drop dominated options before the MILP (lossless, and far fewer binaries); off only
             to check that claim or to time the difference. The greedy method always prunes.
@@ -616,7 +617,7 @@ def initial_set(
     space: QuantSpace,
     budgets: Sequence[float],
     method: str = "milp",
-    time_limit: float = 60.0,
+    time_limit: float = 10.0,
 ) -> np.ndarray:
     """One allocation per budget, duplicates removed, in budget order: ``(B', N, 5)``, ``B' ≤ B``.
 
