@@ -293,14 +293,21 @@ def _seed_sets(seed: int) -> list[str]:
     return [f"train.seed={seed}", f"search.seed={seed}"]
 
 
-# ---------------------------------------------------------------------- parts
-def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
+def _table2_args(st: Study) -> tuple[Any, list[str], list[str]]:
+    """MiniLM's config, the baselines' step override and the evaluation budgets, shared by ``table2``
+    and ``baseline_seeds`` so both train and score the very same runs.
+
+    A baseline trains as many steps as coa does over all its rounds (``run.rounds × steps per round``)."""
     from coalora.config import load_config
 
     cfg = load_config(ROOT / MINILM, st.overrides_for())
-    rounds, steps = cfg.run.rounds, cfg.run.steps_per_round or cfg.train.steps
-    total = [f"train.steps={rounds * steps}"]
-    budgets = [str(b) for b in cfg.eval.budgets]
+    steps = cfg.run.rounds * (cfg.run.steps_per_round or cfg.train.steps)
+    return cfg, [f"train.steps={steps}"], [str(b) for b in cfg.eval.budgets]
+
+
+# ---------------------------------------------------------------------- parts
+def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
+    cfg, total, budgets = _table2_args(st)
     per_config_rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     for seed in seeds:
@@ -370,11 +377,7 @@ def _aggregate(rows: list[dict[str, Any]], key: str, fields: list[str]) -> list[
 def baseline_seeds(st: Study, seeds: list[int]) -> dict[str, Any]:
     """Table 2's shared and per-config alone at several seeds (a subset of ``table2``'s runs, which it
     reuses): how far a method's mean accuracy moves with the seed, the yardstick for coa's gap."""
-    from coalora.config import load_config
-
-    cfg = load_config(ROOT / MINILM, st.overrides_for())
-    total = [f"train.steps={cfg.run.rounds * (cfg.run.steps_per_round or cfg.train.steps)}"]
-    budgets = [str(b) for b in cfg.eval.budgets]
+    _, total, budgets = _table2_args(st)
     rows = []
     for seed in seeds:
         for method in ("shared", "per-config"):

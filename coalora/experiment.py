@@ -125,11 +125,10 @@ def error_table_for(cfg: ExperimentConfig, model: torch.nn.Module, space: QuantS
 def initial_trainset(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) -> np.ndarray:
     """One allocation per ``cfg.train.init_budgets`` entry (clipped to the attainable range): ``(S, N, 5)``."""
     budgets = [min(max(b, space.min_bits), space.max_bits) for b in cfg.train.init_budgets]
-    # A starting set needs good configurations, not certificates of optimality: 5 s of HiGHS per budget.
-    # MiniLM's 36-matrix table solves in under a second; SmolLM2's 210 × 432 one needs 4-25 s on a busy
-    # 2-core machine, so there the better of HiGHS's incumbent and greedy is used (and which one depends
-    # on the load). A longer limit costs every stalled solve (near-tied options) its full length.
-    return initial_set(err, space, budgets, time_limit=5.0)
+    # allocate's node limit (not a time limit) bounds each solve, so the starting set is the same on an
+    # idle and on a busy machine. MiniLM's 36-matrix table solves in about a second per budget;
+    # SmolLM2's 210 × 432 one in 5-80 s on a busy 2-core machine (its root relaxation is the slow part).
+    return initial_set(err, space, budgets)
 
 
 def budget_configs(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) -> np.ndarray:

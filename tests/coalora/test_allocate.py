@@ -177,6 +177,37 @@ def test_solver_failures_are_reported(small_case, monkeypatch):
         cfg = allocate(err, space, 3.0)
     assert space.average_bits(cfg) <= 3.0
 
+    # HiGHS's node limit, which SciPy reports as status 4: the greedy answer when nothing was found yet...
+    node_limited = OptimizeResult(x=None, status=4, message="(HiGHS Status 16: ...)", mip_node_count=50)
+    monkeypatch.setattr(al, "milp", lambda *a, **k: node_limited)
+    with pytest.warns(RuntimeWarning, match=r"limit \(50 nodes or 60 s\) before finding any configuration"):
+        cfg = allocate(err, space, 3.0, node_limit=50)
+    np.testing.assert_array_equal(cfg, allocate(err, space, 3.0, method="greedy"))
+    # ...but a status-4 failure short of the node limit is a solver error, not a limit.
+    with pytest.raises(al.AllocationError, match="HiGHS status 4"):
+        allocate(err, space, 3.0, node_limit=51)
+
+
+def test_the_solve_is_bounded_by_nodes_not_only_by_time(small_case, monkeypatch):
+    # A node limit gives the same configuration on an idle and a busy machine; the time limit is only
+    # a safety net. Both reach HiGHS, for allocate and for initial_set.
+    import coalora.allocate as al
+
+    space, err = small_case
+    real, seen = al.milp, []
+
+    def recording(*a, options, **k):
+        seen.append(dict(options))
+        return real(*a, options=options, **k)
+
+    monkeypatch.setattr(al, "milp", recording)
+    allocate(err, space, 3.0)
+    assert (seen[-1]["node_limit"], seen[-1]["time_limit"]) == (100, 60.0)
+    allocate(err, space, 3.0, node_limit=7, time_limit=2.5)
+    assert (seen[-1]["node_limit"], seen[-1]["time_limit"]) == (7, 2.5)
+    initial_set(err, space, [3.0, 3.5], node_limit=9)
+    assert [o["node_limit"] for o in seen[-2:]] == [9, 9]
+
 
 def test_answer_over_budget_within_solver_tolerance_is_resolved(small_case, monkeypatch):
     # HiGHS may accept a row up to 1e-7 over its bound; such an answer must not be returned.
