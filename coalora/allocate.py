@@ -382,10 +382,10 @@ def _solve_milp(
     time_limit: float,
     node_limit: int,
     mip_rel_gap: float,
-) -> tuple[np.ndarray | None, bool]:
-    """One HiGHS solve over the candidate options: the chosen flat option per matrix ``(N,)`` and
-    whether HiGHS proved it optimal (within ``mip_rel_gap``); ``(None, False)`` when the node or time
-    limit was reached before any feasible configuration was found."""
+) -> tuple[np.ndarray | None, str]:
+    """One HiGHS solve over the candidate options: the chosen flat option per matrix ``(N,)`` (None when
+    a limit was reached before any feasible configuration was found) and why HiGHS stopped:
+    ``"optimal"`` (proved within ``mip_rel_gap``), ``"nodes"`` or ``"time"`` (that limit reached)."""
     n = space.n_matrices
     w = space.numels / space.numels.sum()
     sizes = np.array([len(c) for c in cand])
@@ -414,12 +414,13 @@ def _solve_milp(
         options={"time_limit": float(time_limit), "node_limit": int(node_limit),
                  "mip_rel_gap": float(mip_rel_gap), "disp": False},
     )
+    # SciPy reports a time limit as status 1 and HiGHS's node limit as status 4 ("not recognized").
+    stop = {0: "optimal", 1: "time"}.get(res.status, "nodes")
     if res.x is None:
-        # SciPy reports a time limit as status 1 and HiGHS's node limit as status 4 ("not recognized").
         if res.status == 1 or (res.status == 4 and getattr(res, "mip_node_count", 0) >= node_limit):
             # A limit reached before HiGHS found any feasible configuration: not an infeasible budget,
             # so the caller falls back to the greedy allocation.
-            return None, False
+            return None, stop
         raise AllocationError(
             f"MILP found no configuration for budget {rhs:.6f} bits: {res.message} (HiGHS status {res.status})"
         )
@@ -431,7 +432,7 @@ def _solve_milp(
         if seg[j] < 0.5:
             raise AllocationError(f"MILP returned a fractional choice for matrix {space.matrices[i].name!r}")
         choice[i] = flat[starts[i] + j]
-    return choice, res.status == 0
+    return choice, stop
 
 
 def _greedy(err: np.ndarray, space: QuantSpace, cand: list[np.ndarray], budget: float) -> np.ndarray:
@@ -554,7 +555,7 @@ def allocate(
             configuration is returned without solving.
         method: ``"milp"`` (exact, SciPy/HiGHS) or ``"greedy"`` (marginal analysis, see :func:`_greedy`).
         node_limit: branch-and-bound nodes HiGHS may explore. Past it the better of its best
-            configuration and the greedy answer is used, with a ``RuntimeWarning``. A node count, unlike
+            configuration and the greedy answer is used (logged at INFO). A node count, unlike
             a time limit, gives the same configuration on an idle and on a busy machine. Measured: 100
             nodes prove all 20 MiniLM-L6 budgets from 2.25 to 7 bits optimal but 5.75 (373 nodes to
             prove; the incumbent at 100 is already the optimum). SmolLM2-135M's 5 and 6 bits need more,
@@ -563,7 +564,8 @@ def allocate(
             a second.
         time_limit: seconds HiGHS may spend, a safety net for very large tables (SmolLM2's root
             relaxation alone takes 5-20 s on a busy 2-core machine). Reaching it has the same fallback
-            as the node limit, but what HiGHS has found by then depends on the machine's load.
+            as the node limit, with a ``RuntimeWarning``: what HiGHS has found by then depends on the
+            machine's load.
         mip_rel_gap: HiGHS's relative optimality gap at which the search stops.
         prune: drop dominated options before the MILP (lossless, and far fewer binaries); off only
             to check that claim or to time the difference. The greedy method always prunes.
@@ -585,11 +587,11 @@ def allocate(
         rhs = max(budget, space.min_bits)
         if not prune:
             cand = [np.arange(space.n_options)] * space.n_matrices
-        choice, optimal = _solve_milp(err, space, cand, rhs, time_limit, node_limit, mip_rel_gap)
+        choice, stop = _solve_milp(err, space, cand, rhs, time_limit, node_limit, mip_rel_gap)
         if choice is not None and space.average_bits(space.option_table[choice]) > budget + _BUDGET_SLACK:
-            choice, optimal = _solve_milp(err, space, cand, rhs - 2 * _HIGHS_FEAS_TOL, time_limit, node_limit,
-                                          mip_rel_gap)
-        if not optimal:
+            choice, stop = _solve_milp(err, space, cand, rhs - 2 * _HIGHS_FEAS_TOL, time_limit, node_limit,
+                                       mip_rel_gap)
+        if stop != "optimal":
             # HiGHS reached a limit before closing the gap (it happens on tables whose options differ by
             # less than its tolerances), or before finding anything at all. Keep the better of its
             # incumbent (if any) and the greedy answer, which always exists for an attainable budget.
@@ -598,13 +600,20 @@ def allocate(
             if not found or (total_error(err, space, space.option_table[greedy])
                              < total_error(err, space, space.option_table[choice])):
                 choice = greedy
-            what = ("proving optimality" if found else "finding any configuration")
-            warnings.warn(
-                f"MILP reached its limit ({node_limit} nodes or {time_limit:g} s) before {what} at budget "
-                f"{budget:.6f} bits; using "
-                + ("the better of its best configuration and the greedy one" if found else "the greedy one"),
-                RuntimeWarning, stacklevel=2,
-            )
+            what = "proving optimality" if found else "finding any configuration"
+            used = "the better of its best configuration and the greedy one" if found else "the greedy one"
+            if stop == "nodes":
+                # By design and reproducible: the answer is the same on any machine, and never worse
+                # than greedy. Worth a log line, not a warning on every run.
+                log.info("MILP reached its node limit (%d) before %s at budget %.6f bits; using %s",
+                         node_limit, what, budget, used)
+            else:
+                warnings.warn(
+                    f"MILP reached its time limit ({time_limit:g} s) before {what} at budget {budget:.6f} "
+                    f"bits; using {used}. What HiGHS finds in a given time depends on the machine's load: "
+                    f"lower node_limit for a reproducible answer",
+                    RuntimeWarning, stacklevel=2,
+                )
     cfg = space.option_table[choice].copy()
     got = float(space.average_bits(cfg))
     if got > budget + _BUDGET_SLACK:
