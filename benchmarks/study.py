@@ -493,9 +493,9 @@ def causal_lm(st: Study, seeds: list[int]) -> dict[str, Any]:
         outs = {m: st.trained(f"lm-{m}-s{seed}", SMOLLM, m, s, lm=True) for m in ("coa", "shared", "per-config")}
         scores["per-config"] = st.evaluate(f"lm-per-config-s{seed}", "--checkpoint", str(outs["per-config"]))
         seconds["per-config"] = json.loads((outs["per-config"] / "per_config.json").read_text())["train_seconds"]
-        # coa and shared are scored on the very configurations per-config trained for. Allocating the
-        # budgets again could give other ones: SmolLM2's MILP can hit HiGHS's time limit, and what it
-        # has found by then depends on the machine's load.
+        # coa and shared are scored on the very configurations per-config trained for, read from its
+        # checkpoints rather than allocated again: runs made before allocate's node limit (when only a
+        # time limit bounded SmolLM2's MILP) may hold other allocations than today's code gives.
         at = _per_config_configs(outs["per-config"])
         for method in ("coa", "shared"):
             scores[method] = st.evaluate(f"lm-{method}-s{seed}-at-per-config", "--checkpoint", str(outs[method]),
