@@ -2,10 +2,14 @@
 
 Layout of a checkpoint directory::
 
-    meta.json                 model, task, space signature, LoRA/U_θ settings, method, step, versions
-    trainable.safetensors     LoRA A/B, task head, U_θ (by parameter name)
-    optimizer.safetensors     AdamW moments (optional; for resuming)
-    optimizer.json            AdamW step counts (optional)
+    meta.json                 model, task, space signature, LoRA/U_θ settings, method, step, versions,
+                              base_dtype (the frozen base's dtype during training)
+    trainable.safetensors     LoRA A/B, task head, U_θ (by parameter name), float32
+    optimizer.safetensors     AdamW moments (optional; for resuming), float32
+    optimizer.json            AdamW step counts and the fp16 gradient scaler's state (optional)
+
+Trainables and moments are float32 whatever the base's dtype (DESIGN §5), so a checkpoint of a bf16
+run loads into a float32, bf16 or fp16 base alike.
 
 A checkpoint is written into a temporary sibling directory and renamed into place, so a crash never
 leaves a half-written checkpoint under the final name.
@@ -62,13 +66,23 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy, float32 when floating (a no-op cast for the float32 trainables)."""
+    t = t.detach()
+    if t.is_floating_point():
+        t = t.float()
+    return t.contiguous().cpu()
+
+
 def save_checkpoint(
     out_dir: str | os.PathLike,
     model: CoaModel,
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
-    """Write ``model``'s trainable state, ``meta`` and optionally the optimizer; atomic per directory."""
+    """Write ``model``'s trainable state, ``meta`` and optionally the optimizer (with the fp16 gradient
+    scaler's state, when given); atomic per directory."""
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -76,7 +90,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        state = {k: v.contiguous().cpu() for k, v in model.trainable_state().items()}
+        state = {k: _fp32(v) for k, v in model.trainable_state().items()}
         save_file(state, str(tmp / TRAINABLE))
         full_meta = {
             "format": FORMAT_VERSION,
@@ -90,11 +104,12 @@ def save_checkpoint(
                 "dropout": model.lora_settings.dropout,
             },
             "hypernet": None if model.hypernet is None else vars(model.hypernet.cfg),
+            "base_dtype": str(model.compute_dtype).removeprefix("torch."),
             **meta,
         }
         (tmp / META).write_text(json.dumps(full_meta, indent=1))
         if optimizer is not None:
-            _save_optimizer(tmp, model, optimizer)
+            _save_optimizer(tmp, model, optimizer, scaler)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -102,7 +117,8 @@ def save_checkpoint(
     return final
 
 
-def _save_optimizer(path: Path, model: CoaModel, optimizer: torch.optim.Optimizer) -> None:
+def _save_optimizer(path: Path, model: CoaModel, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None) -> None:
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     tensors: dict[str, torch.Tensor] = {}
     steps: dict[str, float] = {}
@@ -116,9 +132,12 @@ def _save_optimizer(path: Path, model: CoaModel, optimizer: torch.optim.Optimize
                 if key == "step":
                     steps[n] = float(val)
                 elif torch.is_tensor(val):
-                    tensors[f"{n}::{key}"] = val.detach().contiguous().cpu()
+                    tensors[f"{n}::{key}"] = _fp32(val)
     save_file(tensors, str(path / OPTIMIZER))
-    info = {"steps": steps}
+    info: dict[str, Any] = {"steps": steps}
+    if scaler is not None and scaler.is_enabled():
+        # Plain floats and ints: the scale, its growth tracker and the growth/backoff settings.
+        info["grad_scaler"] = dict(scaler.state_dict())
     (path / OPTIMIZER_META).write_text(json.dumps(info))
 
 
@@ -143,10 +162,12 @@ def load_trainable(path: str | os.PathLike, device: str | torch.device = "cpu") 
     return load_file(str(Path(path) / TRAINABLE), device=str(device))
 
 
-def load_optimizer(path: str | os.PathLike, model: CoaModel, optimizer: torch.optim.Optimizer) -> bool:
+def load_optimizer(path: str | os.PathLike, model: CoaModel, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None) -> bool:
     """Restore AdamW moments saved by :func:`save_checkpoint`; False when the checkpoint has none.
 
     The learning-rate schedule is not stored: it is a function of the step (see ``make_scheduler``).
+    ``scaler`` (fp16 runs) gets the saved gradient-scaler state when the checkpoint has one.
     """
     p = Path(path)
     if not (p / OPTIMIZER).is_file():
@@ -160,4 +181,6 @@ def load_optimizer(path: str | os.PathLike, model: CoaModel, optimizer: torch.op
         st["step"] = torch.tensor(info["steps"][n])
         for key in ("exp_avg", "exp_avg_sq"):
             st[key] = tensors[f"{n}::{key}"].to(param.dtype)
+    if scaler is not None and scaler.is_enabled() and "grad_scaler" in info:
+        scaler.load_state_dict(info["grad_scaler"])
     return True

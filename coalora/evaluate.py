@@ -2,6 +2,10 @@
 
 Many configurations are evaluated in one call: the weight cache makes revisits cheap, and the cores of
 each configuration are computed once (``no_grad``).
+
+Precision: a bf16/fp16 model's forward runs under its own autocast (:meth:`CoaModel.autocast`, entered
+by :meth:`CoaModel.forward`), exactly as in training; losses and metrics are computed from float32
+logits, and summed in Python floats.
 """
 
 from __future__ import annotations

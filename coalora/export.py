@@ -12,6 +12,13 @@
 
 Everything is written into a temporary sibling directory first and renamed into place: an error
 leaves nothing behind, and an existing output directory is never overwritten unless asked.
+
+Precision: the base is written in the model's dtype (a bf16 run gives a bf16 ``base/``); the adapter
+is always float32: B' = B·M is folded in float32 from the float32 trainables, and the trained head is
+stored as trained. float32 loses nothing, the adapter is small (r·(in+out) per matrix), and PEFT keeps
+LoRA weights of a bf16/fp16 base in float32 anyway (``autocast_adapter_dtype``); loading the adapter
+onto a bf16 base casts the head copy to the base's dtype, which is also what autocast does to it in
+training.
 """
 
 from __future__ import annotations
@@ -104,17 +111,22 @@ def export_adapter(
             fan_in_fan_out=any(m.transposed for m in space.matrices),
             task_type=PEFT_TASK[fresh.task],
         )
-        peft_model = get_peft_model(base, lcfg)
+        # autocast_adapter_dtype (PEFT's default) makes the LoRA weights float32 on a bf16/fp16 base.
+        peft_model = get_peft_model(base, lcfg, autocast_adapter_dtype=True)
         with torch.no_grad():
             for m in space.matrices:
                 a, b = folded[m.name]
                 layer = peft_model.base_model.model.get_submodule(m.name)
-                layer.lora_A["default"].weight.copy_(a)
-                layer.lora_B["default"].weight.copy_(b)
+                for adapter, value in ((layer.lora_A["default"], a), (layer.lora_B["default"], b)):
+                    adapter.float()
+                    adapter.weight.copy_(value)
             for h in heads:
                 trained = coa.model.get_submodule(_find(coa.model, h))
                 target = peft_model.base_model.model.get_submodule(_find(base, h))
-                target.modules_to_save["default"].load_state_dict(trained.state_dict())
+                # PEFT's copy of the head has the base's dtype; store the trained float32 head as is.
+                copy = target.modules_to_save["default"]
+                copy.to(dtype=next(trained.parameters()).dtype)
+                copy.load_state_dict(trained.state_dict())
         peft_model.save_pretrained(tmp / "adapter")
         (tmp / "configuration.json").write_text(json.dumps(space.to_json(idx), indent=1))
         summary = {
@@ -123,6 +135,8 @@ def export_adapter(
             "model": fresh.name,
             "task": fresh.task,
             "rank": coa.lora_settings.rank,
+            "base_dtype": str(coa.compute_dtype).removeprefix("torch."),
+            "adapter_dtype": "float32",
             "load": "PeftModel.from_pretrained(AutoModel...from_pretrained('<out>/base'), '<out>/adapter')",
             **(source or {}),
         }

@@ -8,6 +8,9 @@ index and module type, and optionally a summary of the whole configuration) to a
 so that the LoRA update of matrix i under configuration C is ``(α/r) · B_i M_i(C) A_i``. The last layer
 starts near zero, so M ≈ I and training starts from a plain LoRA. All N cores of a configuration come
 from one batched call.
+
+U_θ is float32 and computes in float32 even inside a caller's autocast region: it is tiny, and
+M = I + s·U must keep its small adjustment before the adapted layer casts M to the activation dtype.
 """
 
 from __future__ import annotations
@@ -106,8 +109,14 @@ class ConfigHypernet(nn.Module):
         Args:
             idx: ``(N, 5)`` or ``(B, N, 5)`` long tensor of option indices.
         Returns:
-            ``(N, r, r)`` or ``(B, N, r, r)``: M = I + s·U.
+            ``(N, r, r)`` or ``(B, N, r, r)``: M = I + s·U, float32.
         """
+        if torch.is_autocast_enabled(idx.device.type):
+            with torch.autocast(device_type=idx.device.type, enabled=False):
+                return self._forward(idx)
+        return self._forward(idx)
+
+    def _forward(self, idx: torch.Tensor) -> torch.Tensor:
         single = idx.dim() == 2
         if single:
             idx = idx.unsqueeze(0)

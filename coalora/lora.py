@@ -7,13 +7,21 @@ Per target matrix i under configuration C (DESIGN §2.3):
 ``Ŵ_i(C)`` comes from a (matrix, option)-keyed cache; ``M_i(C)`` from :class:`ConfigHypernet` in one
 batched call per forward (or ``None`` in plain-LoRA mode, used by the ``shared`` and ``per-config``
 baselines). ``set_config(None)`` runs the unquantized base (the ``fp-lora`` ceiling).
+
+Precision (DESIGN §5): the frozen base weights and the cached dequantized weights stay in the base's
+dtype (the *compute dtype*: float32, bfloat16 or float16); everything trainable (LoRA A/B, U_θ and its
+scale, the task head) is float32, so optimizer states are float32 too. With a bf16/fp16 base,
+:meth:`CoaModel.forward` runs the wrapped model under ``torch.autocast`` in the compute dtype, and each
+:class:`CoaLinear` casts A, B and its core to the activation dtype (differentiable casts: gradients
+reach the float32 parameters). A float32 base runs with no autocast at all, exactly as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +30,27 @@ import torch.nn.functional as F
 
 from coalora.cache import WeightCache
 from coalora.hypernet import ConfigHypernet, HypernetConfig, as_index_tensor
+from coalora.memory import MemoryPlan
 from coalora.quant import fake_quantize
 from coalora.space import QuantSpace
 
 # Task heads created fresh for fine-tuning (transformers' names); trained alongside the LoRA.
 DEFAULT_HEAD_MODULES: tuple[str, ...] = ("classifier", "score")
+
+
+# Base dtypes that run the forward under autocast; anything else (float32, float64) runs as is.
+LOW_PRECISION: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+
+
+def autocast_for(device: torch.device | str, dtype: torch.dtype) -> ContextManager[Any]:
+    """``torch.autocast`` in ``dtype`` on ``device``'s type when ``dtype`` is bf16/fp16, else a no-op.
+
+    A float32 model gets no autocast context at all (not even a disabled one), so its numerics stay
+    bit for bit what they were before mixed precision existed.
+    """
+    if dtype in LOW_PRECISION:
+        return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return contextlib.nullcontext()
 
 
 class CheckpointMismatchError(ValueError):
@@ -55,6 +79,8 @@ class CoaLinear(nn.Module):
 
     Shapes: ``weight`` (out, in), ``lora_A`` (r, in), ``lora_B`` (out, r), ``core`` (r, r) or None.
     Input ``(..., in)`` → output ``(..., out)``.
+
+    ``weight``/``qweight`` keep the base's dtype; ``lora_A``/``lora_B`` are float32 whatever the base.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, lora: LoraSettings) -> None:
@@ -64,8 +90,9 @@ class CoaLinear(nn.Module):
         # Frozen base weights are buffers, not parameters: they never reach the optimizer or checkpoints.
         self.register_buffer("weight", weight.detach(), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach(), persistent=False)
-        self.lora_A = nn.Parameter(torch.empty(lora.rank, in_f, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(out_f, lora.rank, dtype=weight.dtype, device=weight.device))
+        # Trainables are float32 on any base: AdamW moments of bf16 parameters lose the small updates.
+        self.lora_A = nn.Parameter(torch.empty(lora.rank, in_f, dtype=torch.float32, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_f, lora.rank, dtype=torch.float32, device=weight.device))
         # PEFT's default: Kaiming-uniform A, zero B, so the adapted model starts as the base.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = lora.alpha / lora.rank
@@ -75,10 +102,14 @@ class CoaLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.qweight, self.bias)
-        h = F.linear(self.dropout(x), self.lora_A)
+        # The LoRA product and the core run in the activation dtype. The casts are differentiable, so
+        # gradients land in float32 on the parameters; for float32 activations they are no-ops (the same
+        # tensors), which keeps the float32 path unchanged. Under autocast F.linear casts once more to
+        # the autocast dtype, which agrees with these casts.
+        h = F.linear(self.dropout(x), self.lora_A.to(x.dtype))
         if self.core is not None:
-            h = F.linear(h, self.core)
-        return y + self.scaling * F.linear(h, self.lora_B)
+            h = F.linear(h, self.core.to(h.dtype))
+        return y + self.scaling * F.linear(h, self.lora_B.to(h.dtype))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.shape[0]}"
@@ -93,7 +124,11 @@ class CoaModel(nn.Module):
         lora: LoRA shape.
         hypernet: U_θ settings, or None for plain LoRA (``shared``, ``per-config``, ``fp-lora``).
         cache_bytes: bound of the dequantized-weight cache.
-        head_modules: module names (last path component) trained alongside the LoRA.
+        head_modules: module names (last path component) trained alongside the LoRA; their parameters
+            are converted to float32 (the rest of the base keeps its dtype).
+
+    Attributes:
+        memory_plan: the process's memory plan, set by whoever sized the cache (None otherwise).
     """
 
     def __init__(
@@ -129,9 +164,14 @@ class CoaModel(nn.Module):
         for name, mod in model.named_modules():
             if name.split(".")[-1] in heads and not isinstance(mod, CoaLinear):
                 for p in mod.parameters():
+                    # The head is part of the base, loaded in its dtype: train it in float32 like the
+                    # LoRA (autocast casts it down for the matmul; outside autocast the base is float32).
+                    if p.is_floating_point() and p.dtype != torch.float32:
+                        p.data = p.data.float()
                     p.requires_grad_(True)
         self.hypernet = ConfigHypernet(space, lora.rank, hypernet) if hypernet is not None else None
         self.cache = WeightCache(cache_bytes)
+        self.memory_plan: MemoryPlan | None = None
         self.config: np.ndarray | None = None
         self._config_t: torch.Tensor | None = None
         self._eval_cores: torch.Tensor | None = None
@@ -144,6 +184,19 @@ class CoaModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._layers[0].lora_A.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The frozen base's dtype, in which the forward computes (float32, bfloat16 or float16)."""
+        return self._layers[0].weight.dtype
+
+    def autocast(self) -> ContextManager[Any]:
+        """The autocast context of this model's forward (a no-op for a float32 base).
+
+        :meth:`forward` enters it itself; it is public for code that runs parts of the wrapped model
+        (``self.model``) directly.
+        """
+        return autocast_for(self.device, self.compute_dtype)
 
     def set_config(self, idx: np.ndarray | None) -> None:
         """Switch the quantized base to configuration ``idx`` ``(N, 5)``; None = full precision."""
@@ -187,8 +240,14 @@ class CoaModel(nn.Module):
             layer.core = core
 
     def forward(self, **batch: Any) -> Any:
+        """The wrapped model's output under the current configuration, computed in :attr:`compute_dtype`.
+
+        Cores are computed in float32 (U_θ disables autocast); the model runs under :meth:`autocast`.
+        Call ``backward`` outside (as PyTorch recommends): this method leaves autocast on return.
+        """
         self._install_cores()
-        return self.model(**batch)
+        with self.autocast():
+            return self.model(**batch)
 
     # ------------------------------------------------------------------ state
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -213,7 +272,11 @@ class CoaModel(nn.Module):
                 p.copy_(t.to(p.dtype))
 
     def folded_lora(self, idx: np.ndarray | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Plain LoRA factors for one configuration: ``{name: (A (r,in), B·M (out,r))}``."""
+        """Plain LoRA factors for one configuration: ``{name: (A (r,in), B·M (out,r))}``, float32.
+
+        The fold B' = B·M is computed in float32 from float32 factors and float32 cores, whatever the
+        base's dtype.
+        """
         cores = None
         if self.hypernet is not None:
             with torch.no_grad():

@@ -8,12 +8,19 @@ The loop is written to run unchanged inside Ray Train's ``train_loop_per_worker`
 ``rank``/``world_size`` (configuration sampling is seeded per rank; data sharding is the batch
 iterator's job) and, when ``torch.distributed`` is initialised, gradients are averaged across workers
 before clipping, which is what DDP would do for these few trainable tensors.
+
+Precision (DESIGN §5): the model's forward autocasts itself to the base's dtype (see
+:class:`coalora.lora.CoaModel`); losses are float32; parameters and AdamW moments are float32. An
+fp16 base adds a gradient scaler (:func:`make_grad_scaler`): the loss is scaled before ``backward``,
+gradients are averaged across workers while still scaled (so every worker sees the same inf/nan),
+unscaled before clipping, and a step whose gradients are not finite is skipped. bf16 needs no scaler.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -33,6 +40,7 @@ class TrainResult:
     steps: int
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    skipped_steps: int = 0  # fp16: steps the gradient scaler skipped (inf/nan gradients)
 
     @property
     def final_loss(self) -> float:
@@ -89,19 +97,58 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _sync_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Average gradients across data-parallel workers (one flat all-reduce)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def make_grad_scaler(model: CoaModel) -> torch.amp.GradScaler | None:
+    """A gradient scaler on the model's device type for an fp16 base; None otherwise.
+
+    fp16 gradients underflow without loss scaling; bf16 has float32's exponent range and needs none.
+    """
+    if model.compute_dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(model.device.type)
+
+
+def sync_gradients(params: list[torch.nn.Parameter], group: dist.ProcessGroup | None = None) -> None:
+    """Average gradients across data-parallel workers: one flat all-reduce per gradient dtype.
+
+    A parameter without a gradient contributes zeros. Parameters are grouped by their gradient's dtype
+    (concatenating float32 and bf16 gradients would upcast or fail), and each averaged gradient is
+    assigned back in its parameter's dtype. No-op without an initialised process group of size > 1.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size(group)
+    if world == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, g in enumerate(grads):
+        by_dtype.setdefault(g.dtype, []).append(i)
+    for members in by_dtype.values():
+        flat = torch.cat([grads[i].reshape(-1) for i in members])
+        dist.all_reduce(flat, group=group)
+        flat /= world
+        offset = 0
+        for i in members:
+            p = params[i]
+            n = p.numel()
+            # A fresh tensor per parameter (not a view of ``flat``) in the parameter's own dtype.
+            p.grad = torch.empty_like(p).copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
+def _scaled_step(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer,
+                 params: list[torch.nn.Parameter], clip: float) -> bool:
+    """Unscale, clip and step through ``scaler``; False when it skipped the step (inf/nan gradients).
+
+    The scaler backs its scale off exactly when it found a non-finite gradient, so comparing the scale
+    before and after ``update`` tells a skipped step with public API only.
+    """
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    before = scaler.get_scale()
+    scaler.step(opt)
+    scaler.update()
+    return scaler.get_scale() >= before
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -122,6 +169,7 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     description: str = "train",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``steps`` steps (default ``cfg.steps``).
 
@@ -137,10 +185,14 @@ def train(
         rank: data-parallel rank; seeds configuration sampling so workers see different ones.
         start_step: steps already taken (resume): keeps the sampling stream and schedule aligned.
         on_step: called as ``on_step(step, loss)`` after every step.
+        scaler: fp16 only: the gradient scaler to continue with (its scale carries over between calls
+            and checkpoints); made fresh by :func:`make_grad_scaler` when None.
     """
     n_steps = cfg.steps if steps is None else steps
     params = trainable_parameters(model)
     opt = optimizer or make_optimizer(model, cfg)
+    if scaler is None:
+        scaler = make_grad_scaler(model)
     sched = make_scheduler(opt, cfg, total_steps or start_step + n_steps, start_step)
     # One stream per (seed, rank), advanced past the steps already taken so a resumed run continues
     # the same sequence of configurations an uninterrupted run would have drawn.
@@ -168,13 +220,25 @@ def train(
         for j in chosen:
             if j is not None:
                 model.set_config(trainset[j])
-            loss = model(**batch).loss / k
-            loss.backward()
+            # float(): the loss of a low-precision forward is float32 already (transformers upcasts the
+            # logits); a no-op then and for a float32 model.
+            loss = model(**batch).loss.float() / k
+            (loss if scaler is None else scaler.scale(loss)).backward()
             total += float(loss.detach())
-        _sync_gradients(params)
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
+        sync_gradients(params)
+        if scaler is None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+        elif not _scaled_step(scaler, opt, params, cfg.grad_clip):
+            result.skipped_steps += 1
+            with warnings.catch_warnings():
+                # The schedule is a function of the global step, so it advances on a skipped step too;
+                # torch warns when that happens before the first real optimizer step.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                sched.step()
+        else:
+            sched.step()
         result.losses.append(total)
         result.steps += 1
         if on_step is not None:

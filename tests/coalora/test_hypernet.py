@@ -71,3 +71,18 @@ def test_context_input_changes_cores_for_same_matrix_knobs():
     assert not torch.allclose(ma[0], mb[0])
     plain = ConfigHypernet(s, rank=4, cfg=HypernetConfig(context=False, init_std=0.5))
     torch.testing.assert_close(plain(as_index_tensor(a))[0], plain(as_index_tensor(b))[0])
+
+
+def test_cores_stay_float32_inside_a_callers_autocast():
+    """U_θ ignores an enclosing bf16 autocast: its cores equal the float32 ones bit for bit."""
+    s = _space()
+    torch.manual_seed(0)
+    net = ConfigHypernet(s, rank=4, cfg=HypernetConfig(init_std=0.05, context=True))
+    idx = as_index_tensor(s.sample(np.random.default_rng(3), 2))
+    want = net(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = net(idx)
+        # The same network's first layer under the autocast does compute in bf16 (the guard matters).
+        assert net.fc1(torch.randn(2, net.fc1.in_features)).dtype == torch.bfloat16
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
