@@ -338,51 +338,209 @@ def load_dataset(
     label_map: Mapping[Any, int] | None = None,
     split: str = "train",
     text_pair_column: str | None = None,
+    *,
+    data_files: Sequence[str] | None = None,
+    streaming: bool = False,
+    max_rows: int | None = None,
 ) -> list[Example]:
-    """Load a data set by short name, user file, or Hugging Face hub name.
+    """Load a data set by short name, user file, Hugging Face hub name, or local copy of a hub repository.
 
     Short names ignore the column arguments: ``"rotten-tomatoes"`` gives labelled examples,
     ``"wiki"`` one unlabelled example per article. Files go to :func:`load_table`. Anything else
     is a hub data set read with the ``datasets`` package (``split`` picks its split; a name of the
     form ``repo:subset`` picks a subset, e.g. ``nyu-mll/glue:qnli``), which needs that package and
-    network access.
+    network access (or a node cache that already holds the files); see :func:`_load_hub_dataset`
+    for ``data_files`` and ``streaming``. A local directory laid out like a hub data-set repository
+    (``dir`` or ``dir:subset``, e.g. a copy of a few C4 shards on shared storage) loads the same way,
+    offline.
+
+    Args:
+        data_files: hub data sets only: read just these files (paths or glob patterns inside the
+            repository, e.g. ``["en/c4-validation.00000-of-00008.json.gz"]``) as ``split``.
+        streaming: hub data sets only: read rows lazily, never preparing an Arrow copy on disk.
+            ``split`` must then be a plain split name (cut with ``max_rows``, not a slice).
+        max_rows: keep the first ``max_rows`` rows (a streamed data set stops reading there).
 
     Raises:
-        DataError: unknown name with no way to load it, or any :func:`load_table` problem.
+        DataError: unknown name with no way to load it, a hub option on a short name or file, a
+            split that cannot be combined with the options, or any :func:`load_table` problem.
         AssetMissingError: a short name whose package is not installed.
     """
+    if max_rows is not None and max_rows < 1:
+        raise DataError(f"max_rows must be >= 1 or None, got {max_rows}")
+    local = name_or_path in DATASET_REGISTRY or (_looks_like_path(name_or_path) and not _is_repo_dir(name_or_path))
+    if not local:
+        return _load_hub_dataset(name_or_path, text_column, label_column, label_map, split, text_pair_column,
+                                 data_files=data_files, streaming=streaming, max_rows=max_rows)
+    if data_files is not None or streaming:
+        raise DataError(
+            f"data_files and streaming apply to hub data sets (or a local directory laid out like one); "
+            f"{name_or_path!r} is a {'short name' if name_or_path in DATASET_REGISTRY else 'file'}"
+        )
     if name_or_path == "rotten-tomatoes":
-        return load_rotten_tomatoes()
-    if name_or_path == "wiki":
-        return [Example(t) for t in load_wiki_text()]
-    if _looks_like_path(name_or_path):
-        return load_table(name_or_path, text_column, label_column, label_map, text_pair_column)
-    return _load_hub_dataset(name_or_path, text_column, label_column, label_map, split, text_pair_column)
+        examples = load_rotten_tomatoes()
+    elif name_or_path == "wiki":
+        examples = [Example(t) for t in load_wiki_text()]
+    else:
+        examples = load_table(name_or_path, text_column, label_column, label_map, text_pair_column)
+    return examples if max_rows is None else examples[:max_rows]
+
+
+# ---------------------------------------------------------------------- hub data sets
+# The `datasets` version verified with this project's pins (pyarrow 26, huggingface_hub 2.4, pandas 3.1);
+# the same pin as cluster/requirements-gpu.txt. It comes with `pip install coalora[cluster]`.
+DATASETS_VERSION = "5.2.0"
+
+# A datasets split expression: one split name, optionally sliced (`validation[:60000]`, `train[10%:]`).
+# Anything else (`train+validation`) is left to datasets, which parses it itself.
+_SPLIT = re.compile(r"(?P<base>\w+(?:\.\w+)*)\s*(?P<slice>\[[^\]]*\])?")
+_HEAD_SLICE = re.compile(r"\[\s*:\s*(\d+)\s*\]")
+
+
+def hub_split_problem(split: str, streaming: bool, data_files: Sequence[str] | None) -> str | None:
+    """Why ``split`` cannot be read with these options, or None when it can.
+
+    A streamed data set is read in order and has no length, so it takes a plain split name (a slice
+    like ``validation[:60000]`` becomes ``max_rows: 60000``). ``data_files`` are read as one split,
+    so the split must name one split (optionally sliced when not streaming). Pure: configuration
+    validation can call it before any work starts.
+    """
+    m = _SPLIT.fullmatch(split.strip())
+    if streaming and (m is None or m["slice"]):
+        head = _HEAD_SLICE.fullmatch(m["slice"]) if m is not None and m["slice"] else None
+        hint = (f"use split {m['base']!r} with max_rows {head.group(1)}" if head is not None
+                else "use a plain split name, with max_rows to stop early")
+        return (f"split {split!r} selects a slice or a combination of splits, which a streamed data set cannot "
+                f"do (it is read in order and has no length): {hint}")
+    if data_files is not None and m is None:
+        return f"split {split!r} must name one split (e.g. 'validation' or 'validation[:1000]') to read data_files as"
+    return None
+
+
+def _is_repo_dir(name: str) -> bool:
+    """Whether ``name`` (``dir`` or ``dir:subset``) is a local directory, read like a hub repository."""
+    return Path(name.partition(":")[0]).expanduser().is_dir()
+
+
+def _import_datasets(name: str) -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{name!r} is not a known data set ({list(DATASET_REGISTRY)}) nor a data file; loading it as a "
+            f"Hugging Face data set needs the `datasets` package (the `cluster` extra): run "
+            f"`pip install coalora[cluster]` (`pip install -e '.[cluster]'` in a checkout) or "
+            f"`{install_command('datasets', DATASETS_VERSION, no_deps=False)}`"
+        ) from None
+    return datasets
+
+
+def _fetch_hub_files(repo: str, data_files: Sequence[str]) -> str:
+    """Download the named files of a hub data set into this node's hub cache; their local snapshot dir.
+
+    Files go to the Hugging Face hub cache (``$HF_HOME/hub``, or ``$HF_HUB_CACHE``), which every
+    process on a node shares. huggingface_hub takes a file lock per file there
+    (``<cache>/.locks/<repo>/<etag>.lock``) around the download, and a process that gets the lock
+    after another finished finds the file and does not download it again: two evaluator actors and a
+    training worker starting at once fetch each file once per node. A cache that already holds the
+    files serves them offline (``HF_HUB_OFFLINE=1``). The repository's README.md (its subset
+    definitions) comes along when it has one, so the snapshot loads exactly like the repository.
+
+    Exact paths are fetched by name (no listing of the repository: C4's tree has well over ten thousand
+    files); glob patterns list it once (``snapshot_download``, shell-style patterns, which may
+    match more files than datasets' own globbing; datasets then reads only its own matches).
+    ``HF_TOKEN`` (gated or private repositories) is read from the environment by huggingface_hub.
+
+    Returns:
+        The snapshot directory (``<cache>/datasets--org--name/snapshots/<commit>``). Every file comes
+        from one commit: the one that the first download resolved the default branch to.
+    """
+    from glob import has_magic
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    names = [f for f in data_files if not has_magic(f)]
+    patterns = [f for f in data_files if has_magic(f)]
+    revision: str | None = None
+    root: Path | None = None
+    for filename in ["README.md", *names]:
+        try:
+            path = huggingface_hub.hf_hub_download(repo, filename, repo_type="dataset", revision=revision)
+        except EntryNotFoundError:
+            if filename == "README.md":  # a repository of plain data files has none
+                continue
+            raise
+        root = Path(path)
+        for _ in Path(filename).parts:
+            root = root.parent
+        revision = root.name  # the snapshot directory is named by its commit: pin the rest to it
+    if patterns:
+        root = Path(huggingface_hub.snapshot_download(repo, repo_type="dataset", revision=revision,
+                                                      allow_patterns=patterns))
+    assert root is not None  # data_files is not empty, so something was fetched or raised
+    return str(root)
 
 
 def _load_hub_dataset(
     name: str, text_column: str, label_column: str | None, label_map: Mapping[Any, int] | None, split: str,
-    text_pair_column: str | None = None,
+    text_pair_column: str | None = None, *, data_files: Sequence[str] | None = None, streaming: bool = False,
+    max_rows: int | None = None,
 ) -> list[Example]:
-    known = list(DATASET_REGISTRY)
+    """A hub data set (``repo`` or ``repo:subset``), or a local directory laid out like one, as examples.
+
+    Whatever the options, the read is one call, ``datasets.load_dataset(source, subset,
+    data_files={base split: data_files}, split=split, streaming=streaming)``, where ``source`` is:
+
+    - with ``streaming`` and ``data_files``: the node-local snapshot of just those files
+      (:func:`_fetch_hub_files`: downloaded once per node under huggingface_hub's file locks), read
+      lazily from disk and cut at ``max_rows`` (``IterableDataset.take``); nothing is prepared;
+    - otherwise the repository itself. Without streaming, datasets downloads the files (all of the
+      subset's, or only ``data_files``) into the hub cache under the same per-file locks and
+      prepares them as Arrow in ``$HF_DATASETS_CACHE`` under its own lock per builder
+      (``<output dir>_builder.lock``), so concurrent processes on a node prepare it once and the
+      rest reuse it; ``max_rows`` then keeps the first rows of the split. Streaming without
+      ``data_files`` reads rows over the network in every process (no file to fetch once).
+
+    ``data_files`` are read as the split named by ``split`` (a bare list would be datasets' "train").
+    A repository's subset keeps its other settings, with its files replaced by ``data_files``.
+
+    Raises:
+        DataError: the ``datasets`` package is missing (the message gives the install command), the
+            split cannot be read with these options, or the load fails (offline, no such data set,
+            file or split), or a column is missing.
+    """
+    datasets = _import_datasets(name)
+    problem = hub_split_problem(split, streaming, data_files)
+    if problem is not None:
+        raise DataError(f"data set {name!r}: {problem}")
+    if data_files is not None and (isinstance(data_files, str) or not data_files):
+        raise DataError(f"data set {name!r}: data_files must be a non-empty list of paths, got {data_files!r}")
+    repo, _, subset = name.partition(":")
+    local = _is_repo_dir(name)
+    if local:
+        repo = str(Path(repo).expanduser())
+    source = f"hub data set {name!r}[{split}]" if not local else f"data set directory {name!r}[{split}]"
+    files = None
+    if data_files is not None:
+        m = _SPLIT.fullmatch(split.strip())
+        assert m is not None  # hub_split_problem checked it
+        files = {m["base"]: list(data_files)}
     try:
-        import datasets
-    except ImportError:
-        command = install_command("datasets", "5.2.0", no_deps=False)
-        raise DataError(
-            f"{name!r} is not a known data set ({known}) nor an existing file; loading it from the Hugging "
-            f"Face hub needs the `datasets` package: run `{command}`"
-        ) from None
-    try:
-        repo, _, subset = name.partition(":")
-        rows = datasets.load_dataset(repo, subset or None, split=split)
-    except Exception as e:  # noqa: BLE001 - hub/network failures come as many types
-        raise DataError(
-            f"{name!r} is not a known data set ({known}) nor an existing file, and loading it from the "
-            f"Hugging Face hub failed (offline, or no such data set/split): {type(e).__name__}: {e}"
-        ) from e
-    return _rows_to_examples(rows, text_column, label_column, label_map, f"hub data set {name!r}[{split}]",
-                             text_pair_column)
+        if streaming and data_files is not None and not local:
+            repo = _fetch_hub_files(repo, data_files)
+        rows = datasets.load_dataset(repo, subset or None, data_files=files, split=split, streaming=streaming)
+        if max_rows is not None:
+            rows = rows.take(max_rows) if streaming else rows.select(range(min(max_rows, len(rows))))
+        # Inside the try: a streamed data set reads (and can fail) only while it is iterated.
+        return _rows_to_examples(rows, text_column, label_column, label_map, source, text_pair_column)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub/network/file failures come as many types
+        where = ("is a local directory, and loading it with `datasets` failed" if local else
+                 f"is not a known data set ({list(DATASET_REGISTRY)}) nor an existing file, and loading it from "
+                 f"the Hugging Face hub failed (offline, or no such data set, file or split)")
+        raise DataError(f"{name!r} {where}: {type(e).__name__}: {e}") from e
 
 
 # ---------------------------------------------------------------------- splits

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import bz2
 import csv
+import gzip
 import importlib.util
 import json
+import os
+import sys
 from collections import Counter
 
 import pyarrow as pa
@@ -330,9 +333,11 @@ def test_load_dataset_short_names(rotten, wiki):
     assert load_dataset("wiki") == [Example(t) for t in wiki]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")
-def test_load_dataset_hub_name_without_datasets_package():
-    with pytest.raises(DataError, match=r"'glue' is not a known data set.*needs the `datasets` package.*pip install"):
+def test_load_dataset_hub_name_without_datasets_package(monkeypatch):
+    # A None entry in sys.modules makes `import datasets` raise ImportError, installed or not.
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match=r"'glue' is not a known data set.*needs the `datasets` package.*"
+                                        r"pip install coalora\[cluster\].*pip install datasets==5\.2\.0"):
         load_dataset("glue")
 
 
@@ -352,3 +357,148 @@ def test_text_pairs_are_tokenised_as_pairs(tmp_path):
     assert want.count(tok.sep_token_id) == 2
     with pytest.raises(DataError, match="no column 'sentenc'"):
         load_table(p, "question", "label", text_pair_column="sentenc")
+
+
+# ---------------------------------------------------------------------- hub data sets at cluster scale
+# A C4-like data set repository: two JSON-lines shards of the validation split, plus a README whose
+# YAML declares the subset "en" over all shards, as allenai/c4's does.
+C4_SHARDS = [f"en/c4-validation.0000{s}-of-00002.json.gz" for s in range(2)]
+C4_README = """---
+configs:
+- config_name: en
+  data_files:
+  - split: validation
+    path: "en/c4-validation.*.json.gz"
+---
+A small C4-like data set.
+"""
+
+
+def _c4_rows(shard: int) -> list[Example]:
+    return [Example(f"shard {shard} document {i}") for i in range(5)]
+
+
+def _write_c4_like(root) -> None:
+    (root / "en").mkdir(parents=True)
+    (root / "README.md").write_text(C4_README)
+    for s, rel in enumerate(C4_SHARDS):
+        with gzip.open(root / rel, "wt", encoding="utf-8") as f:
+            for ex in _c4_rows(s):
+                f.write(json.dumps({"text": ex.text, "url": f"https://example.org/{s}", "timestamp": "2019"}) + "\n")
+
+
+@pytest.fixture
+def hf_caches(tmp_path, monkeypatch):
+    """Empty datasets and hub caches in tmp_path, offline. Returns (datasets cache, hub cache).
+
+    Both libraries read these variables once, at import, so the module constants are patched too.
+    """
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    ds_cache, hub_cache = tmp_path / "datasets-cache", tmp_path / "hub-cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(ds_cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", ds_cache)
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", ds_cache / "downloads")
+    monkeypatch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", ds_cache / "downloads" / "extracted")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return ds_cache, hub_cache
+
+
+@pytest.fixture
+def c4_dir(tmp_path):
+    root = tmp_path / "c4-like"
+    _write_c4_like(root)
+    return root
+
+
+def _arrow_rows(cache) -> int:
+    """Rows in every Arrow file that datasets prepared under ``cache``."""
+    return sum(pa.ipc.open_stream(pa.memory_map(str(p))).read_all().num_rows for p in cache.rglob("*.arrow"))
+
+
+def test_streaming_reads_only_the_named_shard_and_cuts_at_max_rows(hf_caches, c4_dir):
+    ds_cache, _ = hf_caches
+    one = dict(split="validation", label_column=None, data_files=[C4_SHARDS[1]], streaming=True)
+    assert load_dataset(f"{c4_dir}:en", **one, max_rows=3) == _c4_rows(1)[:3]
+    assert load_dataset(f"{c4_dir}:en", **one) == _c4_rows(1)
+    assert load_dataset(f"{c4_dir}:en", **one, max_rows=50) == _c4_rows(1)  # fewer rows than max_rows
+    # Without data_files the subset reads both shards: data_files is what narrowed it above.
+    both = load_dataset(f"{c4_dir}:en", split="validation", label_column=None, streaming=True, max_rows=7)
+    assert both == _c4_rows(0) + _c4_rows(1)[:2]
+    assert list(ds_cache.rglob("*.arrow")) == []  # streamed: nothing prepared
+
+
+def test_non_streaming_prepares_only_the_named_shard(hf_caches, c4_dir):
+    ds_cache, _ = hf_caches
+    opts = dict(label_column=None, data_files=[C4_SHARDS[0]])
+    assert load_dataset(f"{c4_dir}:en", split="validation", **opts, max_rows=2) == _c4_rows(0)[:2]
+    assert _arrow_rows(ds_cache) == 5  # one shard of 5 rows prepared, not the subset's 10
+    # A split slice works without streaming, and max_rows then cuts the slice.
+    assert load_dataset(f"{c4_dir}:en", split="validation[:4]", **opts) == _c4_rows(0)[:4]
+    assert load_dataset(f"{c4_dir}:en", split="validation[1:]", **opts, max_rows=2) == _c4_rows(0)[1:3]
+
+
+def test_split_slice_with_streaming_says_use_max_rows(hf_caches, c4_dir):
+    with pytest.raises(DataError, match=r"split 'validation\[:60000\]' selects a slice.*"
+                                        r"use split 'validation' with max_rows 60000"):
+        load_dataset(f"{c4_dir}:en", split="validation[:60000]", label_column=None, data_files=[C4_SHARDS[0]],
+                     streaming=True)
+    assert D.hub_split_problem("validation", streaming=True, data_files=None) is None
+    assert D.hub_split_problem("validation[:5]", streaming=False, data_files=["x.json"]) is None
+    assert "plain split name" in D.hub_split_problem("train[10%:]", streaming=True, data_files=None)
+    assert "combination of splits" in D.hub_split_problem("train+validation", streaming=True, data_files=None)
+    assert "must name one split" in D.hub_split_problem("train+validation", streaming=False, data_files=["x"])
+
+
+def _cache_like_hub(hub_cache, c4_dir, rels: list[str]) -> None:
+    """Put files into the hub cache as a finished download leaves them (huggingface_hub's documented
+    layout: refs/main → commit, snapshots/<commit>/<path> → ../blobs/<hash>), repo test-org/c4-like."""
+    repo = hub_cache / "datasets--test-org--c4-like"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for rel in rels:
+        blob = repo / "blobs" / rel.replace("/", "_")
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes((c4_dir / rel).read_bytes())
+        link = repo / "snapshots" / commit / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+
+
+def test_hub_name_fetches_named_files_into_the_node_cache(hf_caches, c4_dir):
+    """A hub name with data_files + streaming reads the files from the node's hub cache.
+
+    Offline, a load succeeds only if it asks the cache for exactly the named files: with only
+    README.md and shard 1 cached, shard 1 loads and shard 0 fails. A glob pattern resolves against
+    the files the cache holds.
+    """
+    ds_cache, hub_cache = hf_caches
+    _cache_like_hub(hub_cache, c4_dir, ["README.md", C4_SHARDS[1]])
+    opts = dict(split="validation", label_column=None, streaming=True)
+    got = load_dataset("test-org/c4-like:en", data_files=[C4_SHARDS[1]], max_rows=4, **opts)
+    assert got == _c4_rows(1)[:4]
+    with pytest.raises(DataError, match=r"'test-org/c4-like:en' is not a known data set.*hub failed.*"
+                                        r"LocalEntryNotFoundError"):
+        load_dataset("test-org/c4-like:en", data_files=[C4_SHARDS[0]], **opts)
+    _cache_like_hub(hub_cache, c4_dir, [C4_SHARDS[0]])
+    got = load_dataset("test-org/c4-like:en", data_files=["en/c4-validation.*-of-00002.json.gz"], max_rows=7, **opts)
+    assert got == _c4_rows(0) + _c4_rows(1)[:2]
+    assert list(ds_cache.rglob("*.arrow")) == []
+
+
+def test_hub_options_need_a_hub_data_set_and_max_rows_cuts_files(tmp_path):
+    with pytest.raises(DataError, match="data_files and streaming apply to hub data sets.*short name"):
+        load_dataset("rotten-tomatoes", streaming=True)
+    p = tmp_path / "t.csv"
+    p.write_text("text,label\na,1\nb,0\nc,1\n")
+    with pytest.raises(DataError, match="is a file"):
+        load_dataset(str(p), data_files=["t.csv"])
+    assert load_dataset(str(p), max_rows=2) == [Example("a", 1), Example("b", 0)]
+    with pytest.raises(DataError, match="max_rows must be >= 1"):
+        load_dataset(str(p), max_rows=0)
