@@ -200,7 +200,11 @@ def _as_blocks(w: torch.Tensor, lay: _Layout) -> torch.Tensor:
 
 def _scale_step(s1: torch.Tensor, scale_bits: int) -> torch.Tensor:
     """Value of one scale-code step per group: ``s1/(2**scale_bits - 1)``, float32 ``(n_groups,)``."""
-    return s1.to(torch.float32) / float(2**scale_bits - 1)
+    # The divisor is a tensor on s1's device, not a Python number: CUDA turns division by a CPU scalar
+    # into a multiplication by its reciprocal, which can be one bit off and would make GPU and CPU
+    # scales differ. Every other op here is exact or correctly rounded on both.
+    steps = torch.full((), float(2**scale_bits - 1), dtype=torch.float32, device=s1.device)
+    return s1.to(torch.float32) / steps
 
 
 def _dequantize_scales(
@@ -303,11 +307,56 @@ def _nearest_codes(x: torch.Tensor, family: str, bits: int) -> torch.Tensor:
     return codes.add_(torch.gt(x.reshape(-1), upper)).view(x.shape)
 
 
-# Weights per chunk of the element-wise passes. Whole-matrix passes allocate a fresh tensor each
-# (page faults) and stream it through memory ten times; 64K-weight chunks keep the intermediates in
-# L2 and reuse allocations, which measured ~1.7x faster on a 1024x4096 matrix. Every op is
-# element-wise, so chunking does not change a single bit of the result.
+# Weights per chunk of the element-wise passes on CPU. Whole-matrix passes allocate a fresh tensor
+# each (page faults) and stream it through memory ten times; 64K-weight chunks keep the intermediates
+# in L2 and reuse allocations, which measured ~1.7x faster on a 1024x4096 matrix. Every op is
+# element-wise, so chunking does not change a single bit of the result (whatever the chunk size).
 _CHUNK = 1 << 16
+# On a GPU the same chunks cost ~10 kernel launches per 64K weights (about half a million for one
+# configuration of a 3B model), each far shorter than its launch. There a chunk is the whole matrix,
+# capped at 16M weights (each pass then runs ~tens of µs, long enough to hide the next launch) and
+# at a share of the free device memory, so that a huge matrix never runs out of memory.
+_DEVICE_CHUNK_MAX = 1 << 24
+# Device bytes one weight of a chunk holds at the peak of the passes, in _nearest_codes when
+# torch.gt runs: x = W/ŝ0 (fp32, 4), cell (fp32, 4), codes (int32, 4), upper (fp32, 4) and the bool
+# comparison (1). The int32 cell index (4) is freed before `upper` is made. Decoding stored codes
+# needs less (int32 codes, 4). The whole-matrix buffers (float32 blocks, the output) are already
+# allocated when the chunk size is chosen, so the free-memory reading accounts for them. Outside the
+# chunks, the absmax in _prepare makes one float32 copy of the matrix (4 bytes per weight) and
+# quantization_error one float64 copy (8, or 16 with a Fisher weight).
+_PEAK_BYTES_PER_WEIGHT = 17
+# Share of the free device memory one chunk may use: the caching allocator rounds and fragments,
+# and error-table tasks share a GPU in fractions (several processes reading the same free memory).
+_DEVICE_MEMORY_SHARE = 0.25
+
+
+def _free_device_bytes(device: torch.device) -> int | None:
+    """Bytes this process can still allocate on ``device`` (None if torch cannot tell): the driver's
+    free memory plus what torch's caching allocator holds reserved but unused."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def _rows_within(lay: _Layout, max_weights: int) -> int:
+    """Block rows per chunk so that a chunk holds at most ``max_weights`` weights (at least one row)."""
+    return max(1, min(lay.n_blocks, max_weights // lay.block))
+
+
+def _chunk_rows(lay: _Layout, device: torch.device) -> int:
+    """Block rows per chunk of the element-wise passes on ``device`` (tests force sizes through here).
+
+    CPU: ``_CHUNK`` weights (cache-sized). Other devices: the whole matrix, at most
+    ``_DEVICE_CHUNK_MAX`` weights and ``_DEVICE_MEMORY_SHARE`` of the free memory (CUDA).
+    """
+    if device.type == "cpu":
+        return _rows_within(lay, _CHUNK)
+    limit = _DEVICE_CHUNK_MAX
+    free = _free_device_bytes(device)
+    if free is not None:
+        limit = min(limit, int(free * _DEVICE_MEMORY_SHARE) // _PEAK_BYTES_PER_WEIGHT)
+    return _rows_within(lay, limit)
 
 
 @dataclass(frozen=True)
@@ -335,9 +384,10 @@ def _prepare(w: torch.Tensor, option: QuantOption, family: str) -> _Prepared:
     return _Prepared(lay, blocks, s_hat, q0, s1, offset)
 
 
-def _chunks(lay: _Layout) -> list[slice]:
-    """Block-row slices of about ``_CHUNK`` weights each, covering ``range(n_blocks)``."""
-    rows = max(1, _CHUNK // lay.block)
+def _chunks(lay: _Layout, device: torch.device) -> list[slice]:
+    """Block-row slices of :func:`_chunk_rows` rows each (the last may be shorter), covering
+    ``range(n_blocks)``."""
+    rows = _chunk_rows(lay, device)
     return [slice(r, r + rows) for r in range(0, lay.n_blocks, rows)]
 
 
@@ -359,7 +409,7 @@ def _decode_chunk(codes: torch.Tensor, s_hat: torch.Tensor, levels: torch.Tensor
 def _encode(p: _Prepared, family: str, bits: int) -> torch.Tensor:
     """uint8 codes ``(n_pad,)`` of the prepared blocks."""
     codes = torch.empty(p.lay.n_blocks, p.lay.block, dtype=torch.uint8, device=p.blocks.device)
-    for c in _chunks(p.lay):
+    for c in _chunks(p.lay, p.blocks.device):
         codes[c] = _encode_chunk(p.blocks[c], p.s_hat[c], family, bits)
     return codes.view(-1)
 
@@ -368,7 +418,7 @@ def _fake(p: _Prepared, family: str, bits: int, shape: tuple[int, int]) -> torch
     """Dequantized float32 ``(out, in)`` straight from the prepared blocks (codes never stored)."""
     levels = _tables(family, bits, p.blocks.device).levels
     out = torch.empty(p.lay.n_blocks, p.lay.block, dtype=torch.float32, device=p.blocks.device)
-    for c in _chunks(p.lay):
+    for c in _chunks(p.lay, p.blocks.device):
         _decode_chunk(_encode_chunk(p.blocks[c], p.s_hat[c], family, bits), p.s_hat[c], levels, out[c])
     return out.view(-1)[: p.lay.n].view(shape)
 
@@ -379,7 +429,7 @@ def _decode(
     """Stored uint8 codes ``(n_pad,)`` and ŝ0 ``(n_blocks,)`` → float32 ``(out, in)``."""
     codes = codes.view(lay.n_blocks, lay.block)
     out = torch.empty(lay.n_blocks, lay.block, dtype=torch.float32, device=codes.device)
-    for c in _chunks(lay):
+    for c in _chunks(lay, codes.device):
         _decode_chunk(codes[c].to(torch.int32), s_hat[c], levels, out[c])
     return out.view(-1)[: lay.n].view(shape)
 
@@ -543,9 +593,12 @@ def quantization_error(
     if weight is not None and (not isinstance(weight, torch.Tensor) or weight.shape != w.shape):
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise QuantError(f"error weight must be a tensor of the weight's shape {tuple(w.shape)}, got {got}")
-    q = fake_quantize(w, option, family, dtype=torch.float32)
-    sq = (w.detach().to(torch.float32) - q).double().square()
-    return float(sq.sum() if weight is None else (weight.double() * sq).sum())
+    q = fake_quantize(w, option, family, dtype=torch.float32)  # a fresh buffer: free to overwrite
+    # (Q − W)² equals (W − Q)² bit for bit; in place, the peak is 12 bytes per weight (q and the
+    # float64 squares; a Fisher weight adds its float64 copy) instead of 20, which matters for large
+    # matrices on a shared GPU.
+    sq = q.sub_(w.detach().to(torch.float32)).double().square_()
+    return float(sq.sum() if weight is None else sq.mul_(weight.double()).sum())
 
 
 # ---------------------------------------------------------------------- bit packing

@@ -309,6 +309,21 @@ def test_error_table_entries_are_the_quantizers_errors(small_case):
         error_table([w0, torch.zeros(96, 64), torch.zeros(16, 64)], space, progress=False)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_matrix_errors_on_cuda_equal_cpu():
+    """A CUDA weight is quantized on CUDA (a CPU Fisher tensor follows it there); only the float64
+    sums' order differs from the CPU's."""
+    from coalora.allocate import matrix_errors
+
+    space = small_space()
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(space.matrices[1].shape, generator=g)
+    fisher = torch.rand(w.shape, generator=g)
+    for f in (None, fisher):
+        np.testing.assert_allclose(matrix_errors(w.cuda(), space, f), matrix_errors(w, space, f),
+                                   rtol=1e-12, atol=0)
+
+
 def test_target_weights_and_fisher_follow_space_order_and_transpose():
     torch.manual_seed(0)
     model = Toy(n=8, conv_last=True)

@@ -228,20 +228,99 @@ def test_fake_quantize_equals_stored_path(option: QuantOption, family: str) -> N
     )
 
 
-@pytest.mark.parametrize("family", ["nf", "int"])
-def test_chunked_passes_equal_one_pass(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A matrix spanning several chunks (and a partial last one) gives the same bits as one pass."""
+# One option per (bits, family) pair, the other knobs cycling through their kinds, so that every
+# bits value, family, scale width, s1 dtype, block and block2 occurs.
+EVERY_KIND = [
+    (QuantOption(2, 2, "bf16", 16, 16), "nf"),
+    (QuantOption(2, 8, "fp32", 64, 256), "int"),
+    (QuantOption(3, 3, "fp16", 32, 64), "nf"),
+    (QuantOption(3, 4, "bf16", 64, 16), "int"),
+    (QuantOption(4, 8, "fp32", 64, 256), "nf"),
+    (QuantOption(4, 2, "fp16", 16, 64), "int"),
+    (QuantOption(8, 4, "bf16", 32, 256), "nf"),
+    (QuantOption(8, 3, "fp32", 16, 16), "int"),
+]
+# 192x576 (SmolLM2's k/v projection): padded wherever block·block2 >= 8192; 33x65: padded for every option.
+CHUNK_SHAPES = [(192, 576), (33, 65)]
+
+
+def _quantize_with_rows(
+    monkeypatch: pytest.MonkeyPatch, rows: int | None, w: torch.Tensor, option: QuantOption, family: str
+) -> tuple[torch.Tensor, QuantizedMatrix, torch.Tensor]:
+    """(fake_quantize, quantize, its dequantize) with chunks of ``rows`` block rows forced through
+    the chunk-size seam (``None``: the whole matrix in one chunk)."""
     import coalora.quant as quant
 
-    w = _gaussian((300, 500), seed=11)  # 150000 weights: 3 chunks of 65536, the last one partial
-    option = QuantOption(3, 4, "bf16", 32, 16)
-    chunked_fake, chunked_q = fake_quantize(w, option, family), quantize(w, option, family)
-    monkeypatch.setattr(quant, "_CHUNK", 1 << 30)
-    torch.testing.assert_close(chunked_fake, fake_quantize(w, option, family), atol=0, rtol=0)
-    one = quantize(w, option, family)
-    assert torch.equal(chunked_q.codes, one.codes)
-    torch.testing.assert_close(chunked_q.dequantize(), one.dequantize(), atol=0, rtol=0)
-    torch.testing.assert_close(chunked_q.dequantize(), chunked_fake, atol=0, rtol=0)
+    monkeypatch.setattr(quant, "_chunk_rows", lambda lay, device: lay.n_blocks if rows is None else rows)
+    q = quantize(w, option, family)
+    return fake_quantize(w, option, family), q, q.dequantize()
+
+
+@pytest.mark.parametrize("shape", CHUNK_SHAPES)
+@pytest.mark.parametrize("option,family", EVERY_KIND)
+def test_any_chunk_size_gives_the_same_bits(
+    option: QuantOption, family: str, shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of 1 block, odd sizes (the last chunk partial), exactly the matrix and more than the
+    matrix give the very same codes, scales and dequantized weights as one whole-matrix pass."""
+    w = _gaussian(shape, seed=sum(shape) + option.bits)
+    ref_fake, ref_q, ref_deq = _quantize_with_rows(monkeypatch, None, w, option, family)
+    n_blocks = ref_q.scale_codes.numel()
+    assert ref_q.pad > 0 or shape == (192, 576)  # 33x65 always pads
+    for rows in (1, 3, 7, n_blocks - 1, n_blocks, n_blocks + 5):
+        fake, q, deq = _quantize_with_rows(monkeypatch, rows, w, option, family)
+        assert torch.equal(fake, ref_fake), rows
+        assert torch.equal(q.codes, ref_q.codes) and torch.equal(q.scale_codes, ref_q.scale_codes), rows
+        assert torch.equal(q.s1, ref_q.s1) and torch.equal(q.offset, ref_q.offset), rows
+        assert torch.equal(deq, ref_deq) and torch.equal(deq, fake), rows
+
+
+def test_padding_cases_are_covered() -> None:
+    """The chunk test above pads 192x576 for the options whose block·block2 does not divide 110592."""
+    padded = [o for o, _ in EVERY_KIND if quantize(_gaussian((192, 576)), o).pad > 0]
+    assert padded == [QuantOption(2, 8, "fp32", 64, 256), QuantOption(4, 8, "fp32", 64, 256),
+                      QuantOption(8, 4, "bf16", 32, 256)]
+
+
+def test_chunk_rows_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU: 64K-weight chunks. CUDA: the whole matrix, capped at 16M weights and at a quarter of the
+    free memory over 17 bytes per weight; never less than one block row."""
+    import coalora.quant as quant
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    big = quant._Layout.of(8192 * 4096, QuantOption(4, 8, "fp32", 64, 256))  # 2**25 weights, 2**19 blocks
+    small = quant._Layout.of(192 * 576, QuantOption(4, 8, "fp32", 64, 256))  # 1792 blocks (7 groups)
+    assert quant._chunk_rows(big, cpu) == 1024 and quant._chunk_rows(small, cpu) == 1024
+    assert quant._free_device_bytes(cpu) is None
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(quant, "_free_device_bytes", lambda device: free["bytes"])
+    assert quant._chunk_rows(small, cuda) == 1792  # whole matrix
+    assert quant._chunk_rows(big, cuda) == 2**24 // 64  # the 16M-weight cap
+    free["bytes"] = 4 * 17 * 64 * 100  # room for 100 block rows
+    assert quant._chunk_rows(big, cuda) == 100
+    free["bytes"] = 0
+    assert quant._chunk_rows(big, cuda) == 1
+    assert len(quant._chunks(small, cuda)) == 1792 and quant._chunks(small, cuda)[-1] == slice(1791, 1792)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("option,family", EVERY_KIND)
+def test_cuda_equals_cpu_bit_for_bit(option: QuantOption, family: str) -> None:
+    """fake_quantize and quantize on CUDA (whole-matrix chunks) give the CPU's bits, padded or not."""
+    for shape in CHUNK_SHAPES + [(2048, 1536)]:
+        w = _gaussian(shape, seed=shape[0] + option.bits)
+        wc = w.cuda()
+        assert torch.equal(fake_quantize(wc, option, family).cpu(), fake_quantize(w, option, family))
+        q, qc = quantize(w, option, family), quantize(wc, option, family)
+        assert qc.codes.is_cuda
+        assert torch.equal(qc.codes.cpu(), q.codes) and torch.equal(qc.scale_codes.cpu(), q.scale_codes)
+        assert torch.equal(qc.s1.cpu(), q.s1) and torch.equal(qc.dequantize().cpu(), q.dequantize())
+        bf = w.to(torch.bfloat16)
+        assert torch.equal(fake_quantize(bf.cuda(), option, family).cpu(), fake_quantize(bf, option, family))
+        # The error sums in float64 in another order on the GPU: equal up to rounding.
+        assert quantization_error(wc, option, family) == pytest.approx(
+            quantization_error(w, option, family), rel=1e-12
+        )
 
 
 def test_fake_quantize_dtype_and_layout() -> None:
