@@ -38,15 +38,22 @@ class ModelSection:
     task: str | None = None  # inferred from the model when None
     num_labels: int = 2
     targets: list[str] | None = None  # regexes on module types; None = every block linear
-    cache_gib: float = 2.0  # bound of the dequantized-weight cache
-    dtype: str = "float32"  # weights and compute: float32, bfloat16 (GPU clusters) or float16
+    # The dequantized-weight cache is sized per process from the free memory of its device (GPU memory,
+    # or host memory on CPU), scaled by the share of the device the process holds: ``cache_fraction`` of
+    # that, capped at ``cache_gib`` when set (see coalora.memory).
+    cache_fraction: float = 0.5
+    cache_gib: float | None = None
+    # Frozen base weights: float32, bfloat16 or float16. With bf16/fp16 the forward runs under autocast;
+    # everything trainable and the optimizer state stay float32 (fp16 adds a gradient scaler).
+    dtype: str = "float32"
 
     def validate(self) -> None:
         _check(self.task is None or self.task in TASKS, "model.task", f"must be one of {list(TASKS)}")
         _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
                "must be float32, bfloat16 or float16")
         _check(self.num_labels >= 2, "model.num_labels", "must be at least 2")
-        _check(self.cache_gib >= 0, "model.cache_gib", "must be >= 0")
+        _check(0.0 <= self.cache_fraction <= 0.95, "model.cache_fraction", "must be in [0, 0.95]")
+        _check(self.cache_gib is None or self.cache_gib >= 0, "model.cache_gib", "must be >= 0 or null")
 
 
 @dataclass
@@ -58,6 +65,12 @@ class DataSection:
     label_column: str | None = "label"
     text_pair_column: str | None = None  # pair tasks (QNLI, MNLI, QQP): the second text
     split: str = "train"  # hub data sets: the split to load (we make our own train/validation/test)
+    # Hub data sets at cluster scale: read only these files of the data set's repository (e.g. one C4
+    # shard) instead of preparing the whole configuration, stream rows instead of preparing them on
+    # disk, and stop after max_rows rows.
+    data_files: list[str] | None = None
+    streaming: bool = False
+    max_rows: int | None = None
     max_length: int = 64  # classification: tokens per example
     block_size: int = 128  # causal LM: tokens per block
     validation: float = 0.1
@@ -74,11 +87,19 @@ class DataSection:
         for key in ("validation", "test"):
             _check(0.0 < getattr(self, key) < 1.0, f"data.{key}", "must be a fraction in (0, 1)")
         _check(self.validation + self.test < 1.0, "data.validation", "validation + test must leave training data")
-        for key in ("max_train", "max_eval"):
+        for key in ("max_train", "max_eval", "max_rows"):
             v = getattr(self, key)
             _check(v is None or v > 0, f"data.{key}", "must be positive or null")
         if _looks_like_path(self.name):
-            _check(Path(self.name).expanduser().exists(), "data.name", f"file not found: {self.name}")
+            _check(Path(self.name.split(":")[0]).expanduser().exists(), "data.name", f"file not found: {self.name}")
+        from coalora.data import DATASET_REGISTRY, hub_split_problem
+
+        problem = hub_split_problem(self.split, self.streaming, self.data_files)
+        _check(problem is None, "data.split", problem or "")
+        if self.data_files is not None or self.streaming:
+            _check(self.name not in DATASET_REGISTRY and not Path(self.name).expanduser().is_file(), "data.name",
+                   "data_files and streaming apply to hub data sets (or a local copy of one), not to a short "
+                   "name or a single file")
 
 
 @dataclass
@@ -220,7 +241,11 @@ class RunSection:
     """The orchestrated run: where it writes and how many rounds it takes."""
 
     name: str = "default"
+    # Where run directories go: a local path (one machine), a URI that every node reaches (s3://bucket/runs,
+    # gs://bucket/runs; S3-compatible servers: s3://bucket/runs?endpoint_override=http://host:port), or a
+    # path that every node mounts, declared with shared_fs. Ray Train's storage lives inside the run.
     out_dir: str = "runs"
+    shared_fs: bool = False
     rounds: int = 3
     steps_per_round: int | None = None  # null = train.steps
 
@@ -238,9 +263,14 @@ class RaySection:
     num_workers: int = 1  # Ray Train data-parallel workers
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu
     evaluators: int = 2  # evaluator actors
     cpus_per_evaluator: float = 1.0
     gpus_per_evaluator: float = 0.0
+    # Whether evaluator actors keep their resources while training runs: keep (they keep their caches),
+    # release (stopped before training, restarted after), or auto (keep when training and evaluation fit
+    # in the cluster at once, else release).
+    evaluators_during_training: str = "auto"
     configs_per_call: int = 2  # configurations per evaluator call (the unit of retry)
     max_failures: int = 2  # Ray Train worker failures tolerated per round
     max_retries: int = 3  # re-submissions of an evaluation whose actor died
@@ -251,8 +281,11 @@ class RaySection:
     def validate(self) -> None:
         _check(self.num_workers >= 1, "ray.num_workers", "must be >= 1")
         _check(self.evaluators >= 1, "ray.evaluators", "must be >= 1")
-        for key in ("cpus_per_worker", "cpus_per_evaluator", "gpus_per_evaluator", "search_cpus"):
+        for key in ("cpus_per_worker", "gpus_per_worker", "cpus_per_evaluator", "gpus_per_evaluator", "search_cpus"):
             _check(getattr(self, key) >= 0, f"ray.{key}", "must be >= 0")
+        _check(not self.use_gpu or self.gpus_per_worker > 0, "ray.gpus_per_worker", "must be > 0 with use_gpu")
+        _check(self.evaluators_during_training in ("auto", "keep", "release"), "ray.evaluators_during_training",
+               "must be auto, keep or release")
         _check(self.configs_per_call >= 1, "ray.configs_per_call", "must be >= 1")
         _check(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1 retries forever)")
         _check(self.max_retries >= 0, "ray.max_retries", "must be >= 0")
@@ -403,8 +436,14 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
+        from coalora.storage import StorageError, open_location
+
+        try:
+            p = open_location(path)  # a local file, or a run's config.yaml in an object store
+            found = p.is_file()
+        except (StorageError, OSError) as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        if not found:
             raise ConfigError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(p.read_text())

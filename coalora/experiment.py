@@ -27,6 +27,7 @@ from coalora.data import (
 )
 from coalora.hypernet import HypernetConfig
 from coalora.lora import CoaModel, LoraSettings
+from coalora.memory import plan_memory
 from coalora.models import LoadedModel, load_model
 from coalora.space import QuantSpace
 
@@ -46,15 +47,24 @@ def build_space(cfg: ExperimentConfig, model: torch.nn.Module) -> QuantSpace:
     )
 
 
-def build_adapted(cfg: ExperimentConfig, loaded: LoadedModel, method: str | None = None) -> CoaModel:
-    """Wrap the base model for ``method`` (default ``cfg.train.method``): U_θ only for ``coa``."""
+def build_adapted(cfg: ExperimentConfig, loaded: LoadedModel, method: str | None = None, *,
+                  share: float = 1.0, training: bool = False) -> CoaModel:
+    """Wrap the base model for ``method`` (default ``cfg.train.method``): U_θ only for ``coa``.
+
+    The base must already be on its compute device: the weight cache is sized from that device's free
+    memory (``share`` of it, room for the optimizer when ``training``); ``model.memory_plan`` says how.
+    """
     method = method or cfg.train.method
     space = build_space(cfg, loaded.model)
     hyper = HypernetConfig(**dataclasses.asdict(cfg.hypernet)) if method == "coa" else None
     lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
     # Seeded initialisation: every data-parallel worker must start from identical LoRA and U_θ weights.
     torch.manual_seed(cfg.train.seed)
-    return CoaModel(loaded.model, space, lora, hyper, cache_bytes=int(cfg.model.cache_gib * 1024**3))
+    model = CoaModel(loaded.model, space, lora, hyper, cache_bytes=0)
+    model.memory_plan = plan_memory(model, model.device, fraction=cfg.model.cache_fraction,
+                                    cap_gib=cfg.model.cache_gib, share=share, training=training)
+    model.cache.max_bytes = model.memory_plan.cache
+    return model
 
 
 @dataclass
@@ -87,7 +97,8 @@ def load_data(cfg: ExperimentConfig, tokenizer: Any, task: str) -> DataBundle:
     """Load, split (deterministic by ``cfg.data.seed``), cap and tokenise the experiment's data."""
     d = cfg.data
     examples = load_dataset(d.name, text_column=d.text_column, label_column=d.label_column, split=d.split,
-                            text_pair_column=d.text_pair_column)
+                            text_pair_column=d.text_pair_column, data_files=d.data_files, streaming=d.streaming,
+                            max_rows=d.max_rows)
     parts = split(examples, seed=d.seed, validation=d.validation, test=d.test)
     if task == "classification":
         def tok(xs: list[Any]) -> Batchable:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from coalora.checkpoint import CheckpointError, load_trainable, read_meta, save_checkpoint
 from coalora.config import ExperimentConfig, config_from_dict
@@ -59,22 +60,24 @@ def train_method(
     progress: bool = True,
     say: Callable[[str], None] = print,
     configs: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train ``method`` (default ``cfg.train.method``) and write its checkpoint(s) to ``out``.
 
     Args:
         configs: ``per-config`` only: the ``(B, N, 5)`` configurations to train one adapter each
             for (default: allocations at ``cfg.eval.budgets``).
+        device: where the model computes (a sweep trial passes the GPU Ray gave it).
     Returns a summary: method, steps, seconds, final training loss, checkpoint paths.
     """
     method = method or cfg.train.method
     out = Path(out)
     t0 = time.perf_counter()
-    loaded = load_base(cfg)
+    loaded = _on(load_base(cfg), device)
     data = load_data(cfg, loaded.tokenizer, loaded.task)
-    say(f"{method}: {cfg.model.name} ({loaded.task}), {len(data.train)} training examples")
+    say(f"{method}: {cfg.model.name} ({loaded.task}), {len(data.train)} training examples on {device}")
     if method == "per-config":
-        return _train_per_config(cfg, out, loaded, data, progress, say, t0, configs)
+        return _train_per_config(cfg, out, loaded, data, progress, say, t0, configs, device)
     model = build_adapted(cfg, loaded, method)
     trainset = None
     if method != "fp-lora":
@@ -89,9 +92,15 @@ def train_method(
             "total_seconds": time.perf_counter() - t0, "train_loss": res.final_loss, "checkpoints": [str(out)]}
 
 
+def _on(loaded: LoadedModel, device: str | torch.device) -> LoadedModel:
+    """``loaded`` with its model moved to ``device`` (before wrapping: the cache is sized there)."""
+    loaded.model.to(device)
+    return loaded
+
+
 def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, data: DataBundle,
                       progress: bool, say: Callable[[str], None], t0: float,
-                      configs: np.ndarray | None) -> dict[str, Any]:
+                      configs: np.ndarray | None, device: str | torch.device = "cpu") -> dict[str, Any]:
     space = build_space(cfg, loaded.model)
     if configs is None:
         err = error_table_for(cfg, loaded.model, space, progress=progress)
@@ -104,7 +113,7 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
     for budget, c in zip(budgets, configs):
         bits = float(space.average_bits(c))
         # A fresh base per adapter: nothing learned for one configuration leaks into the next.
-        fresh = load_base(cfg) if paths else loaded
+        fresh = _on(load_base(cfg), device) if paths else loaded
         model = build_adapted(cfg, fresh, "per-config")
         res = train(model, data.train_batches(cfg), c[None], cfg.train, progress=progress,
                     description=f"per-config {bits:.3f} bits")
@@ -125,7 +134,8 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
 
 
 def load_adapted(
-    path: str | os.PathLike, cfg: ExperimentConfig | None = None, loaded: LoadedModel | None = None
+    path: str | os.PathLike, cfg: ExperimentConfig | None = None, loaded: LoadedModel | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[CoaModel, dict[str, Any], ExperimentConfig, LoadedModel]:
     """Rebuild the trained model of a checkpoint.
 
@@ -134,13 +144,14 @@ def load_adapted(
         cfg: the experiment to load it into (default: the one stored in the checkpoint). A
             checkpoint made for another model or space is a clear error.
         loaded: an already loaded base model to wrap (saves a reload).
+        device: where a freshly loaded base goes (``loaded`` stays where it is).
     Returns:
         ``(model, meta, cfg, loaded)`` with the trained weights in place.
     """
     meta = read_meta(path)
     if cfg is None:
         cfg = config_from_dict(meta["experiment"])
-    loaded = loaded or load_base(cfg)
+    loaded = loaded or _on(load_base(cfg), device)
     model = build_adapted(cfg, loaded, meta["method"])
     model.space.check_same(meta["space"], what=f"checkpoint {path}")
     model.load_trainable_state(load_trainable(path, device=model.device))

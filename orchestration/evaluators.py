@@ -9,7 +9,10 @@ Failures:
 - a configuration whose evaluation raises is recorded with ``status="error"`` and its message: a
   deterministic failure must not stop the run;
 - an actor that dies loses nothing: its calls are re-submitted to the other actors (up to
-  ``max_retries`` times each) and a replacement actor is started.
+  ``max_retries`` times each) and a replacement actor is started;
+- an actor that runs out of memory is a failure of that actor, never the configuration's result: it
+  is replaced by one with half the evaluation batch and the work is redone (on any node). Out of
+  memory at a batch of one is the run's failure (the cache or the model does not fit).
 """
 
 from __future__ import annotations
@@ -24,30 +27,41 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from coalora.config import ExperimentConfig
+from orchestration.console import MARK
 
 IN_FLIGHT_PER_ACTOR = 2
+
+
+class EvaluatorOutOfMemory(RuntimeError):
+    """An evaluator ran out of memory: the actor's failure, not the configuration's."""
 
 
 @ray.remote
 class Evaluator:
     """Holds one model replica; ``evaluate`` scores configurations on the held-out split."""
 
-    def __init__(self, experiment: dict[str, Any], name: str, threads: int = 1) -> None:
+    def __init__(self, experiment: dict[str, Any], name: str, threads: int = 1, announce: bool = True) -> None:
         import torch
 
         from coalora.config import config_from_dict
         from coalora.experiment import build_adapted, load_base, load_data
+        from coalora.memory import host_share
+        from orchestration.devices import local_device
 
         torch.set_num_threads(max(1, threads))
         self.name = name
         self.cfg = config_from_dict(experiment)
-        # CUDA when Ray gave this actor a GPU, else CPU: nothing assumes either.
-        self.device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+        # CUDA when Ray gave this actor a GPU and torch here can use it, else CPU.
+        self.device = torch.device(local_device().device)
         loaded = load_base(self.cfg)
         loaded.model.to(self.device)
         self.task = loaded.task
-        self.model = build_adapted(self.cfg, loaded, "coa")
+        r = self.cfg.ray
+        share = min(1.0, r.gpus_per_evaluator) if self.device.type == "cuda" else host_share(r.cpus_per_evaluator)
+        self.model = build_adapted(self.cfg, loaded, "coa", share=share)
         self.model.to(self.device)
+        plan = f"{name}: batch {self.cfg.data.eval_batch_size}, {self.model.memory_plan.describe()}"
+        print(f"{MARK}{plan}" if announce else plan, flush=True)
         data = load_data(self.cfg, loaded.tokenizer, loaded.task)
         self.batches = data.eval_batches(self.cfg, "validation")
         self.round = -1
@@ -70,6 +84,12 @@ class Evaluator:
                 row.update(status="ok", error=None, loss=m["loss"], accuracy=m.get("accuracy"),
                            perplexity=m.get("perplexity"))
             except Exception as e:  # a deterministic failure of this configuration: record it, go on
+                from coalora.memory import is_out_of_memory
+
+                if is_out_of_memory(e):
+                    raise EvaluatorOutOfMemory(
+                        f"{self.name} ran out of memory at evaluation batch {self.cfg.data.eval_batch_size}: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
                 row.update(status="error", error=f"{type(e).__name__}: {e}", loss=float("nan"),
                            accuracy=None, perplexity=None)
                 traceback.print_exc()
@@ -82,35 +102,46 @@ class Evaluator:
 
 
 class EvaluatorPool:
-    """``n`` evaluator actors and the scheduling around them."""
+    """``n`` evaluator actors and the scheduling around them.
 
-    def __init__(self, cfg: ExperimentConfig, n: int | None = None) -> None:
+    The actors start on first use and live until :meth:`shutdown`; a pool that gives its resources
+    back while training runs is shut down after each evaluation and starts again on the next one.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, n: int | None = None, say: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         r = cfg.ray
+        self.n = n or r.evaluators
         self.options = dict(num_cpus=r.cpus_per_evaluator, num_gpus=r.gpus_per_evaluator, max_restarts=0)
         self.threads = max(1, int(r.cpus_per_evaluator))
-        self.experiment = cfg.to_dict()
+        self.batch_size = cfg.data.eval_batch_size  # halved for every replacement after an out-of-memory
+        self.say = say or (lambda s: None)
         self.actors: list[Any] = []
         self.names: list[str] = []
         self.spawned = 0
-        for _ in range(n or r.evaluators):
-            self._spawn()
+
+    def _new_actor(self) -> tuple[Any, str]:
+        name = f"evaluator-{self.spawned}"
+        experiment = self.cfg.to_dict()
+        experiment["data"]["eval_batch_size"] = self.batch_size
+        # Each evaluator prints its memory plan to the console the first time the pool starts.
+        announce = self.spawned < self.n
+        self.spawned += 1
+        return Evaluator.options(**self.options).remote(experiment, name, self.threads, announce), name
+
+    def start(self) -> None:
+        """Start the actors (a no-op while they run) and wait until each has its model loaded."""
+        if self.actors:
+            return
+        for _ in range(self.n):
+            actor, name = self._new_actor()
+            self.actors.append(actor)
+            self.names.append(name)
         ray.get([a.ready.remote() for a in self.actors])
 
-    def _spawn(self) -> int:
-        name = f"evaluator-{self.spawned}"
-        self.spawned += 1
-        actor = Evaluator.options(**self.options).remote(self.experiment, name, self.threads)
-        self.actors.append(actor)
-        self.names.append(name)
-        return len(self.actors) - 1
-
     def _replace(self, i: int) -> None:
-        """Swap the dead actor in slot ``i`` for a fresh one."""
-        name = f"evaluator-{self.spawned}"
-        self.spawned += 1
-        self.actors[i] = Evaluator.options(**self.options).remote(self.experiment, name, self.threads)
-        self.names[i] = name
+        """Swap the actor in slot ``i`` (dead, or killed by us) for a fresh one."""
+        self.actors[i], self.names[i] = self._new_actor()
 
     def evaluate(
         self,
@@ -120,6 +151,7 @@ class EvaluatorPool:
         on_done: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Score every configuration of ``configs`` ``(B, N, 5)``; rows come back in input order."""
+        self.start()
         per = self.cfg.ray.configs_per_call
         chunks = [np.asarray(configs[i : i + per]) for i in range(0, len(configs), per)]
         results: list[list[dict[str, Any]] | None] = [None] * len(chunks)
@@ -147,6 +179,10 @@ class EvaluatorPool:
                     done += len(chunks[c])
                     if on_done is not None:
                         on_done(done, len(configs))
+                except EvaluatorOutOfMemory as e:
+                    self._out_of_memory(slot, e)
+                    load[slot] = sum(1 for s, _ in inflight.values() if s == slot)
+                    queue.appendleft(c)  # the configuration did nothing wrong: redo it, no attempt counted
                 except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
                     attempts[c] += 1
                     if self.actors[slot] is not None and not self._alive(slot):
@@ -163,6 +199,18 @@ class EvaluatorPool:
                         queue.appendleft(c)
         return [row for chunk in results for row in chunk]  # type: ignore[union-attr]
 
+    def _out_of_memory(self, slot: int, error: Exception) -> None:
+        """Replace the actor of ``slot`` by one with half the batch (it may land on another node)."""
+        message = str(error).splitlines()[0]
+        if self.batch_size <= 1:
+            raise RuntimeError(f"evaluation does not fit in memory even one example at a time ({message}); "
+                               "lower model.cache_fraction or use a device with more memory")
+        # Its other in-flight calls come back as actor errors and are re-queued like any lost work.
+        ray.kill(self.actors[slot])
+        self.batch_size = max(1, self.batch_size // 2)
+        self.say(f"{message}; retrying on a new evaluator with batch {self.batch_size}")
+        self._replace(slot)
+
     def _alive(self, slot: int) -> bool:
         try:
             ray.get(self.actors[slot].ready.remote(), timeout=30)
@@ -171,6 +219,8 @@ class EvaluatorPool:
             return False
 
     def shutdown(self) -> None:
+        """Stop every actor (their resources go back to the cluster); :meth:`start` brings them back."""
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+        self.names = []

@@ -7,8 +7,12 @@ Round k:
      proposes new candidates;
   4. the store appends the round (archive, rounds, training set, checkpoint, search state, plots).
 
-Everything a round writes goes to disk before ``rounds.parquet`` marks it complete, so ``--resume``
-can always continue after the last complete round.
+Everything a round writes goes to the run's storage before ``rounds.parquet`` marks it complete, so
+``--resume`` can always continue after the last complete round.
+
+Before round 0 (:meth:`Orchestrator.preflight`), the run is checked against the cluster: the run
+directory must be reachable from every node that will use it, and the resource plan must be able to
+fit (:mod:`orchestration.resources`); a GPU plan is probed once for what the GPU nodes can compute on.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ from typing import Any, Callable
 
 import numpy as np
 import ray
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
 from coalora.config import ExperimentConfig, dump_config
 from coalora.experiment import build_space, initial_trainset, load_base
+from coalora.storage import Location, StorageError
+from orchestration.devices import DeviceReport, collective_backend, probe_gpu_node
 from orchestration.evaluators import EvaluatorPool
 from orchestration.report import write_report
+from orchestration.resources import Capacity, ResourcePlan, check_plan, cluster_capacity, describe
 from orchestration.search_actor import SearchActor
-from orchestration.store import RunStore, write_text
+from orchestration.store import RunStore
 from orchestration.tables import error_table_parallel
 from orchestration.trainer import train_round
 
@@ -62,33 +69,81 @@ def _rows_for_archive(k: int, configs: np.ndarray, roles: list[str], results: li
     return rows
 
 
+def check_storage(run_dir: Location, cfg: ExperimentConfig, cap: Capacity) -> None:
+    """A run directory on this node's disk is for one machine only: stop before round 0 otherwise.
+
+    Ray Train's rank 0 and the evaluators run on other nodes than the driver (the head of a cluster
+    has no CPUs for them), so on a cluster of several nodes (or one an autoscaler will grow) they must
+    reach the run directory too. An object store does; a mount every node shares does, when declared.
+    """
+    if not run_dir.is_local or cfg.run.shared_fs:
+        return
+    if len(cap.nodes) > 1 or cap.groups:
+        grows = " and an autoscaler that adds more" if cap.groups else ""
+        raise StorageError(
+            f"run directory {run_dir} is on this node's disk, but the cluster has {len(cap.nodes)} node(s){grows} "
+            "whose training workers and evaluators cannot reach it: set run.out_dir to s3://bucket/path or "
+            "gs://bucket/path, or to a file system every node mounts and run.shared_fs=true")
+
+
 class Orchestrator:
     """Drives one run (see the module docstring).
 
     Args:
         cfg: the validated experiment.
-        run_dir: ``runs/<name>``; must be new unless ``resume``.
+        run_dir: ``<out_dir>/<name>`` (a local path, a shared mount or a URI); must be new unless ``resume``.
         resume: continue after the last complete round stored in ``run_dir``.
+        say: where progress lines go (the console's ``say`` in ``run.py``).
         on_round: called with the round index after each completed round (tests use it to inject
             faults; the CLI does not).
+        log_file: the driver's local log, copied into ``<run>/logs/`` after every round.
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike | Location, resume: bool = False,
                  say: Callable[[str], None] = print, on_round: Callable[[int], None] | None = None,
-                 on_eval_progress: Callable[[int, int, int], None] | None = None) -> None:
+                 on_eval_progress: Callable[[int, int, int], None] | None = None,
+                 log_file: Path | None = None) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
         self.resume = resume
         self.say = say
         self.on_round = on_round
         self.on_eval_progress = on_eval_progress
+        self.log_file = log_file
         self.progress = Progress(cfg.run.rounds, say)
         # Ray Train's own storage lives inside the run: a round name reused by another run (or by an
         # --overwrite) must never find an old round there, since Train V2 resumes a run it finds.
-        self.storage_path = str(self.store.ray_train_dir.resolve())
+        self.storage = self.store.ray_train_dir
         self.pool: EvaluatorPool | None = None
+        self.keep_evaluators = True
+        self.backend = "gloo"
+        self.gpu_report: DeviceReport | None = None
+        self._checked = False
+
+    def preflight(self) -> None:
+        """Check storage and resources against the connected cluster; probe GPU nodes once.
+
+        Raises:
+            StorageError: a node-local run directory on a multi-node cluster.
+            PlanError: a resource plan that can never fit.
+        """
+        if self._checked:
+            return
+        cfg = self.cfg
+        cap = cluster_capacity()
+        check_storage(self.store.root, cfg, cap)
+        plan = ResourcePlan.of(cfg.ray)
+        self.keep_evaluators = check_plan(plan, cap, cfg.ray.evaluators_during_training)
+        self.say(describe(plan, self.keep_evaluators))
+        if plan.uses_gpus:
+            self.gpu_report = probe_gpu_node(min(g for g in (plan.train.gpu, plan.evaluate.gpu) if g > 0))
+            if self.gpu_report.falls_back:
+                self.say(f"note: {self.gpu_report.note()}")
+        self.backend = collective_backend(self.gpu_report) if cfg.ray.use_gpu else "gloo"
+        self._checked = True
 
     def run(self) -> dict[str, Any]:
+        self.preflight()
         cfg, store = self.cfg, self.store
         start = 0
         if self.resume:
@@ -96,8 +151,8 @@ class Orchestrator:
             store.truncate_to(start)
             self.say(f"resuming {store.root} after {start} complete round(s)")
         else:
-            store.root.mkdir(parents=True, exist_ok=True)
-            write_text(store.config_path, dump_config(cfg))
+            store.root.mkdir()
+            store.config_path.write_text(dump_config(cfg))
         loaded = load_base(cfg)
         space = build_space(cfg, loaded.model)
         settings = cfg.search.settings()
@@ -117,34 +172,51 @@ class Orchestrator:
             cands = [space.from_json(c) for c in saved["candidates"]]
             candidates = np.stack(cands) if cands else np.zeros((0, space.n_matrices, 5), dtype=np.int64)
             search = SearchActor.options(num_cpus=cfg.ray.search_cpus).remote(
-                space.signature(), settings, str(store.search_dir(start - 1)))
+                space.signature(), settings, store.search_dir(start - 1).read_files())
         del loaded  # the driver only needed the shapes and the error table
-        self.pool = EvaluatorPool(cfg)
+        self.pool = EvaluatorPool(cfg, say=self.say)
+        if self.keep_evaluators:
+            self.pool.start()
         try:
             for k in range(start, cfg.run.rounds):
-                trainset, candidates = self._round(k, trainset, candidates, space, search)
+                trainset, candidates = self._round(k, trainset, candidates, space, search, first=k == start)
+                self._save_log()
                 if self.on_round is not None:
                     self.on_round(k)
         finally:
             self.pool.shutdown()
+            self._save_log()
         return self._summary(space)
 
+    def _save_log(self) -> None:
+        """Copy the driver's log into the run directory (best effort: a log is not worth a failed run)."""
+        if self.log_file is None or not self.log_file.is_file():
+            return
+        try:
+            (self.store.logs_dir / self.log_file.name).write_bytes(self.log_file.read_bytes())
+        except (OSError, StorageError) as e:
+            self.say(f"warning: could not copy the log to {self.store.logs_dir}: {e}")
+
     def _round(self, k: int, trainset: np.ndarray, candidates: np.ndarray, space: Any,
-               search: Any) -> tuple[np.ndarray, np.ndarray]:
+               search: Any, first: bool = False) -> tuple[np.ndarray, np.ndarray]:
         cfg, store = self.cfg, self.store
         bits = space.average_bits(trainset)
         self.progress(k, f"train: {len(trainset)} configurations ({bits.min():.2f}-{bits.max():.2f} bits), "
                          f"{cfg.ray.num_workers} worker(s)")
         t0 = time.perf_counter()
         prev = store.checkpoint_dir(k - 1) if k > 0 else None
-        metrics = train_round(cfg, k, trainset, prev, store.checkpoint_dir(k), self.storage_path, cfg.run.name)
+        assert self.pool is not None
+        if not self.keep_evaluators:
+            self.pool.shutdown()  # their resources go to the training workers
+        metrics = train_round(cfg, k, trainset, prev, store.checkpoint_dir(k), self.storage, cfg.run.name,
+                              backend=self.backend, announce=first)
         t_train = time.perf_counter() - t0
         self.progress(k, f"train done: loss {metrics.get('train_loss', float('nan')):.4f} in {t_train:.1f}s")
 
         t0 = time.perf_counter()
         configs = np.concatenate([trainset, candidates]) if len(candidates) else trainset
         roles = ["train"] * len(trainset) + ["candidate"] * len(candidates)
-        state_ref = ray.put(load_file(str(store.checkpoint_dir(k) / "trainable.safetensors")))
+        state_ref = ray.put(load_safetensors((store.checkpoint_dir(k) / "trainable.safetensors").read_bytes()))
 
         def on_done(done: int, total: int) -> None:
             if self.on_eval_progress is not None:
@@ -152,7 +224,6 @@ class Orchestrator:
             if done == total or done % max(1, total // 4) < cfg.ray.configs_per_call:
                 self.progress(k, f"evaluate: {done}/{total}")
 
-        assert self.pool is not None
         results = self.pool.evaluate(k, state_ref, configs, on_done)
         rows = _rows_for_archive(k, configs, roles, results, space)
         t_eval = time.perf_counter() - t0
@@ -164,13 +235,16 @@ class Orchestrator:
         last_round = k == cfg.run.rounds - 1
         new_cands = ray.get(search.propose.remote(0 if last_round else cfg.search.candidates))
         status = ray.get(search.status.remote())
-        ray.get(search.save.remote(str(store.search_dir(k))))
+        store.search_dir(k).write_files(ray.get(search.state_files.remote()))
         t_search = time.perf_counter() - t0
 
         store.write_trainset(k, {"trainset": [space.to_json(c) for c in new_set],
                                  "candidates": [space.to_json(c) for c in new_cands]})
         hist = status["last"] or {}
         failed = sum(r["status"] != "ok" for r in rows)
+        for r in rows:
+            if r["status"] != "ok":
+                self.say(f"warning: round {k + 1}: configuration {r['config_id']} failed: {r['error']}")
         round_row = {
             "round": k, "hypervolume": float(hist.get("hv_archive", 0.0)), "hv_train": float(hist.get("hv_train", 0.0)),
             "set_size": len(new_set), "evaluated": len(rows), "failed": failed,

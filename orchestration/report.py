@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from coalora.pareto import non_dominated_mask
-from orchestration.store import RunStore, atomic_write, write_text
+from coalora.storage import Location
+from orchestration.store import RunStore
+
+
+def _save_figure(fig: Any, path: Location) -> None:
+    """Render ``fig`` to PNG bytes and write them (all-or-nothing, any storage); close the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
 
 
 def _ok(rows: Sequence[dict[str, Any]], round_k: int | None = None) -> list[dict[str, Any]]:
@@ -27,7 +38,7 @@ def front_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r, m in zip(rows, mask) if m), key=lambda r: r["avg_bits"])
 
 
-def plot_front(archive: Sequence[dict[str, Any]], path: Path) -> None:
+def plot_front(archive: Sequence[dict[str, Any]], path: Location) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,11 +61,10 @@ def plot_front(archive: Sequence[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
-def plot_hypervolume(rounds: Sequence[dict[str, Any]], path: Path) -> None:
+def plot_hypervolume(rounds: Sequence[dict[str, Any]], path: Location) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,8 +80,7 @@ def plot_hypervolume(rounds: Sequence[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def best_per_budget(rows: Sequence[dict[str, Any]], budgets: Sequence[float]) -> list[dict[str, Any] | None]:
@@ -98,7 +107,7 @@ def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
     ck = store.checkpoint_dir(last)
     for r in front:
         cfg_json = space.to_json(np.asarray(r["knobs"], dtype=np.int64).reshape(space.n_matrices, 5))
-        write_text(store.root / "front" / f"{r['config_id']}.json", json.dumps(cfg_json, indent=1))
+        (store.root / "front" / f"{r['config_id']}.json").write_text(json.dumps(cfg_json, indent=1))
     lines = [
         f"# Run `{run_name}`",
         "",
@@ -135,7 +144,7 @@ def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
         path = store.root / "front" / f"{r['config_id']}.json"
         if not path.is_file():
             cfg_json = space.to_json(np.asarray(r["knobs"], dtype=np.int64).reshape(space.n_matrices, 5))
-            write_text(path, json.dumps(cfg_json, indent=1))
+            path.write_text(json.dumps(cfg_json, indent=1))
         m = r.get(metric)
         lines.append(
             f"| {b:g} | `{r['config_id']}` | {r['avg_bits']:.4f} | {r['loss']:.4f} | "
@@ -144,4 +153,4 @@ def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
         )
     lines += ["", "Any other budget: `coalora adapt --run " + str(store.root) + " --budget B --out DIR` "
               "(best evaluated configuration under B, else the allocation).", ""]
-    write_text(store.root / "report.md", "\n".join(lines))
+    (store.root / "report.md").write_text("\n".join(lines))

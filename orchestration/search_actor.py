@@ -2,11 +2,15 @@
 
 All rounds' observations flow into it; it fits the GP, proposes candidates, selects the next
 training set segment by segment and keeps the front and the hypervolume history. Its state is saved
-after every round so that ``--resume`` continues with the same archive and random streams.
+after every round so that ``--resume`` continues with the same archive and random streams. The state
+travels as ``{file name: bytes}``: the actor may run on any node, and the driver writes the files to
+the run directory wherever that lives.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +19,8 @@ import ray
 
 @ray.remote
 class SearchActor:
-    def __init__(self, space_signature: dict[str, Any], settings: Any, state_dir: str | None = None) -> None:
+    def __init__(self, space_signature: dict[str, Any], settings: Any,
+                 state_files: dict[str, bytes] | None = None) -> None:
         import torch
 
         from coalora.search import ParetoSearch
@@ -23,7 +28,13 @@ class SearchActor:
 
         torch.set_num_threads(1)
         space = QuantSpace.from_signature(space_signature)
-        self.search = ParetoSearch.load(state_dir, space) if state_dir else ParetoSearch(space, settings)
+        if state_files is None:
+            self.search = ParetoSearch(space, settings)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, blob in state_files.items():
+                (Path(tmp) / name).write_bytes(blob)
+            self.search = ParetoSearch.load(tmp, space)
 
     def observe(self, configs: np.ndarray, losses: np.ndarray, round_k: int) -> int:
         import warnings
@@ -46,5 +57,8 @@ class SearchActor:
         return {"round": self.search.round, "hypervolume": self.search.hypervolume(),
                 "last": hist[-1] if hist else None, "history": hist}
 
-    def save(self, path: str) -> str:
-        return str(self.search.save(path))
+    def state_files(self) -> dict[str, bytes]:
+        """The search state as the files :meth:`ParetoSearch.save` writes."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.search.save(tmp)
+            return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

@@ -1,6 +1,6 @@
 """The run directory: Parquet tables, per-round training sets, checkpoints, plots and a report.
 
-    runs/<name>/
+    <out_dir>/<name>/
         config.yaml               the effective experiment configuration (resume reads it back)
         archive.parquet           one row per evaluation
         rounds.parquet            one row per completed round (its presence marks the round complete)
@@ -8,23 +8,25 @@
         checkpoints/round_<k>/    the coalora checkpoint trained in round k
         search/round_<k>/         the search state at the end of round k (resume reads the last complete one)
         ray_train/                Ray Train's storage (its copy of each round's checkpoint)
+        logs/                     the driver's log of each session (Ray's own lines go here, not to the console)
         front.png, hypervolume.png, report.md
 
-Every file is written to a temporary name and renamed into place, so a killed run never leaves a
-half-written file under its final name.
+The directory may be local, on a mount every node shares, or in an object store
+(:class:`coalora.storage.Location`). Every file is written all-or-nothing, so a killed run never leaves
+a half-written file under its final name.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from coalora.storage import Location, open_location
 
 ARCHIVE_SCHEMA = pa.schema([
     ("round", pa.int64()),
@@ -57,66 +59,59 @@ ROUNDS_SCHEMA = pa.schema([
 ])
 
 
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
-
-
-def _write_table(path: Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> None:
+def _write_table(path: Location, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> None:
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
-    atomic_write(path, lambda p: pq.write_table(table, p))
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    path.write_bytes(buf.getvalue())
+
+
+def _read_table(path: Location) -> list[dict[str, Any]]:
+    return pq.read_table(io.BytesIO(path.read_bytes())).to_pylist() if path.is_file() else []
 
 
 class RunStore:
     """Reads and writes one run directory (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | Location) -> None:
+        self.root = open_location(root)
 
     # ------------------------------------------------------------------ paths
     @property
-    def archive_path(self) -> Path:
+    def archive_path(self) -> Location:
         return self.root / "archive.parquet"
 
     @property
-    def rounds_path(self) -> Path:
+    def rounds_path(self) -> Location:
         return self.root / "rounds.parquet"
 
     @property
-    def config_path(self) -> Path:
+    def config_path(self) -> Location:
         return self.root / "config.yaml"
 
     @property
-    def ray_train_dir(self) -> Path:
+    def ray_train_dir(self) -> Location:
         return self.root / "ray_train"
 
-    def search_dir(self, k: int) -> Path:
+    def search_dir(self, k: int) -> Location:
         return self.root / "search" / f"round_{k}"
 
-    def checkpoint_dir(self, k: int) -> Path:
+    def checkpoint_dir(self, k: int) -> Location:
         return self.root / "checkpoints" / f"round_{k}"
 
-    def trainset_path(self, k: int) -> Path:
+    def trainset_path(self, k: int) -> Location:
         return self.root / "trainset" / f"round_{k}.json"
 
     # ------------------------------------------------------------------ tables
+    @property
+    def logs_dir(self) -> Location:
+        return self.root / "logs"
+
     def read_archive(self) -> list[dict[str, Any]]:
-        return pq.read_table(self.archive_path).to_pylist() if self.archive_path.is_file() else []
+        return _read_table(self.archive_path)
 
     def read_rounds(self) -> list[dict[str, Any]]:
-        return pq.read_table(self.rounds_path).to_pylist() if self.rounds_path.is_file() else []
+        return _read_table(self.rounds_path)
 
     def completed_rounds(self) -> int:
         """How many rounds finished (rounds 0 … n−1); later files are leftovers of a killed round."""
@@ -136,19 +131,15 @@ class RunStore:
         if self.archive_path.is_file():
             _write_table(self.archive_path, archive, ARCHIVE_SCHEMA)
         for sub in ("checkpoints", "trainset", "search"):
-            d = self.root / sub
-            if not d.is_dir():
-                continue
-            for p in d.iterdir():
+            for p in (self.root / sub).iterdir():
                 stem = p.name.split(".")[0]
                 if stem.startswith("round_") and int(stem.split("_")[1]) >= n_rounds:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    p.remove()
         # Ray Train runs are named "<run>-round<k>"; an unfinished one would be resumed, not redone.
-        if self.ray_train_dir.is_dir():
-            for p in self.ray_train_dir.iterdir():
-                head, sep, k = p.name.rpartition("-round")
-                if sep and k.isdigit() and int(k) >= n_rounds:
-                    shutil.rmtree(p, ignore_errors=True)
+        for p in self.ray_train_dir.iterdir():
+            head, sep, k = p.name.rpartition("-round")
+            if sep and k.isdigit() and int(k) >= n_rounds:
+                p.remove()
 
     def write_trainset(self, k: int, configs: list[dict[str, Any]]) -> None:
-        write_text(self.trainset_path(k), json.dumps(configs, indent=1))
+        self.trainset_path(k).write_text(json.dumps(configs, indent=1))

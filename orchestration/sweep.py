@@ -108,19 +108,24 @@ def run_trial(params: dict[str, Any]) -> None:
     from coalora.experiment import budget_configs, error_table_for, load_data, random_configs
     from coalora.methods import load_adapted, per_config_checkpoints, train_method
 
+    from orchestration.devices import local_device
+
     base, fixed = params.pop("__base"), params.pop("__set")
     cfg = load_config(base, [*fixed, *overrides(params)])
+    # A trial that reserved a GPU computes on it (CPU only where torch there has no CUDA).
+    where = local_device()
+    device = where.device
     with tempfile.TemporaryDirectory() as tmp:
-        summary = train_method(cfg, Path(tmp) / "ck", progress=False, say=lambda s: None)
+        summary = train_method(cfg, Path(tmp) / "ck", progress=False, say=lambda s: None, device=device)
         method = cfg.train.method
         rows: list[dict[str, Any]] = []
         if method == "per-config":
             for ck in per_config_checkpoints(Path(tmp) / "ck"):
-                model, meta, _, loaded = load_adapted(ck, cfg=cfg)
+                model, meta, _, loaded = load_adapted(ck, cfg=cfg, device=device)
                 batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, "test")
                 rows += evaluate(model, np.stack([model.space.from_json(meta["trainset"][0])]), batches, loaded.task)
         else:
-            model, meta, _, loaded = load_adapted(Path(tmp) / "ck", cfg=cfg)
+            model, meta, _, loaded = load_adapted(Path(tmp) / "ck", cfg=cfg, device=device)
             batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, "test")
             if method == "fp-lora":
                 configs: Any = [None]
@@ -130,7 +135,8 @@ def run_trial(params: dict[str, Any]) -> None:
             rows = evaluate(model, configs, batches, loaded.task)
     metric = "accuracy" if loaded.task == "classification" else "perplexity"
     for r in rows:
-        r.update(method=method, **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
+        r.update(method=method, device=device, gpu_ids=",".join(str(g) for g in where.gpu_ids),
+                 **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
     tune.report({"mean_metric": float(np.mean([r[metric] for r in rows])), "metric_name": metric,
                  "train_seconds": summary["train_seconds"], "rows": json.dumps(rows)})
 
@@ -219,15 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.out_dir:
         cfg.out_dir = args.out_dir
-    import ray
+    from orchestration.connect import connect
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(logging_config=ray.LoggingConfig(log_level="ERROR"))
-        else:
-            ray.init(address="local", include_dashboard=False, logging_config=ray.LoggingConfig(log_level="ERROR"),
-                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                               "TRANSFORMERS_OFFLINE": "1"}})
+    connect()
     base = cfg.base if Path(cfg.base).is_file() else str(ROOT / cfg.base)
     out = run_sweep(cfg, str(Path(base).resolve()))
     print(f"done: {out / 'sweep.parquet'}, {out / 'sweep.png'}")

@@ -1,40 +1,32 @@
 """One training round on Ray Train: a ``TorchTrainer`` running ``coalora.train.train`` on every worker.
 
 Each worker builds the same model (seeded), restores the previous round's checkpoint (shipped to the
-workers as an ObjectRef, so no shared file system is needed), trains on its shard of the data with its
-own configuration-sampling stream, and averages gradients with the other workers (gloo on CPU, NCCL on
-GPU) before each optimizer step. Rank 0 reports the new checkpoint together with the metrics, which is
-what Ray Train V2 needs to hand metrics back.
+workers as an ObjectRef, so no shared file system is needed for it), trains on its shard of the data
+with its own configuration-sampling stream, and averages gradients with the other workers (gloo on
+CPU, NCCL on GPU) before each optimizer step. Rank 0 reports the new checkpoint together with the
+metrics, which is what Ray Train V2 needs to hand metrics back. Ray Train persists that checkpoint to
+the run's storage (``<run>/ray_train``: a local path, a shared mount or an object store); the driver
+copies it into ``<run>/checkpoints/round_<k>`` on the same storage.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from coalora.config import ExperimentConfig
-
-
-def read_checkpoint_files(path: str | os.PathLike) -> dict[str, bytes]:
-    """A checkpoint directory as ``{file name: bytes}`` (it is small: LoRA, U_θ, head, AdamW moments)."""
-    return {p.name: p.read_bytes() for p in Path(path).iterdir() if p.is_file()}
-
-
-def _write_files(files: dict[str, bytes], d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    for name, blob in files.items():
-        (d / name).write_bytes(blob)
-    return d
+from coalora.storage import Location
+from orchestration.console import MARK
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -44,44 +36,56 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from coalora.checkpoint import load_optimizer, load_trainable, save_checkpoint
     from coalora.config import config_from_dict
     from coalora.experiment import build_adapted, load_base, load_data
-    from coalora.train import make_optimizer, train
+    from coalora.memory import host_share
+    from coalora.train import make_grad_scaler, make_optimizer, train
+    from orchestration.devices import local_device
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = config_from_dict(config["experiment"])
-    device = ray.train.torch.get_device()
+    device = torch.device(local_device(train_worker=True).device)
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     loaded = load_base(cfg)
     loaded.model.to(device)
-    model = build_adapted(cfg, loaded, "coa")
+    r = cfg.ray
+    share = min(1.0, r.gpus_per_worker) if device.type == "cuda" else host_share(r.cpus_per_worker)
+    model = build_adapted(cfg, loaded, "coa", share=share, training=True)
     model.to(device)
+    label = f"[round {config['round']}] train"
+    # The plan goes to the console once per session (the first round it trains), to the log after that.
+    plan = f"{label} worker {rank}: {model.memory_plan.describe()}"
+    print(f"{MARK}{plan}" if config["announce"] else plan, flush=True)
     opt = make_optimizer(model, cfg.train)
+    scaler = make_grad_scaler(model)  # fp16 only: its loss scale carries over from round to round
     prev = config.get("previous")
     if prev is not None:
         files = ray.get(prev[0])
         with tempfile.TemporaryDirectory() as tmp:
-            d = _write_files(files, Path(tmp) / "prev")
+            d = Path(tmp) / "prev"
+            d.mkdir()
+            for name, blob in files.items():
+                (d / name).write_bytes(blob)
             model.load_trainable_state(load_trainable(d, device=device))
-            load_optimizer(d, model, opt)
+            load_optimizer(d, model, opt, scaler=scaler)
     data = load_data(cfg, loaded.tokenizer, loaded.task)
     start, steps = int(config["start_step"]), int(config["steps"])
     batches = data.train_batches(cfg, rank=rank, world_size=world, start_step=start)
     trainset = np.asarray(config["trainset"], dtype=np.int64)
     log_every = max(1, cfg.train.log_every)
-    label = f"[round {config['round']}] train"
 
     def on_step(step: int, loss: float) -> None:
         if rank == 0 and (step - start) % log_every == 0:
-            print(f"{label} step {step - start}/{steps} loss {loss:.4f}", flush=True)
+            print(f"{MARK}{label} step {step - start}/{steps} loss {loss:.4f}", flush=True)
 
     res = train(model, batches, trainset, cfg.train, steps=steps, total_steps=int(config["total_steps"]),
-                optimizer=opt, rank=rank, start_step=start, progress=False, on_step=on_step)
+                optimizer=opt, scaler=scaler, rank=rank, start_step=start, progress=False, on_step=on_step)
     # Average the reported loss over workers so the number does not depend on who reports it.
     loss = torch.tensor([res.final_loss], device=device)
     if world > 1:
         torch.distributed.all_reduce(loss)
         loss /= world
-    metrics = {"train_loss": float(loss.item()), "train_steps": res.steps, "train_seconds": res.seconds}
+    metrics = {"train_loss": float(loss.item()), "train_steps": res.steps, "train_seconds": res.seconds,
+               "skipped_steps": res.skipped_steps, "device": str(device)}
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             meta = {
@@ -93,7 +97,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "train_loss": metrics["train_loss"],
                 "trainset": [model.space.to_json(c) for c in trainset],
             }
-            path = save_checkpoint(Path(tmp) / "ckpt", model, meta, optimizer=opt)
+            path = save_checkpoint(Path(tmp) / "ckpt", model, meta, optimizer=opt, scaler=scaler)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)))
     else:
         ray.train.report(metrics)
@@ -103,17 +107,29 @@ def train_round(
     cfg: ExperimentConfig,
     round_k: int,
     trainset: np.ndarray,
-    previous_checkpoint: str | os.PathLike | None,
-    out_dir: str | os.PathLike,
-    storage_path: str,
+    previous_checkpoint: Location | None,
+    out: Location,
+    storage: Location,
     run_name: str,
+    *,
+    backend: str = "gloo",
+    announce: bool = False,
 ) -> dict[str, Any]:
-    """Fit one round and copy its checkpoint to ``out_dir``. Returns the round's training metrics."""
+    """Fit one round and copy its checkpoint to ``out``. Returns the round's training metrics.
+
+    Args:
+        storage: Ray Train's storage for this run (every node must reach it on a multi-node cluster).
+        backend: torch.distributed backend of the workers (``orchestration.devices.collective_backend``).
+        announce: print each worker's memory plan to the console (else only to the log).
+    """
     steps = cfg.run.steps_per_round or cfg.train.steps
     prev_ref = None
     if previous_checkpoint is not None:
-        prev_ref = [ray.put(read_checkpoint_files(previous_checkpoint))]
+        prev_ref = [ray.put(previous_checkpoint.read_files())]
     r = cfg.ray
+    resources = {"CPU": r.cpus_per_worker}
+    if r.use_gpu:
+        resources["GPU"] = r.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -125,22 +141,28 @@ def train_round(
             "total_steps": cfg.run.rounds * steps,
             "previous": prev_ref,
             "threads": max(1, int(r.cpus_per_worker)),
+            "announce": announce,
         },
-        scaling_config=ScalingConfig(
-            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker},
-        ),
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=f"{run_name}-round{round_k}",
-            storage_path=storage_path,
+            # A local path goes as a path (Ray Train then treats it as local); anything else with its
+            # file system object, which carries settings such as an S3 endpoint to every worker.
+            storage_path=storage.path,
+            storage_filesystem=None if storage.is_local else storage.fs,
             failure_config=FailureConfig(max_failures=r.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
     t0 = time.perf_counter()
     result = trainer.fit()
-    if result.checkpoint is None:
+    ckpt = result.checkpoint
+    if ckpt is None:
         raise RuntimeError(f"round {round_k}: training finished without a checkpoint")
-    result.checkpoint.to_directory(str(out_dir))
+    out.rmtree()
+    out.mkdir()
+    pafs.copy_files(ckpt.path, out.path, source_filesystem=ckpt.filesystem, destination_filesystem=out.fs)
     metrics = dict(result.metrics or {})
     metrics["train_wall_seconds"] = time.perf_counter() - t0
     return metrics

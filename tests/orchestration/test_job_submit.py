@@ -1,4 +1,10 @@
-"""`ray start --head` on loopback, then `ray job submit -- python orchestration/run.py --smoke-test`.
+"""`ray start --head` on loopback with token authentication, then `ray job submit -- python
+orchestration/run.py --smoke-test` with that token; a client without it is refused.
+
+Hermetic: the test makes its own token in a temporary directory (``RAY_AUTH_TOKEN_PATH``) and runs
+every Ray command with an empty ``HOME``, so nothing depends on a token that an earlier ``ray.init()``
+on this machine left in ``~/.ray/auth_token`` (Ray 2.60's ``ray start --head`` turns token
+authentication on only when a token exists, or when ``RAY_AUTH_MODE=token`` says so and one is given).
 
 The head is started with its own temporary directory; at the end only the processes of that head
 (found by that directory in their command lines, and their children) are stopped, never `ray stop`
@@ -8,6 +14,7 @@ The head is started with its own temporary directory; at the end only the proces
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -66,12 +73,25 @@ def _stop_head(temp_dir: str) -> None:
             pass
 
 
+def _clean_env(home: Path) -> dict[str, str]:
+    """This process's environment without any Ray token setting, with an empty HOME."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                                                            "RAY_ADDRESS")}
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+               OMP_NUM_THREADS="1")
+    return env
+
+
 @pytest.fixture()
 def ray_head(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     dash = _free_port()
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
-               OMP_NUM_THREADS="1")
+    token_path = tmp_path / "token" / "auth_token"
+    token_path.parent.mkdir()
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
+    env = dict(_clean_env(tmp_path / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
            "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", "--disable-usage-stats"]
@@ -87,8 +107,7 @@ def ray_head(tmp_path):
 def test_ray_job_submit_smoke_test_succeeds(ray_head, tmp_path):
     address, env = ray_head
     out = tmp_path / "runs"
-    # Ray >= 2.59 enables token authentication on the head; the client reads ~/.ray/auth_token.
-    env = dict(env, RAY_AUTH_MODE="token")
+    # The client sends the token from RAY_AUTH_TOKEN_PATH (env carries RAY_AUTH_MODE=token and the path).
     job_id = f"coalora-smoke-{os.getpid()}-{int(time.time())}"
     submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", job_id,
               "--working-dir", str(ROOT),
@@ -115,3 +134,13 @@ def test_ray_job_submit_smoke_test_succeeds(ray_head, tmp_path):
     assert "SUCCEEDED" in status.upper(), status + logs[-3000:]
     assert "done: 2 round(s)" in logs
     assert (out / "smoke" / "rounds.parquet").is_file() and (out / "smoke" / "report.md").is_file()
+    # A client without the token, or with another one, is refused by the head's job API.
+    for who, extra in (("no token", {}), ("a wrong token", {"RAY_AUTH_MODE": "token",
+                                                          "RAY_AUTH_TOKEN": secrets.token_hex(32)})):
+        bare = dict(_clean_env(tmp_path / "stranger"), **extra)
+        res = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=bare,
+                             capture_output=True, text=True, timeout=60)
+        said = (res.stdout + res.stderr).lower()
+        assert res.returncode != 0, f"{who}: the job API answered: {said[-500:]}"
+        assert "token" in said or "authentication" in said or "401" in said or "403" in said, (who, said[-1000:])
+        assert job_id not in said, who

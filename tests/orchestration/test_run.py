@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.orchestration.conftest import smoke_config
+
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
 
 pytestmark = pytest.mark.slow
 
@@ -24,28 +25,13 @@ pytestmark = pytest.mark.slow
 VOLATILE = ("actor", "seconds")
 
 
-def _cfg(tmp: Path, name: str, *extra: str):
-    from coalora.config import load_config
-
-    return load_config(SMOKE, [f"run.out_dir={tmp}", f"run.name={name}", *extra])
-
-
 def _stable(rows):
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return tmp_path_factory.mktemp("runs")
-
-
-@pytest.fixture(scope="module")
-def reference(ray_local, runs):
-    from orchestration.loop import Orchestrator
-
-    cfg = _cfg(runs, "ref")
-    summary = Orchestrator(cfg, runs / "ref", say=lambda s: None).run()
-    return runs / "ref", summary
+def runs(smoke_runs):
+    return smoke_runs
 
 
 def test_smoke_run_writes_every_artefact(reference):
@@ -101,7 +87,7 @@ def test_killed_evaluator_loses_nothing(reference, runs):
             ray.kill(orch.pool.actors[0])
             killed.append(done)
 
-    cfg = _cfg(runs, "fault")
+    cfg = smoke_config(runs, "fault")
     orch = Orchestrator(cfg, runs / "fault", say=lambda s: None, on_eval_progress=kill_one)
     orch.run()
     assert killed, "the fault was never injected"
@@ -123,7 +109,7 @@ def test_resume_after_driver_dies_reproduces_the_run(reference, runs):
         if k == 0:
             raise _Killed()
 
-    cfg = _cfg(runs, "resume")
+    cfg = smoke_config(runs, "resume")
     with pytest.raises(_Killed):
         Orchestrator(cfg, runs / "resume", say=lambda s: None, on_round=die).run()
     store = RunStore(runs / "resume")

@@ -23,7 +23,8 @@ def test_rounds_mark_completion_and_truncate_drops_leftovers(tmp_path):
     # A killed round 2 left files behind.
     for d in (store.checkpoint_dir(2), store.search_dir(2), store.ray_train_dir / "x-round2",
               store.ray_train_dir / "x-round1"):
-        d.mkdir(parents=True)
+        d.mkdir()
+        (d / "f").write_text("x")
     store.write_trainset(2, {"trainset": []})
     store.truncate_to(2)
     assert not store.checkpoint_dir(2).exists() and not store.search_dir(2).exists()
@@ -33,4 +34,4 @@ def test_rounds_mark_completion_and_truncate_drops_leftovers(tmp_path):
     store.append_round([_row(1, "c")], _round(1))
     assert [r["config_id"] for r in store.read_archive()] == ["a", "b", "c"]
     assert [r["round"] for r in store.read_rounds()] == [0, 1]
-    assert not list(store.root.glob(".*.parquet.*"))  # no temporary files left
+    assert not list((tmp_path / "run").glob(".*.parquet.*"))  # no temporary files left

@@ -1,0 +1,94 @@
+"""Two runs started at once on one machine, each with its own local Ray, as two users (or a sweep and a
+run) would: both finish, with no traceback; their consoles show the product's progress once per line
+and none of Ray's chatter, which goes to each run's log. The second run trains a bf16 base with two
+DDP workers: its loss falls, its checkpoints load back, and ``coalora adapt`` exports from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.orchestration.test_run import _stable
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+CHATTER = ("Checkpoint successfully created", "Reporting training result", "core_worker.cc", "Requesting resources",
+           "Found multiple active Ray instances", "Exception in thread", "Traceback")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("two")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["OMP_NUM_THREADS"] = "1"
+    runs = {"fp32": [], "bf16": ["--set", "model.dtype=bfloat16", "--set", "train.steps=8", "--set", "train.lr=0.01"]}
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "orchestration" / "run.py"), "--smoke-test",
+                                     "--set", f"run.out_dir={tmp / 'runs'}", "--set", f"run.name={name}", *extra],
+                                    cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, extra in runs.items()}
+    done = {}
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=900)
+        done[name] = (p.returncode, out, err)
+    return tmp / "runs", done
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16"])
+def test_both_finish_and_the_console_is_readable(two_runs, name):
+    runs, done = two_runs
+    rc, out, err = done[name]
+    assert rc == 0, out[-3000:] + err[-3000:]
+    console = out + err
+    for line in CHATTER:
+        assert line not in console, f"{line!r} on the console of {name}:\n{console[-3000:]}"
+    lines = console.splitlines()
+    steps = [x for x in lines if re.fullmatch(r"\[round \d\] train step \d+/\d+ loss \d\.\d+", x)]
+    assert len(steps) == 2 and len(set(steps)) == 2, lines  # one progress line per round, each once
+    assert lines[-1].startswith("done: 2 round(s)")
+    log = Path(lines[0].removeprefix("log: "))
+    text = log.read_text()
+    assert "Checkpoint successfully created" in text and "train step" in text  # Ray's chatter is kept, in the log
+    assert (runs / name / "logs" / log.name).read_text() == text
+
+
+def test_fp32_run_equals_the_reference(two_runs, reference):
+    from orchestration.store import RunStore
+
+    runs, _ = two_runs
+    assert _stable(RunStore(runs / "fp32").read_archive()) == _stable(RunStore(reference[0]).read_archive())
+
+
+def test_bf16_run_trains_loads_back_and_exports(two_runs, tmp_path):
+    import torch
+
+    from coalora.cli import main
+    from coalora.evaluate import evaluate_one
+    from coalora.experiment import load_data
+    from coalora.methods import load_adapted
+    from orchestration.store import RunStore
+
+    runs, _ = two_runs
+    store = RunStore(runs / "bf16")
+    rounds = store.read_rounds()
+    assert rounds[1]["train_loss"] < rounds[0]["train_loss"]
+    model, meta, cfg, loaded = load_adapted(store.checkpoint_dir(1).path)
+    assert cfg.model.dtype == "bfloat16" and meta["base_dtype"] == "bfloat16"
+    assert model.compute_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    # The evaluator's score of a configuration is what the reloaded checkpoint gives in this process.
+    row = next(r for r in store.read_archive() if r["round"] == 1 and r["role"] == "train")
+    model.set_config(np.asarray(row["knobs"], dtype=np.int64).reshape(model.space.n_matrices, 5))
+    batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, "validation")
+    assert evaluate_one(model, batches, loaded.task)["loss"] == pytest.approx(row["loss"], abs=1e-5)
+    assert main(["adapt", "--run", str(runs / "bf16"), "--budget", "4.0", "--out", str(tmp_path / "a")]) == 0
+    export = json.loads((tmp_path / "a" / "export.json").read_text())
+    assert export["base_dtype"] == "bfloat16"
+    assert (tmp_path / "a" / "adapter" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,160 @@
+"""A multi-node Ray cluster on this machine with its storage in an S3-compatible object store.
+
+``ray.cluster_utils.Cluster`` starts a head with no CPUs and two 2-CPU worker nodes, as a cloud
+cluster has; moto's standalone server is the object store, on loopback. The nodes share this
+machine's disk, so Ray's own storage check (a marker file visible from the workers) cannot fail
+here: the object store is what proves the storage path, and the product's own check (a node-local
+run directory on several nodes stops before round 0) is exercised directly.
+
+The driver is a separate process, as under ``ray job submit``: it is killed after round 0 and a new
+driver resumes from the ``s3://`` URI; the archive must equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.orchestration.test_run import _stable
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+BUCKET = "coalora-test"
+# moto accepts any credentials; these only have to be the same for every process.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free loopback port with one bucket; yields the runs URI."""
+    from moto.server import ThreadedMotoServer
+    import pyarrow.fs as pafs
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1").create_dir(BUCKET)
+        yield f"s3://{BUCKET}/runs?endpoint_override={endpoint}&region=us-east-1"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """Head with 0 CPUs, two worker nodes with 2 CPUs each (started after the credentials are set, so
+    every node's workers can reach the object store)."""
+    from ray.cluster_utils import Cluster
+
+    small = 120 * 1024**2
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                      "object_store_memory": small})
+    try:
+        for _ in range(2):
+            c.add_node(num_cpus=2, object_store_memory=small)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+
+
+def _driver(cluster, *args: str, cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, RAY_ADDRESS=cluster.address, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(ROOT / "orchestration" / "run.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _rounds_done(run_uri: str) -> int:
+    from coalora.storage import open_location
+
+    p = open_location(run_uri) / "rounds.parquet"
+    return len(pq.read_table(io.BytesIO(p.read_bytes()))) if p.is_file() else 0
+
+
+def test_node_local_run_dir_stops_before_round_0(cluster, tmp_path):
+    proc = _driver(cluster, "--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("orchestration/run.py: error:")]
+    assert len(errors) == 1 and "is on this node's disk, but the cluster has 3 node(s)" in errors[0], out[-3000:]
+    assert "Traceback" not in out and "round 1/2" not in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_smoke_run_on_s3_killed_after_round_0_resumes_to_the_same_archive(cluster, s3, reference, tmp_path):
+    from coalora.storage import open_location
+
+    base, query = s3.split("?")
+    run_uri = f"{base}/mn?{query}"
+    proc = _driver(cluster, "--smoke-test", "--set", f"run.out_dir={s3}", "--set", "run.name=mn", cwd=tmp_path)
+    try:
+        deadline = time.time() + 600
+        while _rounds_done(run_uri) < 1:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "round 0 never completed"
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies as a killed job's driver does
+        proc.wait(timeout=60)
+    first = proc.stdout.read()
+    assert "round 1/2 | search: hypervolume" in first, first[-3000:]
+    assert _rounds_done(run_uri) == 1
+
+    proc = _driver(cluster, "--resume", run_uri, cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    assert "resuming" in out and "after 1 complete round(s)" in out
+    assert "done: 2 round(s)" in out and "Traceback" not in out
+
+    from orchestration.store import RunStore
+
+    store = RunStore(run_uri)
+    ref = RunStore(reference[0])
+    assert _stable(store.read_archive()) == _stable(ref.read_archive())
+    assert json.loads(store.trainset_path(1).read_text()) == json.loads(ref.trainset_path(1).read_text())
+    # Every artefact lives in the object store, Ray Train's checkpoints included; nothing on local disk.
+    root = open_location(run_uri)
+    for name in ("config.yaml", "archive.parquet", "rounds.parquet", "report.md", "front.png", "hypervolume.png"):
+        assert (root / name).is_file(), name
+    for k in (0, 1):
+        assert (store.checkpoint_dir(k) / "trainable.safetensors").is_file()
+        assert (store.search_dir(k) / "search.json").is_file()
+    assert {p.name for p in store.ray_train_dir.iterdir()} >= {"mn-round0", "mn-round1"}
+    assert len(list(store.logs_dir.iterdir())) == 2  # one log per driver session
+    assert not (tmp_path / "runs").exists()
+    # The trainers ran on the worker nodes (the head has no CPUs) and reached the store from there.
+    rows = store.read_rounds()
+    assert [r["round"] for r in rows] == [0, 1] and all(r["failed"] == 0 for r in rows)
+
+    # `coalora adapt` deploys straight from the object store.
+    from coalora.cli import main
+
+    out_dir = tmp_path / "adapter"
+    assert main(["adapt", "--run", run_uri, "--budget", "4.0", "--out", str(out_dir)]) == 0
+    assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out_dir / "export.json").read_text())["checkpoint"].endswith("round_1")
