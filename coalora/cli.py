@@ -34,9 +34,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from coalora.models import ModelError
     from coalora.quant import QuantError
     from coalora.space import SpaceError
+    from coalora.storage import StorageError
 
     return (ConfigError, SpaceError, CheckpointError, CheckpointMismatchError, ModelError, DataError,
-            AllocationError, QuantError, ExportError, FileNotFoundError)
+            AllocationError, QuantError, ExportError, StorageError, FileNotFoundError)
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -132,13 +133,17 @@ def _budget_config(model: Any, cfg: Any, budget: float) -> Any:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The model of ``--checkpoint`` or of ``--run``'s last round; either may be a URI (``s3://...``),
+    read through a local copy. ``args.checkpoint`` becomes the checkpoint's name as the user sees it."""
     from coalora.methods import load_adapted
+    from coalora.models import cache_root
+    from coalora.storage import local_copy
 
     if getattr(args, "run", None):
         from coalora.runs import run_checkpoint
 
         args.checkpoint = str(run_checkpoint(args.run))
-    return load_adapted(args.checkpoint)
+    return load_adapted(local_copy(args.checkpoint, cache_root() / "checkpoints"))
 
 
 def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:

@@ -220,7 +220,7 @@ def local_copy(where: str | os.PathLike | Location, cache: str | os.PathLike) ->
     if not loc.is_dir():
         raise StorageError(f"{loc.uri}: no such directory")
     key = hashlib.sha1(loc.uri.encode()).hexdigest()[:16]
-    out = Path(cache) / f"{loc.name}-{key}"
+    out = Path(cache) / key / loc.name
     if out.exists():
         shutil.rmtree(out)
     return loc.download_to(out)

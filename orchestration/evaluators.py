@@ -36,9 +36,11 @@ class EvaluatorOutOfMemory(RuntimeError):
     """An evaluator ran out of memory: the actor's failure, not the configuration's."""
 
 
-@ray.remote
-class Evaluator:
-    """Holds one model replica; ``evaluate`` scores configurations on the held-out split."""
+class EvaluatorActor:
+    """Holds one model replica; ``evaluate`` scores configurations on the held-out split.
+
+    A plain class so that it can be subclassed; :data:`Evaluator` is its Ray actor.
+    """
 
     def __init__(self, experiment: dict[str, Any], name: str, threads: int = 1, announce: bool = True) -> None:
         import torch
@@ -101,6 +103,9 @@ class Evaluator:
         return self.name
 
 
+Evaluator = ray.remote(EvaluatorActor)
+
+
 class EvaluatorPool:
     """``n`` evaluator actors and the scheduling around them.
 
@@ -108,8 +113,10 @@ class EvaluatorPool:
     back while training runs is shut down after each evaluation and starts again on the next one.
     """
 
-    def __init__(self, cfg: ExperimentConfig, n: int | None = None, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, n: int | None = None, say: Callable[[str], None] | None = None,
+                 actor_class: Any = Evaluator) -> None:
         self.cfg = cfg
+        self.actor_class = actor_class
         r = cfg.ray
         self.n = n or r.evaluators
         self.options = dict(num_cpus=r.cpus_per_evaluator, num_gpus=r.gpus_per_evaluator, max_restarts=0)
@@ -127,7 +134,7 @@ class EvaluatorPool:
         # Each evaluator prints its memory plan to the console the first time the pool starts.
         announce = self.spawned < self.n
         self.spawned += 1
-        return Evaluator.options(**self.options).remote(experiment, name, self.threads, announce), name
+        return self.actor_class.options(**self.options).remote(experiment, name, self.threads, announce), name
 
     def start(self) -> None:
         """Start the actors (a no-op while they run) and wait until each has its model loaded."""

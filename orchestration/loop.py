@@ -159,7 +159,11 @@ class Orchestrator:
         if start == 0:
             self.say(f"{cfg.model.name}: {space.n_matrices} target matrices, {space.n_options} options each, "
                      f"{space.min_bits:.3f}-{space.max_bits:.3f} bits")
-            err = error_table_parallel(cfg.model.name, loaded.model, space)
+            def table_progress(done: int, total: int) -> None:
+                if done == total or done % max(1, total // 4) == 0:
+                    self.say(f"error table: {done}/{total} matrices")
+
+            err = error_table_parallel(cfg.model.name, loaded.model, space, progress=table_progress)
             trainset = initial_trainset(cfg, space, err)
             candidates = np.zeros((0, space.n_matrices, 5), dtype=np.int64)
             search = SearchActor.options(num_cpus=cfg.ray.search_cpus).remote(space.signature(), settings)
@@ -180,7 +184,6 @@ class Orchestrator:
         try:
             for k in range(start, cfg.run.rounds):
                 trainset, candidates = self._round(k, trainset, candidates, space, search, first=k == start)
-                self._save_log()
                 if self.on_round is not None:
                     self.on_round(k)
         finally:
@@ -252,6 +255,7 @@ class Orchestrator:
             "train_seconds": t_train, "train_loop_seconds": float(metrics.get("train_seconds", math.nan)),
             "eval_seconds": t_eval, "search_seconds": t_search,
         }
+        self._save_log()  # before the round is marked complete: a driver killed after it leaves its log
         store.append_round(rows, round_row)
         write_report(store, cfg, space, cfg.run.name)
         self.progress(k, f"search: hypervolume {round_row['hypervolume']:.4f}, next set {len(new_set)}, "

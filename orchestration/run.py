@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                          "or another --set run.name=...")
     except (ConfigError, StorageError) as e:
         return _fail(str(e))
+    except OSError as e:  # the storage cannot be reached (a wrong endpoint, no network, no permission)
+        return _fail(f"cannot reach the run's storage: {e}")
 
     from orchestration.console import Console
     from orchestration.resources import PlanError

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, NamedTuple, Sequence
+from typing import Callable, Any, NamedTuple, Sequence
 
 import numpy as np
 import ray
 import torch
-from tqdm.auto import tqdm
 
 from coalora.allocate import ErrorTableCache, matrix_errors, target_weights
 from coalora.space import QuantSpace
@@ -65,11 +64,13 @@ def _check_fraction(gpu_fraction: float) -> float:
 
 
 def _compute_table(
-    weights: Sequence[torch.Tensor], space: QuantSpace, gpu_fraction: float, progress: bool
+    weights: Sequence[torch.Tensor], space: QuantSpace, gpu_fraction: float,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, list[_TaskResult]]:
     """The ``(N, K)`` table of ``N`` weights ``(out, in)`` and every task's result, in space order.
 
     Tasks ask for ``gpu_fraction`` of a GPU each when the cluster has GPUs and the fraction is not 0.
+    ``progress(done, total)`` is called as matrices finish.
     """
     gpu_fraction = _check_fraction(gpu_fraction)
     task = _matrix_errors
@@ -86,19 +87,22 @@ def _compute_table(
     err = np.empty((space.n_matrices, space.n_options))
     results: list[_TaskResult | None] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(refs), desc="error table (matrices)", disable=not progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for r in done:
-                res = ray.get(r)
-                err[index[r]] = res.errors
-                results[index[r]] = res
-                bar.update(1)
+    finished_count = 0
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for r in done:
+            res = ray.get(r)
+            err[index[r]] = res.errors
+            results[index[r]] = res
+            finished_count += 1
+            if progress is not None:
+                progress(finished_count, len(refs))
     finished = [r for r in results if r is not None]
     devices = Counter(r.device for r in finished)
     log.info("error table: %s", ", ".join(f"{n} matrices on {d}" for d, n in sorted(devices.items())))
     if any(r.gpu_ids and r.device == "cpu" for r in finished):
-        log.warning("error-table tasks were given GPUs but found no CUDA (a CPU build of torch, or a node "
+        # INFO, not WARNING: run.py's probe of the GPU nodes already tells the person, once.
+        log.info("error-table tasks were given GPUs but found no CUDA (a CPU build of torch, or a node "
                     "that declares GPUs it lacks); they computed on CPU")
     return err, finished
 
@@ -107,7 +111,7 @@ def error_table_parallel(
     model_key: str,
     model: Any,
     space: QuantSpace,
-    progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
     gpu_fraction: float = DEFAULT_GPU_FRACTION,
 ) -> np.ndarray:
     """The ``(N, K)`` error table of ``model``'s target weights (see :func:`coalora.allocate.error_table`).

@@ -8,7 +8,6 @@ says so once. A sweep trial that reserves the GPU computes on the device its res
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,29 +16,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.orchestration.conftest import ClusterOnThisMachine
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def one_gpu_cluster():
-    from ray.cluster_utils import Cluster
-
-    small = 120 * 1024**2
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                      "object_store_memory": small})
+    c = ClusterOnThisMachine({"num_cpus": 2, "num_gpus": 1})
     try:
-        c.add_node(num_cpus=2, num_gpus=1, object_store_memory=small)
-        c.wait_for_nodes()
         yield c
     finally:
         c.shutdown()
 
 
 def _run(cluster, script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, RAY_ADDRESS=cluster.address, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(ROOT / "orchestration" / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run([sys.executable, str(ROOT / "orchestration" / script), *args], cwd=cwd,
+                          env=cluster.driver_env(), capture_output=True, text=True, timeout=900)
 
 
 def test_smoke_run_on_one_gpu_releases_evaluators_and_falls_back_to_cpu_once(one_gpu_cluster, tmp_path):

@@ -31,12 +31,12 @@ from orchestration.tables import _compute_table, cluster_has_gpus, error_table_p
 model = load_model("tiny-bert").model
 # Every bits, scale-bits and block value, one s1 dtype and block2: 48 options (the default has 432).
 space = QuantSpace.from_model(model, options={"scale2_dtype": ("bf16",), "block2": (64,)})
-expected = error_table(target_weights(model, space), space, progress=False)  # in-process, on CPU
+expected = error_table(target_weights(model, space), space, progress=None)  # in-process, on CPU
 ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
          object_store_memory=200 * 1024**2, log_to_driver=False)
 try:
-    err, results = _compute_table(target_weights(model, space), space, 0.25, progress=False)
-    cached = error_table_parallel("tiny-bert", model, space, progress=False, gpu_fraction=0.25)
+    err, results = _compute_table(target_weights(model, space), space, 0.25, progress=None)
+    cached = error_table_parallel("tiny-bert", model, space, progress=None, gpu_fraction=0.25)
     out = {
         "has_gpus": cluster_has_gpus(),
         "cuda": torch.cuda.is_available(),
@@ -89,12 +89,12 @@ def test_cpu_cluster_table_equals_in_process_table(ray_local, tiny_models, tmp_p
     model = tiny_models["bert"]
     space = QuantSpace.from_model(model, options={"bits": (2, 4), "scale_bits": (8,), "block": (16, 64)})
     torch.set_num_threads(1)
-    expected = error_table(target_weights(model, space), space, progress=False)
+    expected = error_table(target_weights(model, space), space, progress=None)
     assert not cluster_has_gpus()
-    err, results = _compute_table(target_weights(model, space), space, 0.25, progress=False)
+    err, results = _compute_table(target_weights(model, space), space, 0.25, progress=None)
     assert np.array_equal(err, expected)
     assert [(r.device, r.gpu_ids) for r in results] == [("cpu", ())] * space.n_matrices
     monkeypatch.setenv("COALORA_CACHE", str(tmp_path))
-    assert np.array_equal(error_table_parallel("tiny", model, space, progress=False), expected)
+    assert np.array_equal(error_table_parallel("tiny", model, space, progress=None), expected)
     with pytest.raises(ValueError, match="gpu_fraction"):
         error_table_parallel("tiny", model, space, gpu_fraction=1.5)
