@@ -35,6 +35,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/quant_speed.py --quick
+	$(PY) benchmarks/gpu_check.py --device cpu --quick
 
 # The study (issue #6): every result table and plot under benchmarks/results/study/, through the
 # product's own commands; resumable. `make study ARGS="--parts table2 --seeds 0,1"`.
