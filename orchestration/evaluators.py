@@ -208,7 +208,8 @@ class EvaluatorPool:
 
     def _out_of_memory(self, slot: int, error: Exception) -> None:
         """Replace the actor of ``slot`` by one with half the batch (it may land on another node)."""
-        message = str(error).splitlines()[0]
+        # Ray wraps the actor's exception; its own message is on the cause.
+        message = str(getattr(error, "cause", None) or error).splitlines()[0]
         if self.batch_size <= 1:
             raise RuntimeError(f"evaluation does not fit in memory even one example at a time ({message}); "
                                "lower model.cache_fraction or use a device with more memory")

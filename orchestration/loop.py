@@ -188,11 +188,11 @@ class Orchestrator:
                     self.on_round(k)
         finally:
             self.pool.shutdown()
-            self._save_log()
+            self.save_log()
         return self._summary(space)
 
-    def _save_log(self) -> None:
-        """Copy the driver's log into the run directory (best effort: a log is not worth a failed run)."""
+    def save_log(self) -> None:
+        """Copy the driver's log into ``<run>/logs/`` (best effort: a log is not worth a failed run)."""
         if self.log_file is None or not self.log_file.is_file():
             return
         try:
@@ -255,7 +255,7 @@ class Orchestrator:
             "train_seconds": t_train, "train_loop_seconds": float(metrics.get("train_seconds", math.nan)),
             "eval_seconds": t_eval, "search_seconds": t_search,
         }
-        self._save_log()  # before the round is marked complete: a driver killed after it leaves its log
+        self.save_log()  # before the round is marked complete: a driver killed after it leaves its log
         store.append_round(rows, round_row)
         write_report(store, cfg, space, cfg.run.name)
         self.progress(k, f"search: hypervolume {round_row['hypervolume']:.4f}, next set {len(new_set)}, "

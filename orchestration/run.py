@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     if failure is not None:
         return _fail(failure)
+    orch.save_log()  # the whole session's log, now that the console has closed it
     print(f"done: {summary['rounds']} round(s), hypervolume {summary['hypervolume']:.4f}; "
           f"report: {summary['report']}")
     return 0

@@ -36,8 +36,12 @@ def _run(cluster, script: str, *args: str, cwd: Path) -> subprocess.CompletedPro
                           env=cluster.driver_env(), capture_output=True, text=True, timeout=900)
 
 
+# The nodes of this cluster share this machine's disk: a mount every node has, declared with run.shared_fs.
+SHARED = ("--set", "run.shared_fs=true")
+
+
 def test_smoke_run_on_one_gpu_releases_evaluators_and_falls_back_to_cpu_once(one_gpu_cluster, tmp_path):
-    res = _run(one_gpu_cluster, "run.py", "--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}",
+    res = _run(one_gpu_cluster, "run.py", "--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", *SHARED,
                "--set", "ray.num_workers=1", "--set", "ray.use_gpu=true", "--set", "ray.gpus_per_worker=1",
                "--set", "ray.gpus_per_evaluator=0.5", "--set", "ray.evaluators=2", cwd=tmp_path)
     out = res.stdout + res.stderr
@@ -51,7 +55,7 @@ def test_smoke_run_on_one_gpu_releases_evaluators_and_falls_back_to_cpu_once(one
 
 
 def test_plan_that_can_never_fit_fails_fast(one_gpu_cluster, tmp_path):
-    res = _run(one_gpu_cluster, "run.py", "--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}",
+    res = _run(one_gpu_cluster, "run.py", "--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", *SHARED,
                "--set", "ray.use_gpu=true", "--set", "ray.num_workers=2", cwd=tmp_path)
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     (line,) = [x for x in res.stderr.splitlines() if x.startswith("orchestration/run.py: error:")]

@@ -113,9 +113,9 @@ def test_ray_job_submit_smoke_test_succeeds(ray_head, tmp_path):
               "--working-dir", str(ROOT),
               "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--no-wait", "--",
               "python", "orchestration/run.py", "--smoke-test", "--set", f"run.out_dir={out}"]
-    for _ in range(30):  # right after `ray start` the head's job agent may not be up yet
+    for _ in range(60):  # right after `ray start` the head's job agent may not be up yet
         res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-        if res.returncode == 0 or "No available agent" not in res.stderr:
+        if res.returncode == 0 or "No available agent" not in res.stdout + res.stderr:
             break
         time.sleep(3)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
