@@ -25,6 +25,24 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def _runtime_env() -> dict:
+    """The job-wide runtime env this driver adds: forwarded variables and the address-pinning hook.
+
+    Under ``ray job submit`` the job already has a runtime env (``--runtime-env``) and Ray refuses a
+    driver's runtime env that sets the same field or variable again, so whatever the job sets wins.
+    """
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}")).get("runtime_env") or {}
+    taken = set(job.get("env_vars") or {})
+    env: dict = {"env_vars": {k: v for k, v in worker_env().items() if k not in taken}}
+    if "worker_process_setup_hook" not in job:
+        env["worker_process_setup_hook"] = "orchestration.worker_setup.pin_cluster_address"
+    return env
+
+
 def connect(num_cpus: int | None = None, object_store_mb: int | None = None) -> str:
     """Connect this driver to Ray and return the cluster's GCS address.
 
@@ -37,8 +55,7 @@ def connect(num_cpus: int | None = None, object_store_mb: int | None = None) -> 
     if not ray.is_initialized():
         # Ray's own INFO/WARNING lines are for the log (see orchestration.console); ERROR is enough here.
         quiet = ray.LoggingConfig(log_level="ERROR")
-        runtime_env = {"env_vars": worker_env(),
-                       "worker_process_setup_hook": "orchestration.worker_setup.pin_cluster_address"}
+        runtime_env = _runtime_env()
         if os.environ.get("RAY_ADDRESS"):
             ray.init(logging_config=quiet, runtime_env=runtime_env)  # the cluster this job runs on
         else:

@@ -94,20 +94,17 @@ class Orchestrator:
         run_dir: ``<out_dir>/<name>`` (a local path, a shared mount or a URI); must be new unless ``resume``.
         resume: continue after the last complete round stored in ``run_dir``.
         say: where progress lines go (the console's ``say`` in ``run.py``).
-        on_round: called with the round index after each completed round (tests use it to inject
-            faults; the CLI does not).
         log_file: the driver's local log, copied into ``<run>/logs/`` after every round.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike | Location, resume: bool = False,
-                 say: Callable[[str], None] = print, on_round: Callable[[int], None] | None = None,
+                 say: Callable[[str], None] = print,
                  on_eval_progress: Callable[[int, int, int], None] | None = None,
                  log_file: Path | None = None) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
         self.resume = resume
         self.say = say
-        self.on_round = on_round
         self.on_eval_progress = on_eval_progress
         self.log_file = log_file
         self.progress = Progress(cfg.run.rounds, say)
@@ -184,8 +181,6 @@ class Orchestrator:
         try:
             for k in range(start, cfg.run.rounds):
                 trainset, candidates = self._round(k, trainset, candidates, space, search, first=k == start)
-                if self.on_round is not None:
-                    self.on_round(k)
         finally:
             self.pool.shutdown()
             self.save_log()

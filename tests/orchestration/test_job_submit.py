@@ -94,7 +94,9 @@ def ray_head(tmp_path):
     env = dict(_clean_env(tmp_path / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
            "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", "--disable-usage-stats"]
+           f"--dashboard-port={dash}", "--disable-usage-stats",
+           # Its own job agent port: another Ray on this machine (the suite's in-process one) holds the default.
+           f"--dashboard-agent-listen-port={_free_port()}"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     try:
         assert res.returncode == 0, res.stderr[-2000:]

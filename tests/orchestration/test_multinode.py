@@ -119,6 +119,9 @@ def test_smoke_run_on_s3_killed_after_round_0_resumes_to_the_same_archive(cluste
     first = proc.stdout.read()
     assert "round 1/2 | evaluate: 4/4" in first, first[-3000:]
     assert _rounds_done(run_uri) == 1
+    # Whatever the killed round left behind must not leak into the resumed run.
+    junk = open_location(run_uri) / "checkpoints" / "round_1" / "junk"
+    junk.write_text("partial")
 
     proc = _driver(cluster, "--resume", run_uri, cwd=tmp_path)
     out, _ = proc.communicate(timeout=600)
@@ -132,6 +135,7 @@ def test_smoke_run_on_s3_killed_after_round_0_resumes_to_the_same_archive(cluste
     ref = RunStore(reference[0])
     assert _stable(store.read_archive()) == _stable(ref.read_archive())
     assert json.loads(store.trainset_path(1).read_text()) == json.loads(ref.trainset_path(1).read_text())
+    assert not junk.exists()
     # Every artefact lives in the object store, Ray Train's checkpoints included; nothing on local disk.
     root = open_location(run_uri)
     for name in ("config.yaml", "archive.parquet", "rounds.parquet", "report.md", "front.png", "hypervolume.png"):

@@ -1,4 +1,5 @@
-"""The orchestrator on a local Ray: a smoke run, fault injection, resume, bad YAML.
+"""The orchestrator on a local Ray: a smoke run, fault injection, bad YAML (resume after a killed
+driver: ``test_multinode.py``).
 
 One undisturbed smoke run (2 rounds, 2 Ray Train workers, 2 evaluator actors) is the reference the
 fault-injection and resume runs must reproduce exactly (everything is seeded).
@@ -95,33 +96,6 @@ def test_killed_evaluator_loses_nothing(reference, runs):
     ref = RunStore(reference[0]).read_archive()
     got = RunStore(runs / "fault").read_archive()
     assert _stable(got) == _stable(ref)
-
-
-class _Killed(Exception):
-    pass
-
-
-def test_resume_after_driver_dies_reproduces_the_run(reference, runs):
-    from orchestration.loop import Orchestrator
-    from orchestration.store import RunStore
-
-    def die(k):
-        if k == 0:
-            raise _Killed()
-
-    cfg = smoke_config(runs, "resume")
-    with pytest.raises(_Killed):
-        Orchestrator(cfg, runs / "resume", say=lambda s: None, on_round=die).run()
-    store = RunStore(runs / "resume")
-    assert store.completed_rounds() == 1
-    # Leftovers of a round that was cut off half-way must not leak into the resumed run.
-    (store.checkpoint_dir(1)).mkdir(parents=True)
-    (store.checkpoint_dir(1) / "junk").write_text("partial")
-    Orchestrator(cfg, runs / "resume", resume=True, say=lambda s: None).run()
-    ref = RunStore(reference[0])
-    assert json.loads(store.trainset_path(1).read_text()) == json.loads(ref.trainset_path(1).read_text())
-    assert _stable(store.read_archive()) == _stable(ref.read_archive())
-    assert not (store.checkpoint_dir(1) / "junk").exists()
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
