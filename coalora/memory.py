@@ -99,7 +99,8 @@ def _fmt(n: int) -> str:
 
 
 def plan_memory(model: torch.nn.Module, device: torch.device | str, *, fraction: float,
-                cap_gib: float | None = None, share: float = 1.0, training: bool = False) -> MemoryPlan:
+                cap_gib: float | None = None, share: float = 1.0, training: bool = False,
+                free: int | None = None) -> MemoryPlan:
     """Size the cache for ``model`` already placed on ``device`` (see the module docstring).
 
     Args:
@@ -108,10 +109,11 @@ def plan_memory(model: torch.nn.Module, device: torch.device | str, *, fraction:
         cap_gib: ``model.cache_gib`` (None: no fixed cap).
         share: the part of the device this process holds, in (0, 1].
         training: reserve room for gradients and AdamW moments.
+        free: the device's free bytes (measured now when None).
     """
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must be in (0, 1], got {share}")
-    free = device_free_bytes(device)
+    free = device_free_bytes(device) if free is None else int(free)
     train_b = trainable_bytes(model)
     opt = 3 * train_b if training else 0
     cache = int(fraction * free * share)

@@ -61,11 +61,6 @@ class Location:
     def __str__(self) -> str:
         return self.uri
 
-    def __fspath__(self) -> str:
-        if not self.is_local:
-            raise StorageError(f"{self.uri} is not a local path")
-        return self.path
-
     @property
     def uri(self) -> str:
         """How a person (and :func:`open_location`) names this location."""
@@ -77,10 +72,6 @@ class Location:
     @property
     def name(self) -> str:
         return posixpath.basename(self.path.rstrip("/"))
-
-    @property
-    def parent(self) -> "Location":
-        return Location(self.fs, posixpath.dirname(self.path.rstrip("/")), self.scheme, self.query)
 
     @property
     def is_local(self) -> bool:
@@ -146,13 +137,6 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
 
-    def unlink(self, missing_ok: bool = True) -> None:
-        try:
-            self.fs.delete_file(self.path)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise
-
     def rmtree(self) -> None:
         """Delete a directory and everything under it (nothing when it does not exist)."""
         if self.is_dir():
@@ -167,11 +151,6 @@ class Location:
             self.fs.delete_file(self.path)
 
     # ------------------------------------------------------------------ whole directories
-    def upload_from(self, local_dir: str | os.PathLike) -> None:
-        """Copy a local directory's files here (``self`` becomes that directory)."""
-        pafs.copy_files(str(Path(local_dir).resolve()), self.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
-
     def download_to(self, local_dir: str | os.PathLike) -> Path:
         """Copy this directory's files into ``local_dir`` (created); returns it."""
         out = Path(local_dir)
@@ -204,7 +183,7 @@ def open_location(where: str | os.PathLike | Location) -> Location:
     parsed = urllib.parse.urlsplit(text)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
-    except (pafs.ArrowInvalid, OSError, ValueError) as e:  # pyarrow's own error types for a bad URI
+    except (OSError, ValueError) as e:  # pyarrow's errors for a bad URI (ArrowInvalid is a ValueError)
         raise StorageError(f"cannot use storage {text!r}: {e}") from None
     if isinstance(fs, pafs.LocalFileSystem):
         return Location(fs, path)

@@ -1,0 +1,94 @@
+"""Locations on a local disk and in an S3-compatible object store (moto's server on loopback)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from coalora.storage import Location, StorageError, is_uri, local_copy, open_location
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_uri():
+    import os
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True).create_dir("coalora-b")
+        yield f"s3://coalora-b/runs?endpoint_override={endpoint}&region=us-east-1"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path) -> Location:
+    if request.param == "local":
+        return open_location(tmp_path / "runs")
+    return open_location(request.getfixturevalue("s3_uri"))
+
+
+def test_write_read_list_remove(root):
+    run = root / "r1"
+    assert not run.exists() and list(run.iterdir()) == []
+    (run / "a.txt").write_text("alpha")
+    (run / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    (run / "sub" / "c.bin").write_bytes(b"")
+    assert run.is_dir() and (run / "a.txt").is_file() and not (run / "a.txt").is_dir()
+    assert (run / "a.txt").read_text() == "alpha"
+    assert [p.name for p in run.iterdir()] == ["a.txt", "sub"]
+    assert (run / "sub").read_files() == {"b.bin": b"\x00\x01", "c.bin": b""}
+    (run / "a.txt").write_text("beta")  # replaced whole
+    assert (run / "a.txt").read_text() == "beta"
+    (run / "sub").remove()
+    assert not (run / "sub").exists() and (run / "a.txt").exists()
+    run.rmtree()
+    assert not run.exists()
+    run.rmtree()  # nothing there: nothing to do
+    with pytest.raises(StorageError, match="no such file"):
+        (run / "missing").read_bytes()
+
+
+def test_uri_round_trips_and_copies_locally(root, tmp_path):
+    d = root / "ck"
+    d.write_files({"meta.json": b"{}", "w.safetensors": b"123"})
+    again = open_location(d.uri)
+    assert again.uri == d.uri and again.read_files() == d.read_files()
+    local = local_copy(d.uri, tmp_path / "cache")
+    assert local.name == "ck" and sorted(p.name for p in local.iterdir()) == ["meta.json", "w.safetensors"]
+    assert (local / "w.safetensors").read_bytes() == b"123"
+    if d.is_local:
+        assert local == tmp_path / "runs" / "ck"  # a local checkpoint is used where it is
+    else:
+        assert "?" in d.uri and d.uri.startswith("s3://coalora-b/runs/ck?endpoint_override=")
+
+
+def test_local_writes_leave_no_temporary_files(tmp_path):
+    loc = open_location(tmp_path / "x" / "t.txt")
+    loc.write_text("one")
+    loc.write_text("two")
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["t.txt"]
+
+
+def test_relative_paths_become_absolute_and_bad_uris_are_one_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert open_location("runs").path == str(tmp_path / "runs")
+    assert is_uri("s3://b/x") and not is_uri("runs/x")
+    with pytest.raises(StorageError, match="cannot use storage 'nope://b/x'"):
+        open_location("nope://b/x")
