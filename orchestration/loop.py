@@ -156,6 +156,7 @@ class Orchestrator:
         if start == 0:
             self.say(f"{cfg.model.name}: {space.n_matrices} target matrices, {space.n_options} options each, "
                      f"{space.min_bits:.3f}-{space.max_bits:.3f} bits")
+
             def table_progress(done: int, total: int) -> None:
                 if done == total or done % max(1, total // 4) == 0:
                     self.say(f"error table: {done}/{total} matrices")

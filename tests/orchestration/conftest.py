@@ -23,16 +23,30 @@ def smoke_runs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference(ray_local, smoke_runs):
-    """The smoke run (2 rounds, 2 Ray Train workers, 2 evaluators) on the local Ray: ``(run_dir, summary)``.
+    """The smoke run (2 rounds, 2 Ray Train workers, 2 evaluators) on the local Ray, with a fault: one
+    evaluator is killed half-way through round 1's evaluation. Returns ``(run_dir, summary, fault)``.
 
-    Everything is seeded, so a resumed, fault-injected or multi-node run of the same configuration
-    must end with the same archive.
+    Everything is seeded, so every other run of this configuration (undisturbed, resumed after a killed
+    driver, on several nodes) must end with the same archive; an undisturbed one equal to this is what
+    shows the killed evaluator lost nothing (``test_concurrent.py``).
     """
+    import ray
+
     from orchestration.loop import Orchestrator
 
+    fault: dict = {"killed_at": None}
+    orch = None
+
+    def kill_one(k, done, total):
+        if k == 1 and fault["killed_at"] is None and done < total:
+            ray.kill(orch.pool.actors[0])
+            fault["killed_at"] = done
+
     cfg = smoke_config(smoke_runs, "ref")
-    summary = Orchestrator(cfg, smoke_runs / "ref", say=lambda s: None).run()
-    return smoke_runs / "ref", summary
+    orch = Orchestrator(cfg, smoke_runs / "ref", say=lambda s: None, on_eval_progress=kill_one)
+    summary = orch.run()
+    fault["spawned"] = orch.pool.spawned
+    return smoke_runs / "ref", summary, fault
 
 
 class ClusterOnThisMachine:

@@ -60,9 +60,11 @@ def test_both_finish_and_the_console_is_readable(two_runs, name):
 
 
 def test_fp32_run_equals_the_reference(two_runs, reference):
+    """Undisturbed and seeded, it equals the reference run, whose killed evaluator therefore lost nothing."""
     from orchestration.store import RunStore
 
     runs, _ = two_runs
+    assert reference[2]["killed_at"] is not None
     assert _stable(RunStore(runs / "fp32").read_archive()) == _stable(RunStore(reference[0]).read_archive())
 
 

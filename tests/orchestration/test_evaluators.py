@@ -99,7 +99,9 @@ def test_out_of_memory_evaluator_is_replaced_with_half_the_batch(ray_local, big_
 
 
 def test_out_of_memory_at_batch_one_fails_the_run_not_the_configuration(ray_local, big_vocab):
-    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"model.name={big_vocab}", *LM, "data.eval_batch_size=2"])
+    # One 512-token block's logits alone are 128 MB: far beyond the 20 MB cap and any free heap space.
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"model.name={big_vocab}", *LM, "data.block_size=512",
+                                                        "data.eval_batch_size=2"])
     model, configs = _state_and_configs(cfg)
     pool = EvaluatorPool(cfg, actor_class=_capped(20))
     try:
