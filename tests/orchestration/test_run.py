@@ -161,3 +161,17 @@ def test_evaluate_from_run_scores_its_last_training_set(reference, capsys):
     saved = json.loads(trainset.read_text())["trainset"]
     assert len(rows) == len(saved) > 0
     assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_relative_out_dir_inside_a_jobs_working_dir_is_refused(tmp_path):
+    """Under `ray job submit` the driver runs in the job's unpacked working_dir, which Ray deletes with the
+    job: a relative run.out_dir there would lose the run, so it is one line and exit 2 before Ray starts."""
+    job_dir = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    job_dir.mkdir(parents=True)
+    res = _run_cli("--smoke-test", cwd=job_dir)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert "run.out_dir=runs is relative" in line and "which Ray deletes with the job" in line
+    assert not (job_dir / "runs").exists()
+    res = _run_cli("--smoke-test", "--set", "run.out_dir=s3://", cwd=job_dir)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
