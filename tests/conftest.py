@@ -43,3 +43,49 @@ def tiny_models():
     from coalora.models import build_tiny_model
 
     return {kind: build_tiny_model(kind) for kind in ("bert", "llama", "gpt2")}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# moto accepts any credentials; they only have to be the same in every process of a test.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto's standalone server) on a free loopback port, for the whole session.
+
+    Yields ``make_bucket(name) -> "s3://name/runs?endpoint_override=...&region=us-east-1"``. The
+    credentials are set in this process's environment, so Ray nodes and drivers started later inherit them.
+    """
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+
+    def make_bucket(name: str) -> str:
+        pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True).create_dir(name)
+        return f"s3://{name}/runs?endpoint_override={endpoint}&region=us-east-1"
+
+    try:
+        yield make_bucket
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from coalora.storage import Location, StorageError, is_uri, local_copy, open_location
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3_uri():
-    import os
-
-    import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True).create_dir("coalora-b")
-        yield f"s3://coalora-b/runs?endpoint_override={endpoint}&region=us-east-1"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+def s3_uri(s3_server):
+    return s3_server("coalora-b")
 
 
 @pytest.fixture(params=["local", "s3"])

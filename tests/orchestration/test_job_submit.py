@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _head_processes(temp_dir: str) -> list:
@@ -86,17 +81,17 @@ def _clean_env(home: Path) -> dict[str, str]:
 @pytest.fixture()
 def ray_head(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    dash = _free_port()
+    dash = free_port()
     token_path = tmp_path / "token" / "auth_token"
     token_path.parent.mkdir()
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     env = dict(_clean_env(tmp_path / "home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
            "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", "--disable-usage-stats",
            # Its own job agent port: another Ray on this machine (the suite's in-process one) holds the default.
-           f"--dashboard-agent-listen-port={_free_port()}"]
+           f"--dashboard-agent-listen-port={free_port()}"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     try:
         assert res.returncode == 0, res.stderr[-2000:]

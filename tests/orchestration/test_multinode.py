@@ -16,7 +16,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,41 +29,10 @@ from tests.orchestration.test_run import _stable
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-BUCKET = "coalora-test"
-# moto accepts any credentials; these only have to be the same for every process.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on a free loopback port with one bucket; yields the runs URI."""
-    from moto.server import ThreadedMotoServer
-    import pyarrow.fs as pafs
-
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1",
-                         allow_bucket_creation=True).create_dir(BUCKET)
-        yield f"s3://{BUCKET}/runs?endpoint_override={endpoint}&region=us-east-1"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def s3(s3_server):
+    """The runs URI in a bucket of the session's S3 server on loopback."""
+    return s3_server("coalora-test")
 
 
 @pytest.fixture(scope="module")
