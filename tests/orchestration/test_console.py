@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
 
 def _run(code: str, tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.orchestration.conftest import smoke_config
-
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
