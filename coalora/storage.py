@@ -7,6 +7,10 @@ only), on a file system every node mounts (NFS, EFS, Filestore), or in an object
 file systems of ``pyarrow.fs`` (the ones Ray Train itself uses), so code above it never branches on
 where the bytes live.
 
+Credentials never ride in a URI: they come from the environment (``AWS_*``,
+``GOOGLE_APPLICATION_CREDENTIALS``) or the node's role. A URI is written to ``config.yaml``, logs and
+reports, so one that carries a key (``s3://KEY:SECRET@bucket/...``, ``?secret_key=...``) is refused.
+
 Atomicity: on a local or mounted file system a write goes to a temporary sibling and is renamed into
 place; an object store makes an object visible only once its upload completes, so a plain put is
 already all-or-nothing there.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -169,11 +174,33 @@ class Location:
             (self / name).write_bytes(blob)
 
 
+# Query keys that name a secret. pyarrow's own options (region, scheme, endpoint_override,
+# tls_ca_file_path, allow_bucket_creation, project_id, retry_limit_seconds, ...) match none of these.
+_SECRET_KEY = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+
+
+def _refuse_credentials(parsed: urllib.parse.SplitResult) -> None:
+    """Raise when a URI carries credentials: in its user part (pyarrow reads ``s3://KEY:SECRET@...``
+    as an access key) or in its query. The message names where, never the value."""
+    where = []
+    # "anonymous" (pyarrow's GCS anonymous access) is no credential; any other user part is a key.
+    if parsed.password is not None or (parsed.username is not None and parsed.username != "anonymous"):
+        where.append("user part")
+    where += sorted({k for k, _ in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+                     if _SECRET_KEY.search(k)})
+    if where:
+        bare = f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}"
+        raise StorageError(f"storage URI {bare} carries credentials ({', '.join(where)}): they would be "
+                           "written to config.yaml and the logs; credentials come from the environment "
+                           "(AWS_*, GOOGLE_APPLICATION_CREDENTIALS) or the node's role, never from the URI")
+
+
 def open_location(where: str | os.PathLike | Location) -> Location:
     """The :class:`Location` named by a local path (relative ones are made absolute) or a URI.
 
     Raises:
-        StorageError: an unknown scheme, or a file system that cannot be reached or configured.
+        StorageError: an unknown scheme, a URI that carries credentials, or a file system that cannot
+            be reached or configured.
     """
     if isinstance(where, Location):
         return where
@@ -181,6 +208,7 @@ def open_location(where: str | os.PathLike | Location) -> Location:
     if not is_uri(text):
         return Location(pafs.LocalFileSystem(), str(Path(text).expanduser().absolute()))
     parsed = urllib.parse.urlsplit(text)
+    _refuse_credentials(parsed)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except (OSError, ValueError) as e:  # pyarrow's errors for a bad URI (ArrowInvalid is a ValueError)

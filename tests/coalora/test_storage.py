@@ -67,3 +67,35 @@ def test_relative_paths_become_absolute_and_bad_uris_are_one_message(tmp_path, m
     assert is_uri("s3://b/x") and not is_uri("runs/x")
     with pytest.raises(StorageError, match="cannot use storage 'nope://b/x'"):
         open_location("nope://b/x")
+
+
+@pytest.mark.parametrize("uri, bare, where", [
+    ("s3://b/runs?endpoint_override=http://127.0.0.1:9000&access_key=AKSEEKRIT&secret_key=SEEKRIT",
+     "s3://b/runs", "access_key, secret_key"),
+    ("s3://b/runs?session_token=SEEKRIT&region=us-east-1", "s3://b/runs", "session_token"),
+    ("s3://AKSEEKRIT:SEEKRIT@b/runs", "s3://b/runs", "user part"),
+    ("s3://AKSEEKRIT@b/runs/x", "s3://b/runs/x", "user part"),
+    ("gs://b/runs?access_token=SEEKRIT&credential_token_expiration=1", "gs://b/runs",
+     "access_token, credential_token_expiration"),
+])
+def test_a_uri_that_carries_credentials_is_refused_without_repeating_them(uri, bare, where):
+    with pytest.raises(StorageError) as e:
+        open_location(uri)
+    msg = str(e.value)
+    assert msg.startswith(f"storage URI {bare} carries credentials ({where}): ")
+    assert "environment" in msg and "SEEKRIT" not in msg
+
+
+def test_a_uri_with_only_settings_is_not_taken_for_credentials():
+    loc = open_location("s3://b/runs?endpoint_override=http://127.0.0.1:9000&region=us-east-1")
+    assert loc.uri == "s3://b/runs?endpoint_override=http://127.0.0.1:9000&region=us-east-1"
+
+
+def test_cli_refuses_a_checkpoint_uri_with_credentials_in_one_line(tmp_path, capsys):
+    from coalora.cli import main
+
+    rc = main(["adapt", "--checkpoint", "s3://AKSEEKRIT:SEEKRIT@b/ckpt", "--budget", "3", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "SEEKRIT" not in err
+    assert err.startswith("coalora: error: storage URI s3://b/ckpt carries credentials (user part): ")
+    assert not (tmp_path / "o").exists()
