@@ -4,12 +4,18 @@ Sections: ``model``, ``data``, ``space``, ``lora``, ``hypernet``, ``train``, ``e
 ``search``, ``run``, ``ray`` (read by the orchestrator; plain data here, no Ray import). One YAML serves
 both ``coalora train`` and ``orchestration/run.py``. :func:`load_config` validates any root dataclass.
 Every problem is one :class:`ConfigError` naming the key, e.g. ``train.steps: expected an integer, got 'ten'``.
+
+YAML is read by :class:`ConfigLoader`: a key given twice is an error (with both lines), ``1e-3`` is a
+number (YAML 1.2, where PyYAML's YAML 1.1 reads a string), ``.nan``/``.inf`` are refused, and settings in
+bits are checked against the space's attainable range (:func:`check_bits_settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +24,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
-from coalora.space import BITS_ONLY_OPTIONS, DEFAULT_OPTIONS, FAMILIES, KNOBS
+from coalora.space import BITS_ONLY_OPTIONS, DEFAULT_OPTIONS, FAMILIES, KNOBS, QuantSpace, SpaceError, TargetMatrix
 
 METHODS: tuple[str, ...] = ("coa", "shared", "per-config", "fp-lora")
 TASKS: tuple[str, ...] = ("classification", "causal-lm")
@@ -28,6 +34,97 @@ SPACE_PRESETS: dict[str, dict[str, tuple[Any, ...]]] = {"full": DEFAULT_OPTIONS,
 
 class ConfigError(ValueError):
     """An invalid experiment configuration; the message names the key."""
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice (YAML would silently keep the last value)."""
+
+    def __init__(self, key: str, first_line: int, second_line: int) -> None:
+        super().__init__(f"duplicate key {key!r} (lines {first_line} and {second_line})")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+# YAML 1.2 core-schema floats with an exponent (``1e-3``, ``1E5``, ``2.5e+3``, ``.5e2``). YAML 1.1, which
+# PyYAML implements, reads them as strings (it wants a dot and a signed exponent); the forms without an
+# exponent (``1.``, ``.5``, ``-2.5``) are already floats there. Plain integers stay integers.
+_FLOAT_WITH_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a key named twice in one mapping is a :class:`DuplicateKeyError`
+    (with both line numbers and the key's dotted path), and ``1e-3`` is the number 0.001."""
+
+    _paths: dict[int, str]
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # Dotted paths of every mapping node, for the message (nested mappings are constructed lazily,
+        # so construct_mapping cannot keep a stack of its own).
+        self._paths = {}
+        self._note_paths(node, "")
+        return super().construct_document(node)
+
+    def _note_paths(self, node: yaml.Node, path: str) -> None:
+        if id(node) in self._paths:  # an alias of a node already seen
+            return
+        self._paths[id(node)] = path
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    self._note_paths(value_node, f"{path}.{key_node.value}" if path else str(key_node.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._note_paths(item, f"{path}[{i}]")
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *base`` then explicit keys: overriding merged keys is what merges are for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key; SafeLoader reports it below
+                continue
+            if first is not None:
+                parent = getattr(self, "_paths", {}).get(id(node), "")
+                raise DuplicateKeyError(f"{parent}.{key}" if parent else str(key), first, line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        # YAML 1.2: ``012`` is twelve (octal is ``0o12``); YAML 1.1 would silently read ten.
+        text = str(self.construct_scalar(node)).replace("_", "")
+        digits = text.lstrip("+-")
+        if len(digits) > 1 and digits.startswith("0") and digits.isdigit():
+            return int(text, 10)
+        return super().construct_yaml_int(node)
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_yaml_int)
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITH_EXPONENT, list("-+0123456789."))
+# Decimal integers YAML 1.1 leaves as strings (``08``, ``09``); tried after 1.1's own int and float forms.
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9][0-9_]*$"),
+                                   list("-+0123456789"))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document with :class:`ConfigLoader`; ``source`` (a file name) starts every message.
+
+    Raises:
+        ConfigError: malformed YAML (with line and column) or a duplicate key (with both lines).
+    """
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{source}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except ValueError as e:  # an explicit tag on a value it does not fit: ``!!int abc``, ``!!float 1e``
+        raise ConfigError(f"{source}: malformed YAML: {e}") from None
 
 
 @dataclass
@@ -250,7 +347,11 @@ class RunSection:
     steps_per_round: int | None = None  # null = train.steps
 
     def validate(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'")
+        # The name becomes a directory, a Ray Train run name and part of object-store keys: one plain
+        # path component, nothing a shell or a path join could read otherwise ('..', '/x', '-rf', ' a').
+        _check(len(self.name) <= 100 and _RUN_NAME.fullmatch(self.name) is not None, "run.name",
+               "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+               f"got {self.name!r}")
         _check(self.rounds > 0, "run.rounds", "must be positive")
         _check(self.steps_per_round is None or self.steps_per_round > 0, "run.steps_per_round",
                "must be positive or null")
@@ -313,12 +414,54 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        # Settings in bits against the space's attainable range, which depends only on the option lists:
+        # known here, before any model is loaded or any Ray job starts.
+        try:
+            space = options_space(self)
+        except SpaceError as e:
+            raise ConfigError(f"space.options: {e}") from None
+        try:
+            check_bits_settings(self, space)
+        except SpaceError as e:
+            raise ConfigError(str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def options_space(cfg: ExperimentConfig) -> QuantSpace:
+    """A one-matrix space with ``cfg.space``'s option lists and family: the attainable range of every
+    model's space under ``cfg`` (``min_bits``/``max_bits`` are per option, not per matrix)."""
+    return QuantSpace([TargetMatrix("range", 0, "range", (1, 1))], options=cfg.space.option_lists(),
+                      family=cfg.space.family)
+
+
+def check_bits_settings(cfg: ExperimentConfig, space: QuantSpace | None = None) -> None:
+    """Check every setting of ``cfg`` that is a number of bits against ``space``, by one rule.
+
+    Budgets (``train.init_budgets``, ``eval.budgets``) are upper bounds: below ``space.min_bits`` is
+    an error, above ``space.max_bits`` is fine (the allocation takes the best configuration). Ranges
+    (``eval.random_bits``, ``search.bits_range``) must lie within ``[min_bits, max_bits]``. ``space``
+    None: :func:`options_space` of ``cfg`` (the same range as any model's space under ``cfg``).
+
+    Raises:
+        SpaceError: the first offending setting, named with its index, e.g.
+            ``train.init_budgets[0]: 1.0 bits is below this space's attainable range [2.0322265625, 8.625]``.
+    """
+    space = options_space(cfg) if space is None else space
+    for i, b in enumerate(cfg.train.init_budgets):
+        space.check_budget(b, key=f"train.init_budgets[{i}]")
+    for i, b in enumerate(cfg.eval.budgets):
+        space.check_budget(b, key=f"eval.budgets[{i}]")
+    # Random held-out configurations are drawn only when eval.random > 0, but the range is checked
+    # anyway: `coalora evaluate --random N` reads it later from the checkpoint's configuration.
+    space.check_bits_range(cfg.eval.random_bits, key="eval.random_bits")
+    if cfg.search.bits_range is not None:
+        space.check_bits_range(cfg.search.bits_range, key="search.bits_range")
+
+
 C = TypeVar("C")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -346,6 +489,9 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (ints are accepted where floats are expected)."""
+    if isinstance(value, float) and not math.isfinite(value) and tp is not Any:
+        # YAML's .nan / .inf: no setting means anything by them (null is the "no limit" of this schema).
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -353,6 +499,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arg, key)
             except ConfigError as e:
+                # A list (or mapping) where one is allowed: the element at fault says more than the union.
+                if isinstance(value, (list, dict)) and typing.get_origin(arg) is type(value):
+                    raise
                 errors.append(e)
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
@@ -411,9 +560,11 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.steps=100")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else None  # noqa: S506
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {text!r}: duplicate key {e.key!r}") from None
+    except (yaml.YAMLError, ValueError):  # ValueError: an explicit tag that does not fit (``!!int abc``)
+        value = raw  # not YAML: the text itself (e.g. a hub name like org/set:config)
     return key.strip().split("."), value
 
 
@@ -429,10 +580,13 @@ def load_config(
     overrides: Sequence[str] = (),
     cls: type[C] = ExperimentConfig,  # type: ignore[assignment]
 ) -> C:
-    """Read a YAML file (safe loader), apply ``key=value`` overrides, build and validate.
+    """Read a YAML file (:class:`ConfigLoader`), apply ``key=value`` overrides, build and validate.
+
+    ``path`` None means the defaults; an empty file is an error (it is more likely a mistake).
 
     Raises:
-        ConfigError: a missing or malformed file, an unknown key, a wrong type or an impossible value.
+        ConfigError: a missing, empty or malformed file, a duplicate, unknown or non-finite key, a wrong
+            type or an impossible value.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -445,14 +599,11 @@ def load_config(
             raise ConfigError(f"config file {path}: {e}") from None
         if not found:
             raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        loaded = parse_yaml(p.read_text(), str(path))
         if loaded is None:
-            loaded = {}
+            # An empty file (or only comments) is a mistake, not a request for the default experiment.
+            raise ConfigError(f"{path} is empty: an experiment file sets at least one section "
+                              "(model, data, train ...); pass no file for the defaults")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
         data = loaded

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from coalora.allocate import ErrorTableCache, budget_grid, error_table, initial_set, target_weights
-from coalora.config import ExperimentConfig
+from coalora.config import ExperimentConfig, check_bits_settings  # also importable from here
 from coalora.data import (
     Batchable,
     TrainBatches,
@@ -41,10 +41,17 @@ def load_base(cfg: ExperimentConfig) -> LoadedModel:
 
 
 def build_space(cfg: ExperimentConfig, model: torch.nn.Module) -> QuantSpace:
-    """The configuration space of ``model`` under ``cfg.space`` / ``cfg.model.targets``."""
-    return QuantSpace.from_model(
+    """The configuration space of ``model`` under ``cfg.space`` / ``cfg.model.targets``.
+
+    Raises:
+        SpaceError: a setting in bits of ``cfg`` that this space cannot meet (:func:`check_bits_settings`;
+            :func:`~coalora.config.load_config` runs it too, but a caller may have changed ``cfg`` since).
+    """
+    space = QuantSpace.from_model(
         model, target_patterns=cfg.model.targets, options=cfg.space.option_lists(), family=cfg.space.family
     )
+    check_bits_settings(cfg, space)
+    return space
 
 
 def build_adapted(cfg: ExperimentConfig, loaded: LoadedModel, method: str | None = None, *,
@@ -134,8 +141,15 @@ def error_table_for(cfg: ExperimentConfig, model: torch.nn.Module, space: QuantS
 
 
 def initial_trainset(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) -> np.ndarray:
-    """One allocation per ``cfg.train.init_budgets`` entry (clipped to the attainable range): ``(S, N, 5)``."""
-    budgets = [min(max(b, space.min_bits), space.max_bits) for b in cfg.train.init_budgets]
+    """One allocation per ``cfg.train.init_budgets`` entry: ``(S, N, 5)``.
+
+    Raises:
+        SpaceError: a budget below the attainable range, named by its key (never clipped to the range).
+    """
+    for i, b in enumerate(cfg.train.init_budgets):
+        space.check_budget(b, key=f"train.init_budgets[{i}]")
+    # A budget above max_bits needs no clipping: the allocation there is the best configuration.
+    budgets = list(cfg.train.init_budgets)
     # allocate's node limit (not a time limit) bounds each solve, so the starting set is the same on an
     # idle and on a busy machine. MiniLM's 36-matrix table solves in about a second per budget;
     # SmolLM2's 210 × 432 one in 5-80 s on a busy 2-core machine (its root relaxation is the slow part).
@@ -146,6 +160,8 @@ def budget_configs(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) ->
     """Allocations at ``cfg.eval.budgets`` (the per-budget evaluation points): ``(B, N, 5)``."""
     from coalora.allocate import allocate
 
+    for i, b in enumerate(cfg.eval.budgets):
+        space.check_budget(b, key=f"eval.budgets[{i}]")
     return np.stack([allocate(err, space, b) for b in cfg.eval.budgets])
 
 
@@ -156,7 +172,7 @@ def random_configs(cfg: ExperimentConfig, space: QuantSpace, n: int | None = Non
     n = cfg.eval.random if n is None else n
     if n == 0:
         return np.zeros((0, space.n_matrices, 5), dtype=np.int64)
-    lo, hi = cfg.eval.random_bits
+    lo, hi = space.check_bits_range(cfg.eval.random_bits, key="eval.random_bits")
     rng = np.random.default_rng(cfg.eval.seed)
     taken = set() if exclude is None else {space.config_id(c) for c in exclude}
     out = []

@@ -86,8 +86,8 @@ class SearchSettings:
             RBF with ARD over the whole encoding) or their sum.
         n_basis: basis functions per matrix of the additive kernel.
         n_segments: U, the number of equal bit segments of the filter (paper: 40).
-        bits_range: ``(lo, hi)`` of the segments and of the hypervolume's bits axis; None → the space's
-            attainable range.
+        bits_range: ``(lo, hi)`` of the segments and of the hypervolume's bits axis, within the space's
+            attainable range (checked by :class:`ParetoSearch`); None → the attainable range.
         loss_range: ``(lo, hi)`` that normalises the loss for hypervolumes; None → ``(min(0, first min),
             first max)`` of the first observed finite losses, then frozen (pass it for numbers comparable
             across runs).
@@ -260,10 +260,17 @@ class ParetoSearch:
     def __post_init__(self) -> None:
         self.settings.validate()
         s, sp = self.settings, self.space
+        if s.bits_range is not None:
+            # The same rule as every other range in bits (QuantSpace.check_bits_range): segments outside
+            # the attainable range could never hold a configuration.
+            try:
+                sp.check_bits_range(s.bits_range, key="bits_range")
+            except SpaceError as e:
+                raise SearchError(str(e)) from None
         lo, hi = s.bits_range if s.bits_range is not None else (sp.min_bits, sp.max_bits)
         if not hi > lo:
             raise SearchError(
-                f"the space's bit range [{lo:.4f}, {hi:.4f}] is empty: every configuration has the same bits, "
+                f"the space's bit range [{lo!r}, {hi!r}] is empty: every configuration has the same bits, "
                 "so there is nothing to trade off"
             )
         self.bits_range = (float(lo), float(hi))

@@ -227,15 +227,51 @@ class QuantSpace:
     def max_bits(self) -> float:
         return float(self.option_bits.max())
 
-    def check_budget(self, budget: float) -> float:
-        """Return ``budget`` if some configuration fits under it, else raise naming the range."""
-        b = float(budget)
-        if not np.isfinite(b) or b < self.min_bits - 1e-12:
-            raise SpaceError(
-                f"budget {budget} bits is outside the attainable range "
-                f"[{self.min_bits:.4f}, {self.max_bits:.4f}] of this space"
-            )
+    def attainable_range(self) -> str:
+        """``[min_bits, max_bits]`` as people read it in messages: each end exactly (``repr`` of the float,
+        which reads back as the same number), never rounded to something inside or outside the range."""
+        return f"[{self.min_bits!r}, {self.max_bits!r}]"
+
+    def check_budget(self, budget: float, key: str | None = None) -> float:
+        """Return ``budget`` as a float if some configuration fits under it, else raise naming the range.
+
+        A budget is an upper bound on the average bits: anything at or above ``min_bits`` is attainable
+        (above ``max_bits`` the allocation simply takes the best configuration). ``key`` (a setting's
+        name, e.g. ``train.init_budgets[0]``) starts the message.
+        """
+        where = f"{key}: " if key else "budget "
+        try:
+            b = float(budget)
+        except (TypeError, ValueError):
+            raise SpaceError(f"{where}{budget!r} is not a number of bits") from None
+        if not np.isfinite(b):
+            raise SpaceError(f"{where}{b!r} bits is not a finite number; this space's attainable range is "
+                             f"{self.attainable_range()}")
+        if b < self.min_bits:
+            raise SpaceError(f"{where}{b!r} bits is below this space's attainable range {self.attainable_range()}")
         return b
+
+    def check_bits_range(self, bits_range: Sequence[float], key: str | None = None) -> tuple[float, float]:
+        """Return ``(lo, hi)`` if ``lo <= hi`` and both ends lie within ``[min_bits, max_bits]``, else raise.
+
+        A range of bits (where random configurations are drawn, the search's segments) must lie inside
+        the attainable range: outside it there are no configurations. ``key`` starts the message.
+        """
+        where = f"{key}: " if key else "bits range "
+        values = list(bits_range)
+        try:
+            lo, hi = (float(v) for v in values)
+        except (TypeError, ValueError):
+            raise SpaceError(f"{where}{values!r} is not [low, high] in bits") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+            raise SpaceError(f"{where}[{lo!r}, {hi!r}] is not [low, high] with finite low <= high")
+        if lo < self.min_bits:
+            raise SpaceError(f"{where}low end {lo!r} bits is below this space's attainable range "
+                             f"{self.attainable_range()}")
+        if hi > self.max_bits:
+            raise SpaceError(f"{where}high end {hi!r} bits is above this space's attainable range "
+                             f"{self.attainable_range()}")
+        return lo, hi
 
     # ------------------------------------------------------------------ validation and conversion
     def validate(self, idx: Any) -> np.ndarray:
@@ -361,8 +397,7 @@ class QuantSpace:
         target = float(target_bits)
         if not self.min_bits <= target <= self.max_bits:
             raise SpaceError(
-                f"target {target} bits is outside the attainable range "
-                f"[{self.min_bits:.4f}, {self.max_bits:.4f}] of this space"
+                f"target {target!r} bits is outside this space's attainable range {self.attainable_range()}"
             )
         b = self.option_bits
 

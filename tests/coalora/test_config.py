@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from coalora.config import ConfigError, ExperimentConfig, dump_config, load_config
+from coalora.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    dump_config,
+    load_config,
+    parse_yaml,
+)
 
 
 def write(tmp_path, text: str):
@@ -47,6 +54,7 @@ def test_yaml_and_overrides(tmp_path):
         ("model: minilm\n", r"model: expected a mapping"),
         ("- a\n- b\n", r"top level must be a mapping"),
         ("lora: {rank: 8\n", r"malformed YAML \(line"),
+        ("lora:\n  rank: !!int abc\n", r"c\.yaml: malformed YAML: invalid literal for int\(\)"),
         ("eval:\n  random_bits: [4.0, 2.5]\n", r"eval\.random_bits"),
         ("search:\n  kernel: matern\n", r"search: kernel='matern' is not one of"),
     ],
@@ -70,3 +78,73 @@ def test_search_section_reaches_the_search_settings(tmp_path):
     settings = cfg.search.settings()
     assert (settings.kernel, settings.encoding, settings.n_segments) == ("rbf", "full", 7)
     assert load_config(None).search.settings().kernel == "additive"
+
+
+def test_duplicate_keys_name_the_key_and_both_lines(tmp_path):
+    p = write(tmp_path, "train:\n  steps: 3\nmodel:\n  name: tiny-bert\ntrain:\n  lr: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: duplicate key 'train' (lines 1 and 5)"
+    p = write(tmp_path, "train:\n  lr: 0.1\n  steps: 3\n  lr: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: duplicate key 'train.lr' (lines 2 and 4)"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["space.options={bits: [2], bits: [4]}"])
+    assert str(e.value) == "override 'space.options={bits: [2], bits: [4]}': duplicate key 'bits'"
+    # A merge key followed by an explicit key is an override, not a duplicate.
+    p = write(tmp_path, "lora:\n  <<: {rank: 4, alpha: 8.0}\n  rank: 2\n")
+    assert (load_config(p).lora.rank, load_config(p).lora.alpha) == (2, 8.0)
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# only a comment\n# and another\n"])
+def test_empty_file_is_an_error(tmp_path, text):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"^{p} is empty: "):
+        load_config(p)
+    assert load_config(None) == ExperimentConfig()  # no file at all: the defaults
+
+
+@pytest.mark.parametrize(
+    "written, number",
+    [("1e-3", 0.001), ("1E5", 100000.0), ("+2", 2.0), ("-2.5E+3", -2500.0), (".5", 0.5), ("1.", 1.0),
+     ("2.5e-4", 0.00025), ("1.e-2", 0.01)],
+)
+def test_every_written_number_is_a_number(tmp_path, written, number):
+    assert parse_yaml(f"x: {written}\n", "t.yaml") == {"x": number}
+    assert load_config(None, [f"train.lr={written.lstrip('-')}"]).train.lr == abs(number)
+
+
+def test_lr_in_exponent_form_and_decimal_integers(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  lr: 1e-3\n  steps: 010\n  log_every: 08\n"))
+    assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float)
+    assert (cfg.train.steps, cfg.train.log_every) == (10, 8)  # YAML 1.2 decimals, not YAML 1.1 octal
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001
+    assert load_config(None, ["run.name=1e3x"]).run.name == "1e3x"  # not a number: stays a string
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+def test_non_finite_floats_are_refused_by_key(tmp_path, value):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, f"train:\n  lr: {value}\n"))
+    assert str(e.value).startswith("train.lr: expected a finite number, got ")
+    with pytest.raises(ConfigError, match=r"^eval\.budgets\[1\]: expected a finite number, got inf$"):
+        load_config(None, ["eval.budgets=[3.0, .inf]"])
+    with pytest.raises(ConfigError, match=r"^search\.loss_range\[1\]: expected a finite number, got nan$"):
+        load_config(None, ["search.loss_range=[0, .nan]"])
+    with pytest.raises(ConfigError, match=r"^model\.cache_gib: expected a finite number, got inf$"):
+        load_config(None, ["model.cache_gib=.inf"])
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "a\\b", "-rf", " a", "a b", "a\x00b", "a\nb",
+                                  "x" * 101, "_a", "ü"])
+def test_run_name_must_be_one_plain_path_component(name):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"run": {"name": name}})
+    assert str(e.value) == ("run.name: must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                            f"or digit, got {name!r}")
+
+
+@pytest.mark.parametrize("name", ["default", "study-minilm", "qwen2.5-3b-c4", "A_1", "x" * 100])
+def test_plain_run_names_pass(name):
+    assert config_from_dict({"run": {"name": name}}).run.name == name

@@ -109,9 +109,35 @@ def test_validation_messages():
 
 def test_budget_check_names_range():
     s = minilm_like_space()
-    with pytest.raises(SpaceError, match=r"\[2\.0322, 8\.6250\]"):
+    # The range is printed exactly (repr): a rounded "2.0322" would look attainable and be refused.
+    assert s.attainable_range() == "[2.0322265625, 8.625]"
+    with pytest.raises(SpaceError) as e:
         s.check_budget(1.5)
+    assert str(e.value) == "budget 1.5 bits is below this space's attainable range [2.0322265625, 8.625]"
+    with pytest.raises(SpaceError) as e:
+        s.check_budget(2.0322, key="--budget")
+    assert str(e.value) == "--budget: 2.0322 bits is below this space's attainable range [2.0322265625, 8.625]"
+    with pytest.raises(SpaceError, match=r"^budget nan bits is not a finite number"):
+        s.check_budget(float("nan"))
     assert s.check_budget(3.0) == 3.0
+    assert s.check_budget(float("2.0322265625")) == s.min_bits  # the printed lower end is attainable
+    assert s.check_budget(20.0) == 20.0  # a budget is an upper bound: above max_bits is the best configuration
+
+
+def test_bits_range_check_names_the_end_and_range():
+    s = minilm_like_space()
+    assert s.check_bits_range([2.5, 4]) == (2.5, 4.0)
+    assert s.check_bits_range((2.0322265625, 8.625)) == (s.min_bits, s.max_bits)
+    with pytest.raises(SpaceError) as e:
+        s.check_bits_range([2.0, 4.0], key="eval.random_bits")
+    assert str(e.value) == ("eval.random_bits: low end 2.0 bits is below this space's attainable range "
+                            "[2.0322265625, 8.625]")
+    with pytest.raises(SpaceError) as e:
+        s.check_bits_range([2.5, 8.63], key="search.bits_range")
+    assert str(e.value) == ("search.bits_range: high end 8.63 bits is above this space's attainable range "
+                            "[2.0322265625, 8.625]")
+    with pytest.raises(SpaceError, match=r"^bits range \[4\.0, 3\.0\] is not \[low, high\]"):
+        s.check_bits_range([4.0, 3.0])
 
 
 def test_restricted_bits_only_space():
@@ -139,7 +165,8 @@ def test_sample_near_hits_target():
     for target in (2.5, 3.0, 4.0, 6.0):
         cfgs = s.sample_near(target, rng, n=4, tol=0.05)
         assert np.all(np.abs(s.average_bits(cfgs) - target) <= 0.05)
-    with pytest.raises(SpaceError, match="attainable range"):
+    with pytest.raises(SpaceError, match=r"^target 9\.0 bits is outside this space's attainable range "
+                                         r"\[2\.0322265625, 8\.625\]$"):
         s.sample_near(9.0, rng)
 
 
