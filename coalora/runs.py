@@ -26,7 +26,9 @@ def last_round(run_dir: str | os.PathLike) -> int:
     try:
         p = open_location(run_dir) / "rounds.parquet"
         found = p.is_file()
-    except (StorageError, OSError) as e:
+    except StorageError as e:  # its message names the location without any credential
+        raise CheckpointError(str(e)) from None
+    except OSError as e:
         raise CheckpointError(f"run {run_dir}: {e}") from None
     if not found:
         raise CheckpointError(f"{run_dir} is not a coalora run directory with a complete round (no rounds.parquet)")

@@ -27,9 +27,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import yaml  # noqa: E402
 
-from coalora.config import ConfigError, _build  # noqa: E402
+from coalora.config import ConfigError, _build, parse_yaml  # noqa: E402
 
 
 @dataclass
@@ -89,9 +88,12 @@ def load_sweep(path: str | os.PathLike, extra: list[str] = ()) -> SweepConfig:  
     if not p.is_file():
         raise ConfigError(f"sweep file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"sweep file {path}: cannot be read as text ({e})") from None
+    data = parse_yaml(text, str(path))  # the same rules as a run's YAML: duplicate keys, 1e-3, ...
+    if data is None:
+        raise ConfigError(f"{path} is empty: a sweep needs at least a base configuration and a search space")
     cfg = _build(SweepConfig, data)
     cfg.set = [*cfg.set, *extra]
     cfg.validate()

@@ -33,6 +33,13 @@ def test_bad_sweep_is_one_message(tmp_path):
     (tmp_path / "s.yaml").write_text(f"base: {ROOT / 'configs/smoke.yaml'}\ngridd: {{}}\n")
     with pytest.raises(ConfigError, match="gridd: unknown key"):
         load_sweep(tmp_path / "s.yaml")
+    # The same YAML rules as a run's file: a repeated key, an empty file.
+    (tmp_path / "s.yaml").write_text(f"base: {ROOT / 'configs/smoke.yaml'}\nbase: other.yaml\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'base' \(lines 1 and 2\)"):
+        load_sweep(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="s.yaml is empty"):
+        load_sweep(tmp_path / "s.yaml")
 
 
 def test_per_config_sweep_writes_combined_parquet_and_plot(ray_local, tmp_path, monkeypatch):
