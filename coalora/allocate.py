@@ -26,11 +26,14 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -374,6 +377,54 @@ def _lower_hull(bits: np.ndarray, err: np.ndarray) -> np.ndarray:
     return np.array(hull, dtype=np.int64)
 
 
+_STDOUT_LOCK = threading.Lock()
+
+
+def _flush_c_stdio() -> None:
+    """Flush the C library's stdio buffers (``fflush(NULL)``): native code's ``printf`` output waits there."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to reach this way (Windows): nothing to flush
+        pass
+
+
+@contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """Send what native code writes to file descriptor 1 to descriptor 2 while the block runs.
+
+    HiGHS prints some lines with C's ``printf`` whatever its ``disp``/``output_flag`` settings (e.g.
+    ``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();`` during branch and
+    bound). That bypasses ``sys.stdout``, so only a descriptor-level redirect keeps the stdout of
+    ``coalora ... --json`` a single JSON document. Python buffers are flushed before the switch and C
+    buffers before the switch back, so every line lands on the side it was written for. Without a real
+    descriptor 1 or 2 (a closed stream) the block runs as is.
+    """
+    with _STDOUT_LOCK:  # one redirect at a time: the descriptors are process-wide
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        _flush_c_stdio()
+        try:
+            saved = os.dup(1)
+        except OSError:  # no descriptor 1 at all
+            yield
+            return
+        try:
+            try:
+                os.dup2(2, 1)
+            except OSError:  # no descriptor 2: leave stdout alone
+                pass
+            yield
+        finally:
+            _flush_c_stdio()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _solve_milp(
     err: np.ndarray,
     space: QuantSpace,
@@ -406,14 +457,15 @@ def _solve_milp(
     a = csr_array((data, (rows, cols)), shape=(n + 1, v))
     lb = np.concatenate((np.ones(n), [-np.inf]))
     ub = np.concatenate((np.ones(n), [rhs]))
-    res = milp(
-        c,
-        integrality=np.ones(v),
-        bounds=Bounds(0, 1),
-        constraints=LinearConstraint(a, lb, ub),
-        options={"time_limit": float(time_limit), "node_limit": int(node_limit),
-                 "mip_rel_gap": float(mip_rel_gap), "disp": False},
-    )
+    with _native_stdout_to_stderr():  # HiGHS's printf lines must not reach stdout (see there)
+        res = milp(
+            c,
+            integrality=np.ones(v),
+            bounds=Bounds(0, 1),
+            constraints=LinearConstraint(a, lb, ub),
+            options={"time_limit": float(time_limit), "node_limit": int(node_limit),
+                     "mip_rel_gap": float(mip_rel_gap), "disp": False},
+        )
     # SciPy reports a time limit as status 1 and HiGHS's node limit as status 4 ("not recognized").
     stop = {0: "optimal", 1: "time"}.get(res.status, "nodes")
     if res.x is None:

@@ -8,7 +8,10 @@
 (``--config`` of evaluate/adapt is a configuration JSON, module name → knobs, as written by adapt.)
 
 Every expected failure (bad YAML, unknown module, impossible budget, wrong path, a checkpoint from
-another model) prints one line ``coalora: error: ...`` and exits with status 2.
+another model or a damaged one, an unusable ``--out``, bad data) prints one line ``coalora: error: ...``
+and exits with status 2, having written nothing; ``--out`` is checked before any work starts. Anything
+else is a bug and keeps its traceback. With ``--json`` stdout holds exactly one JSON document (progress
+notes and native solver output go to stderr).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out as given (an output path, a combination of options)."""
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from coalora.allocate import AllocationError
     from coalora.checkpoint import CheckpointError
@@ -36,8 +43,78 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from coalora.space import SpaceError
     from coalora.storage import StorageError
 
-    return (ConfigError, SpaceError, CheckpointError, CheckpointMismatchError, ModelError, DataError,
+    return (UsageError, ConfigError, SpaceError, CheckpointError, CheckpointMismatchError, ModelError, DataError,
             AllocationError, QuantError, ExportError, StorageError, FileNotFoundError)
+
+
+# What marks a directory as an earlier coalora output, which --overwrite may replace.
+_OUTPUT_MARKERS = ("meta.json", "per_config.json", "export.json")
+
+
+def _check_out(value: str, overwrite: bool, reads: Sequence[str | None] = ()) -> Path:
+    """``--out`` checked before any work starts; returns it as an absolute path.
+
+    An existing file, a directory that cannot be created (a file on the way, no permission) or written,
+    a non-empty directory without ``--overwrite``, and with it a non-empty directory that is no earlier
+    coalora output or that holds what this command reads (``reads``: its checkpoint), are errors.
+    Nothing is created here: the probe of write permission is a temporary directory, removed at once.
+    """
+    import tempfile
+
+    if not value.strip():
+        raise UsageError("--out is empty: name the directory to write")
+    out = Path(os.path.abspath(os.path.expanduser(value)))
+    try:
+        if out.exists():
+            if not out.is_dir():
+                raise UsageError(f"--out {value} exists and is not a directory")
+            if any(out.iterdir()):
+                if not overwrite:
+                    raise UsageError(f"output directory {value} exists and is not empty (pass --overwrite)")
+                if not any((out / m).is_file() for m in _OUTPUT_MARKERS):
+                    raise UsageError(f"--out {value} is not empty and holds no earlier coalora output (no "
+                                     f"{', '.join(_OUTPUT_MARKERS)}): --overwrite would delete it; choose another "
+                                     "directory")
+            for r in reads:
+                src = Path(os.path.abspath(os.path.expanduser(r))) if r else None
+                if src is not None and src.exists() and (src == out or out in src.parents):
+                    raise UsageError(f"--out {value} holds {r}, which this command reads: choose another directory")
+        existing = out.parent
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UsageError(f"--out {value} cannot be created: {existing} is a file, not a directory")
+        # A real write, not os.access: it also finds read-only file systems and works for root alike.
+        # Checkpoints and exports are written next to ``out`` and renamed into place, so its parent (or
+        # the nearest existing ancestor) must take new entries; an existing ``out`` is emptied on replace.
+        for d in ([existing] if not out.exists() else [existing, out]):
+            try:
+                with tempfile.TemporaryDirectory(dir=d, prefix=".coalora-probe-"):
+                    pass
+            except OSError as e:
+                raise UsageError(f"--out {value} cannot be written: {e.strerror or e} in {d}") from None
+    except OSError as e:
+        raise UsageError(f"--out {value} cannot be written: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename else ''}") from None
+    return out
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, like every other error of the command."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"coalora: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -82,10 +159,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.method:
         overrides.append(f"train.method={args.method}")
-    cfg = load_config(args.config, overrides)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"output directory {out} exists and is not empty (pass --overwrite)")
+    try:
+        cfg = load_config(args.config, overrides)
+    except UnicodeDecodeError as e:  # a YAML file in another encoding: bad input, not a bug
+        from coalora.config import ConfigError
+
+        raise ConfigError(f"{args.config} is not UTF-8 text ({e.reason} at byte {e.start + 1}); save it as UTF-8"
+                          ) from None
+    out = _check_out(args.out, args.overwrite, reads=[args.config, cfg.data.name])
     # With --json, stdout carries only the JSON summary; progress notes go to stderr.
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     summary = train_method(cfg, out, progress=not args.quiet, say=say)
@@ -104,8 +185,8 @@ def _read_config_json(path: str, space: Any, many: bool = False) -> Any:
     if not p.is_file():
         raise FileNotFoundError(f"configuration file not found: {path}")
     try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         from coalora.space import SpaceError
 
         raise SpaceError(f"{path} is not valid JSON: {e}") from None
@@ -113,9 +194,9 @@ def _read_config_json(path: str, space: Any, many: bool = False) -> Any:
         data = data["trainset"]  # a run's trainset/round_<k>.json
     if isinstance(data, list):
         if not many:
-            raise ValueError(f"{path} holds {len(data)} configurations; this command takes one")
+            raise UsageError(f"{path} holds {len(data)} configurations; this command takes one")
         if not data:
-            raise ValueError(f"{path} holds an empty list of configurations")
+            raise UsageError(f"{path} holds an empty list of configurations")
         import numpy as np
 
         return np.stack([space.from_json(c) for c in data])
@@ -142,8 +223,20 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
     if getattr(args, "run", None):
         from coalora.runs import run_checkpoint
 
-        args.checkpoint = str(run_checkpoint(args.run))
+        args.checkpoint = str(_reading_run(args.run, lambda: run_checkpoint(args.run)))
     return load_adapted(local_copy(args.checkpoint, cache_root() / "checkpoints"))
+
+
+def _reading_run(run: str, read: Any) -> Any:
+    """``read()`` of run directory ``run``'s tables, with a damaged table as one :class:`CheckpointError`."""
+    import pyarrow as pa
+
+    from coalora.checkpoint import CheckpointError
+
+    try:
+        return read()
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise CheckpointError(f"run {run}: a table of the run cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
@@ -153,7 +246,7 @@ def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
     from coalora.methods import load_adapted, per_config_checkpoints
 
     if args.config_json or args.budget or args.random:
-        raise ValueError(f"{args.checkpoint} is a per-config directory: each adapter is evaluated on its own "
+        raise UsageError(f"{args.checkpoint} is a per-config directory: each adapter is evaluated on its own "
                          "configuration; pass one adapter's directory to evaluate it elsewhere")
     rows: list[dict[str, Any]] = []
     loaded = batches = None
@@ -162,6 +255,11 @@ def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
         model, meta, cfg, loaded = load_adapted(path)
         if batches is None:
             batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, args.split)
+        if not meta.get("trainset"):
+            from coalora.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{path}/meta.json names no configuration (empty 'trainset'): the adapter's "
+                                  "configuration is unknown")
         config = model.space.from_json(meta["trainset"][0])[None]
         for r in evaluate(model, config, batches, loaded.task, max_batches=args.max_batches, progress=False):
             rows.append({**r, "budget": meta.get("budget"), "checkpoint": str(path)})
@@ -195,7 +293,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif meta.get("trainset"):
             configs = np.stack([space.from_json(c) for c in meta["trainset"]])
         else:
-            raise ValueError("nothing to evaluate: pass --config, --budget or --random")
+            raise UsageError("nothing to evaluate: pass --config, --budget or --random")
         data = load_data(cfg, loaded.tokenizer, loaded.task)
         batches = data.eval_batches(cfg, args.split)
         rows = evaluate(model, configs, batches, loaded.task, max_batches=args.max_batches, progress=not args.quiet)
@@ -216,9 +314,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from coalora.experiment import load_base
     from coalora.export import export_adapter
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"output directory {out} exists and is not empty (pass --overwrite)")
+    out = _check_out(args.out, args.overwrite, reads=[args.checkpoint, args.run])
     model, meta, cfg, _ = _load(args)
     if args.config_json:
         idx = _read_config_json(args.config_json, model.space)
@@ -229,7 +325,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if args.run:
             from coalora.runs import best_under_budget
 
-            best = best_under_budget(args.run, args.budget, model.space)
+            best = _reading_run(args.run, lambda: best_under_budget(args.run, args.budget, model.space))
         if best is not None:
             idx, row = best
             how = f"best evaluated configuration under {args.budget} bits in {args.run} (loss {row['loss']:.4f})"
@@ -245,7 +341,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="coalora", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="coalora", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("space", help="print a model's target matrices, options and attainable bits")
@@ -276,10 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a configuration JSON file (module name → knobs), or a list of them")
     g.add_argument("--budget", type=float, nargs="+",
                    help="average-bits budget(s); allocation picks one configuration per budget")
-    g.add_argument("--random", type=int, help="this many random configurations over eval.random_bits")
+    g.add_argument("--random", type=_positive_int,
+                   help="this many (>= 1) random configurations over eval.random_bits")
     e.add_argument("--seed", type=int, default=1234, help="seed of --random")
     e.add_argument("--split", choices=["validation", "test"], default="validation")
-    e.add_argument("--max-batches", type=int)
+    e.add_argument("--max-batches", type=_positive_int)
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
@@ -301,10 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except _expected_errors() + (FileExistsError, ValueError) as e:
+    # Only our own error classes (and a missing file) are bad input; anything else, a bare ValueError
+    # included, is a bug and keeps its traceback.
+    except _expected_errors() as e:
         if os.environ.get("COALORA_DEBUG"):
             raise
-        print(f"coalora: error: {e}", file=sys.stderr)
+        # One line whatever the message holds (a value quoted from a damaged file may carry newlines).
+        print(f"coalora: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
 
 

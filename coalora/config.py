@@ -599,7 +599,13 @@ def load_config(
             raise ConfigError(f"config file {path}: {e}") from None
         if not found:
             raise ConfigError(f"config file not found: {path}")
-        loaded = parse_yaml(p.read_text(), str(path))
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except (StorageError, OSError) as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        loaded = parse_yaml(text, str(path))
         if loaded is None:
             # An empty file (or only comments) is a mistake, not a request for the default experiment.
             raise ConfigError(f"{path} is empty: an experiment file sets at least one section "

@@ -28,6 +28,7 @@ import json
 import lzma
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
@@ -213,9 +214,18 @@ def _table_format(path: Path) -> tuple[str, Any]:
     )
 
 
+# How to turn other labels into class ids. The experiment YAML has no label map: the file must hold
+# ids, or (from Python) load_table/load_dataset take ``label_map``.
+_LABEL_FIX = ("write the labels as integer class ids 0, 1, ... (or, calling load_table/load_dataset from "
+              "Python, pass label_map={...} to map them)")
+
+
 def _to_label(value: Any, label_map: Mapping[Any, int] | None, where: str) -> int:
     if label_map is not None:
-        key = value if value in label_map else str(value)
+        try:
+            key = value if value in label_map else str(value)
+        except TypeError:  # an unhashable value (a list in a JSON row)
+            key = str(value)
         if key not in label_map:
             raise DataError(f"{where}: label {value!r} is not in label_map {dict(label_map)}")
         return int(label_map[key])
@@ -225,13 +235,31 @@ def _to_label(value: Any, label_map: Mapping[Any, int] | None, where: str) -> in
         return int(value)
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"{where}: label {value!r} is not an integer; pass label_map (e.g. {{{value!r}: 0, ...}})"
-        ) from None
-    if not number.is_integer() or number < 0:
-        raise DataError(f"{where}: label {value!r} must be a non-negative integer class id")
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{where}: label {value!r} is not an integer class id; {_LABEL_FIX}") from None
+    if not math.isfinite(number) or not number.is_integer() or number < 0:
+        raise DataError(f"{where}: label {value!r} must be a non-negative integer class id; {_LABEL_FIX}")
     return int(number)
+
+
+def _check_classes(labels: Sequence[int], wheres: Sequence[str], num_labels: int, source: str,
+                   label_column: str) -> None:
+    """Every label below ``num_labels`` (the first offender named by its row), and at least two classes."""
+    top = max(labels)
+    if top >= num_labels:
+        i = next(i for i, y in enumerate(labels) if y >= num_labels)
+        more = "" if top == labels[i] else f" (the largest label is {top})"
+        raise DataError(
+            f"{wheres[i]}: label {labels[i]} is not below model.num_labels={num_labels}{more}; class ids run "
+            f"from 0 to num_labels - 1: set model.num_labels to {top + 1} (or fix the labels in column "
+            f"{label_column!r})"
+        )
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(
+            f"{source}: all {len(labels)} rows have label {classes[0]} in column {label_column!r}; a classifier "
+            f"learns nothing from one class: check data.label_column, or add examples of the other classes"
+        )
 
 
 def _rows_to_examples(
@@ -241,9 +269,17 @@ def _rows_to_examples(
     label_map: Mapping[Any, int] | None,
     source: str,
     text_pair_column: str | None = None,
+    num_labels: int | None = None,
+    max_rows: int | None = None,
 ) -> list[Example]:
+    """Rows → examples, row ``i`` (1-based, data rows: a CSV's header is not counted) named in every
+    error. With ``num_labels`` (classification) labels must be below it and at least two classes occur;
+    ``max_rows`` stops after that many rows (the rest is neither read nor checked)."""
     out: list[Example] = []
+    wheres: list[str] = []
     for i, row in enumerate(rows):
+        if max_rows is not None and i >= max_rows:
+            break
         where = f"{source}, row {i + 1}"
         for col in (text_column, label_column, text_pair_column):
             if col is not None and col not in row:
@@ -256,23 +292,76 @@ def _rows_to_examples(
             raise DataError(f"{where}: text column {text_pair_column!r} holds {pair!r}, not a string")
         label = None if label_column is None else _to_label(row[label_column], label_map, where)
         out.append(Example(text, label, pair))
+        wheres.append(where)
     if not out:
         raise DataError(f"{source} has no rows")
+    if num_labels is not None and label_column is not None:
+        _check_classes([ex.label for ex in out], wheres, num_labels, source, label_column)  # type: ignore[misc]
     return out
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's text on one line (Arrow's messages end with a newline, some hold several)."""
+    return " ".join(str(e).split())
+
+
+def _first_bad_utf8_line(path: Path, opener: Any) -> str:
+    """Where the first byte that is not UTF-8 is (``line N, byte B``), found by reading again in binary."""
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return f" (line {n}, byte {e.start + 1} of the line: {raw[e.start:e.start + 1]!r})"
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+        pass
+    return ""
+
+
 def _read_rows(path: Path, fmt: str, opener: Any, columns: list[str]) -> Iterator[Mapping[str, Any]]:
+    """The rows of a user table; a file that cannot be read (not UTF-8, corrupt compression or Parquet,
+    a CSV the csv module rejects) is a :class:`DataError` naming it."""
+    name = repr(str(path))
+    try:
+        yield from _read_rows_unchecked(path, fmt, opener, columns)
+    except UnicodeDecodeError as e:
+        if fmt == "parquet":  # a string column whose bytes are not UTF-8
+            raise DataError(f"{name} is not a readable Parquet file: a text value is not UTF-8 ({e.reason})") from None
+        raise DataError(f"{name} is not UTF-8 text{_first_bad_utf8_line(path, opener)}; save the file as UTF-8"
+                        ) from None
+    except csv.Error as e:
+        raise DataError(f"{name} is not a readable CSV/TSV file: {_one_line(e)}") from None
+    except (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{name} is not a readable compressed file (truncated or corrupt): {_one_line(e)}") from None
+    except OSError as e:
+        # bz2 reports corrupt data as a bare OSError ("Invalid data stream"), like an unreadable file.
+        raise DataError(f"{name} cannot be read: {e.strerror or e}") from None
+
+
+def _read_rows_unchecked(path: Path, fmt: str, opener: Any, columns: list[str]) -> Iterator[Mapping[str, Any]]:
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        names = pq.read_schema(path).names
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{str(path)!r} is not a readable Parquet file (truncated or corrupt): "
+                            f"{_one_line(e)}") from None
         for col in columns:
             if col not in names:
                 raise DataError(f"{str(path)!r}: no column {col!r} (columns: {names})")
-        yield from pq.read_table(path, columns=columns).to_pylist()
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{str(path)!r} is not a readable Parquet file (truncated or corrupt): "
+                            f"{_one_line(e)}") from None
+        yield from table.to_pylist()
         return
     f: IO[str]
-    with opener(path, "rt", encoding="utf-8", newline="" if fmt != "jsonl" else None) as f:
+    # utf-8-sig: a byte-order mark (some editors write one) is not part of the first column's name.
+    with opener(path, "rt", encoding="utf-8-sig", newline="" if fmt != "jsonl" else None) as f:
         if fmt == "jsonl":
             for n, line in enumerate(f, 1):
                 if not line.strip():
@@ -301,6 +390,8 @@ def load_table(
     label_column: str | None = None,
     label_map: Mapping[Any, int] | None = None,
     text_pair_column: str | None = None,
+    num_labels: int | None = None,
+    max_rows: int | None = None,
 ) -> list[Example]:
     """Read a user's table: CSV/TSV, JSONL (optionally .gz/.bz2/.xz) or Parquet.
 
@@ -312,9 +403,13 @@ def load_table(
             non-negative integers (``"1"``, ``1``, ``1.0`` and booleans are accepted).
         text_pair_column: a second text column for pair tasks (question + sentence, premise +
             hypothesis); the tokenizer encodes the two as one pair.
+        num_labels: classification: the model's classes; a label at or above it, or a single class in
+            the whole table, is an error naming the file and row.
+        max_rows: keep the first ``max_rows`` rows.
 
     Raises:
-        DataError: missing file, unsupported extension, missing column, bad label or text.
+        DataError: missing or unreadable file (not UTF-8, corrupt), unsupported extension, missing
+            column, bad label or text.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -322,7 +417,8 @@ def load_table(
     fmt, opener = _table_format(p)
     columns = [c for c in (text_column, label_column, text_pair_column) if c is not None]
     rows = _read_rows(p, fmt, opener, columns)
-    return _rows_to_examples(rows, text_column, label_column, label_map, repr(str(p)), text_pair_column)
+    return _rows_to_examples(rows, text_column, label_column, label_map, repr(str(p)), text_pair_column,
+                             num_labels=num_labels, max_rows=max_rows)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -342,6 +438,7 @@ def load_dataset(
     data_files: Sequence[str] | None = None,
     streaming: bool = False,
     max_rows: int | None = None,
+    num_labels: int | None = None,
 ) -> list[Example]:
     """Load a data set by short name, user file, Hugging Face hub name, or local copy of a hub repository.
 
@@ -360,6 +457,9 @@ def load_dataset(
         streaming: hub data sets only: read rows lazily, never preparing an Arrow copy on disk.
             ``split`` must then be a plain split name (cut with ``max_rows``, not a slice).
         max_rows: keep the first ``max_rows`` rows (a streamed data set stops reading there).
+        num_labels: classification: the model's number of classes. Files and hub data sets then have
+            every label checked to be below it (the first row that is not is named) and must hold at
+            least two classes. The short names' labels are 0/1.
 
     Raises:
         DataError: unknown name with no way to load it, a hub option on a short name or file, a
@@ -371,7 +471,8 @@ def load_dataset(
     local = name_or_path in DATASET_REGISTRY or (_looks_like_path(name_or_path) and not _is_repo_dir(name_or_path))
     if not local:
         return _load_hub_dataset(name_or_path, text_column, label_column, label_map, split, text_pair_column,
-                                 data_files=data_files, streaming=streaming, max_rows=max_rows)
+                                 data_files=data_files, streaming=streaming, max_rows=max_rows,
+                                 num_labels=num_labels)
     if data_files is not None or streaming:
         raise DataError(
             f"data_files and streaming apply to hub data sets (or a local directory laid out like one); "
@@ -382,7 +483,8 @@ def load_dataset(
     elif name_or_path == "wiki":
         examples = [Example(t) for t in load_wiki_text()]
     else:
-        examples = load_table(name_or_path, text_column, label_column, label_map, text_pair_column)
+        return load_table(name_or_path, text_column, label_column, label_map, text_pair_column,
+                          num_labels=num_labels, max_rows=max_rows)
     return examples if max_rows is None else examples[:max_rows]
 
 
@@ -485,7 +587,7 @@ def _fetch_hub_files(repo: str, data_files: Sequence[str]) -> str:
 def _load_hub_dataset(
     name: str, text_column: str, label_column: str | None, label_map: Mapping[Any, int] | None, split: str,
     text_pair_column: str | None = None, *, data_files: Sequence[str] | None = None, streaming: bool = False,
-    max_rows: int | None = None,
+    max_rows: int | None = None, num_labels: int | None = None,
 ) -> list[Example]:
     """A hub data set (``repo`` or ``repo:subset``), or a local directory laid out like one, as examples.
 
@@ -533,7 +635,8 @@ def _load_hub_dataset(
         if max_rows is not None:
             rows = rows.take(max_rows) if streaming else rows.select(range(min(max_rows, len(rows))))
         # Inside the try: a streamed data set reads (and can fail) only while it is iterated.
-        return _rows_to_examples(rows, text_column, label_column, label_map, source, text_pair_column)
+        return _rows_to_examples(rows, text_column, label_column, label_map, source, text_pair_column,
+                                 num_labels=num_labels)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - hub/network/file failures come as many types
@@ -725,6 +828,26 @@ def tokenize_lm(
     if n_blocks == 0:
         raise DataError(f"only {len(stream)} tokens, fewer than one block of {block_size}")
     return LMData(torch.from_numpy(stream[: n_blocks * block_size].reshape(n_blocks, block_size).copy()))
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, what: str) -> None:
+    """Class ids of a classification batch ``(B,)`` must lie in ``[0, num_classes)``.
+
+    The last line of defence before the loss: out of range, ``cross_entropy`` fails with an index error
+    on a CPU and a device-side assert (which ends the process's CUDA context) on a GPU. Files and hub
+    data sets are checked row by row when loaded (``load_dataset(num_labels=...)``), with the row named.
+    """
+    if labels.ndim != 1 or labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise DataError(
+            f"{what} holds label {bad}, outside the model's classes 0 .. {num_classes - 1} "
+            f"(model.num_labels={num_classes}): "
+            + (f"set model.num_labels to {hi + 1}, or fix the data set's labels" if lo >= 0
+               else "class ids must be non-negative")
+        )
 
 
 # ---------------------------------------------------------------------- batching

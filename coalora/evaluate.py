@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from coalora.data import DataError, check_label_range
 from coalora.lora import CoaModel
 
 
@@ -52,11 +53,14 @@ def evaluate_one(
     device = model.device
     total_loss = total_correct = 0.0
     count = examples = 0
+    classes = getattr(getattr(model.model, "config", None), "num_labels", None)
     t0 = time.perf_counter()
     with torch.no_grad():
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
+            if task == "classification" and classes is not None:
+                check_label_range(batch["labels"], int(classes), f"evaluation batch {i}")
             batch = {k: v.to(device) for k, v in batch.items()}
             inputs = {k: v for k, v in batch.items() if k != "labels"}
             logits = model(**inputs).logits
@@ -67,7 +71,7 @@ def evaluate_one(
             examples += int(batch["labels"].shape[0])
     seconds = time.perf_counter() - t0
     if count == 0:
-        raise ValueError("evaluation got no examples (empty split or max_batches=0)")
+        raise DataError("evaluation got no examples (an empty split, or max_batches=0)")
     loss = total_loss / count
     out: dict[str, float] = {"loss": loss, "examples": examples, "seconds": seconds,
                              "examples_per_s": examples / max(seconds, 1e-9)}

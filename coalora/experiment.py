@@ -105,7 +105,9 @@ def load_data(cfg: ExperimentConfig, tokenizer: Any, task: str) -> DataBundle:
     d = cfg.data
     examples = load_dataset(d.name, text_column=d.text_column, label_column=d.label_column, split=d.split,
                             text_pair_column=d.text_pair_column, data_files=d.data_files, streaming=d.streaming,
-                            max_rows=d.max_rows)
+                            max_rows=d.max_rows,
+                            # a user's label outside the classifier's range is named with its file and row
+                            num_labels=cfg.model.num_labels if task == "classification" else None)
     parts = split(examples, seed=d.seed, validation=d.validation, test=d.test)
     if task == "classification":
         def tok(xs: list[Any]) -> Batchable:

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coalora.cache import WeightCache
+from coalora.config import ConfigError
 from coalora.hypernet import ConfigHypernet, HypernetConfig, as_index_tensor
 from coalora.memory import MemoryPlan
 from coalora.quant import fake_quantize
@@ -66,12 +67,28 @@ class LoraSettings:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if int(self.rank) != self.rank or self.rank <= 0:
-            raise ValueError(f"lora.rank must be a positive integer, got {self.rank}")
+        if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank <= 0:
+            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank}")
         if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
+            raise ConfigError(f"lora.alpha must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+def check_rank(rank: int, space: QuantSpace) -> None:
+    """A LoRA of rank ``r`` on an ``(out, in)`` matrix needs ``r <= min(out, in)``: beyond that the
+    product ``B·A`` cannot have rank ``r``, and the factors only waste memory (a huge rank would try to
+    allocate gigabytes). Checked before anything is allocated; the message names the tightest matrix.
+    """
+    if not space.matrices:
+        return
+    tight = min(space.matrices, key=lambda m: min(m.shape))
+    limit = min(tight.shape)
+    if rank > limit:
+        raise ConfigError(
+            f"lora.rank: {rank} is larger than the smaller side of target matrix {tight.name} (shape "
+            f"{tight.shape[0]} x {tight.shape[1]}, out x in); set lora.rank to at most {limit}"
+        )
 
 
 class CoaLinear(nn.Module):
@@ -141,6 +158,7 @@ class CoaModel(nn.Module):
         head_modules: Sequence[str] = DEFAULT_HEAD_MODULES,
     ) -> None:
         super().__init__()
+        check_rank(lora.rank, space)  # before any factor is allocated
         self.model = model
         self.space = space
         self.lora_settings = lora

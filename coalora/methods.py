@@ -21,8 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from coalora.checkpoint import CheckpointError, load_trainable, read_meta, save_checkpoint
-from coalora.config import ExperimentConfig, config_from_dict
+from coalora.checkpoint import META, CheckpointError, check_checkpoint, load_trainable, save_checkpoint
+from coalora.config import ConfigError, ExperimentConfig, config_from_dict
+from coalora.data import DataError, check_label_range
 from coalora.experiment import (
     DataBundle,
     budget_configs,
@@ -33,7 +34,7 @@ from coalora.experiment import (
     load_base,
     load_data,
 )
-from coalora.lora import CoaModel
+from coalora.lora import CoaModel, check_rank
 from coalora.models import LoadedModel
 from coalora.train import TrainResult, train
 
@@ -74,7 +75,10 @@ def train_method(
     out = Path(out)
     t0 = time.perf_counter()
     loaded = _on(load_base(cfg), device)
+    # Settings that depend on the model's shapes fail before the data is read or anything is allocated.
+    check_rank(cfg.lora.rank, build_space(cfg, loaded.model))
     data = load_data(cfg, loaded.tokenizer, loaded.task)
+    _check_training_classes(cfg, data)
     say(f"{method}: {cfg.model.name} ({loaded.task}), {len(data.train)} training examples on {device}")
     if method == "per-config":
         return _train_per_config(cfg, out, loaded, data, progress, say, t0, configs, device)
@@ -90,6 +94,28 @@ def train_method(
     say(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f} -> {out}")
     return {"method": method, "steps": res.steps, "train_seconds": res.seconds,
             "total_seconds": time.perf_counter() - t0, "train_loss": res.final_loss, "checkpoints": [str(out)]}
+
+
+def _check_training_classes(cfg: ExperimentConfig, data: DataBundle) -> None:
+    """Every split's labels must be below ``model.num_labels`` and the training split must hold at least
+    two classes (a file is checked row by row where it is read; this covers the splits actually used)."""
+    if data.task != "classification":
+        return
+    for which in ("train", "validation", "test"):
+        split_labels = getattr(getattr(data, which), "labels", None)
+        if split_labels is not None:
+            name = "training" if which == "train" else which
+            check_label_range(split_labels, cfg.model.num_labels, f"the {name} split of {cfg.data.name}")
+    labels = getattr(data.train, "labels", None)
+    if labels is None or labels.numel() == 0:
+        return
+    classes = torch.unique(labels).tolist()
+    if len(classes) < 2:
+        raise DataError(
+            f"the training split of {cfg.data.name} ({len(labels)} examples) has only label {classes[0]} in "
+            f"column {cfg.data.label_column!r}; a classifier learns nothing from one class: check "
+            "data.label_column, or add examples of the other classes"
+        )
 
 
 def _on(loaded: LoadedModel, device: str | torch.device) -> LoadedModel:
@@ -148,9 +174,13 @@ def load_adapted(
     Returns:
         ``(model, meta, cfg, loaded)`` with the trained weights in place.
     """
-    meta = read_meta(path)
+    # The whole checkpoint is checked (meta keys, readable and finite tensors) before the base loads.
+    meta = check_checkpoint(path)
     if cfg is None:
-        cfg = config_from_dict(meta["experiment"])
+        try:
+            cfg = config_from_dict(meta["experiment"])
+        except ConfigError as e:
+            raise CheckpointError(f"{path}/{META}: its experiment is not a valid configuration: {e}") from None
     loaded = loaded or _on(load_base(cfg), device)
     model = build_adapted(cfg, loaded, meta["method"])
     model.space.check_same(meta["space"], what=f"checkpoint {path}")
@@ -164,4 +194,11 @@ def per_config_checkpoints(path: str | os.PathLike) -> list[Path]:
     index = p / PER_CONFIG_INDEX
     if not index.is_file():
         raise CheckpointError(f"{path} has no {PER_CONFIG_INDEX}: not a per-config output directory")
-    return [p / c for c in json.loads(index.read_text())["checkpoints"]]
+    try:
+        data = json.loads(index.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{index} is corrupt: {e}") from None
+    names = data.get("checkpoints") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise CheckpointError(f"{index} is corrupt: 'checkpoints' must be a list of directory names")
+    return [p / c for c in names]

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from coalora.config import TrainSection
+from coalora.data import check_label_range
 from coalora.lora import CoaModel
 
 
@@ -212,8 +213,13 @@ def train(
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(total=n_steps, desc=description, disable=not progress or rank != 0, leave=False)
+    # Classification heads: labels are checked on the host batch (no device sync) before the loss.
+    classes = getattr(getattr(model.model, "config", None), "num_labels", None)
     for step in range(start_step, start_step + n_steps):
-        batch = _to_device(next(batches), device)
+        host = next(batches)
+        if classes is not None and "labels" in host:
+            check_label_range(host["labels"], int(classes), f"the training batch of step {step}")
+        batch = _to_device(host, device)
         opt.zero_grad(set_to_none=True)
         total = 0.0
         chosen = [None] if trainset is None else rng.choice(len(trainset), size=k, replace=False)

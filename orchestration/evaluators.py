@@ -126,6 +126,8 @@ class EvaluatorPool:
         self.actors: list[Any] = []
         self.names: list[str] = []
         self.spawned = 0
+        # Of the last evaluate(): calls re-submitted after their actor died, and actors replaced.
+        self.stats = {"retries": 0, "replaced": 0}
 
     def _new_actor(self) -> tuple[Any, str]:
         name = f"evaluator-{self.spawned}"
@@ -149,6 +151,7 @@ class EvaluatorPool:
     def _replace(self, i: int) -> None:
         """Swap the actor in slot ``i`` (dead, or killed by us) for a fresh one."""
         self.actors[i], self.names[i] = self._new_actor()
+        self.stats["replaced"] += 1
 
     def evaluate(
         self,
@@ -158,6 +161,7 @@ class EvaluatorPool:
         on_done: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Score every configuration of ``configs`` ``(B, N, 5)``; rows come back in input order."""
+        self.stats = {"retries": 0, "replaced": 0}
         self.start()
         per = self.cfg.ray.configs_per_call
         chunks = [np.asarray(configs[i : i + per]) for i in range(0, len(configs), per)]
@@ -203,6 +207,7 @@ class EvaluatorPool:
                                       for _ in chunks[c]]
                         done += len(chunks[c])
                     else:
+                        self.stats["retries"] += 1
                         queue.appendleft(c)
         return [row for chunk in results for row in chunk]  # type: ignore[union-attr]
 

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
@@ -33,12 +33,13 @@ from coalora.experiment import build_space, initial_trainset, load_base
 from coalora.storage import Location, StorageError
 from orchestration.devices import DeviceReport, collective_backend, probe_gpu_node
 from orchestration.evaluators import EvaluatorPool
+from orchestration.leftovers import ProcessRecord
 from orchestration.report import write_report
 from orchestration.resources import Capacity, ResourcePlan, check_plan, cluster_capacity, describe
 from orchestration.search_actor import SearchActor
 from orchestration.store import RunStore
 from orchestration.tables import error_table_parallel
-from orchestration.trainer import train_round
+from orchestration.trainer import on_this_node, train_round
 
 
 class Progress:
@@ -95,18 +96,28 @@ class Orchestrator:
         resume: continue after the last complete round stored in ``run_dir``.
         say: where progress lines go (the console's ``say`` in ``run.py``).
         log_file: the driver's local log, copied into ``<run>/logs/`` after every round.
+        base: the model (``coalora.models.LoadedModel``) if the caller loaded it already (run.py does,
+            to check the run before Ray starts).
+        resume_overrides: the ``--set`` values a resumed run applied; recorded in its ``config.yaml``.
+        record_processes: keep ``<run>/ray_processes.json`` (:mod:`orchestration.leftovers`); only for a
+            driver that started its own local Ray, since every process it started is recorded.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike | Location, resume: bool = False,
                  say: Callable[[str], None] = print,
                  on_eval_progress: Callable[[int, int, int], None] | None = None,
-                 log_file: Path | None = None) -> None:
+                 log_file: Path | None = None, base: Any = None, resume_overrides: Sequence[str] = (),
+                 record_processes: bool = False) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
         self.resume = resume
         self.say = say
         self.on_eval_progress = on_eval_progress
         self.log_file = log_file
+        self.base = base
+        self.resume_overrides = list(resume_overrides)
+        self.record_processes = record_processes
+        self.record: ProcessRecord | None = None
         self.progress = Progress(cfg.run.rounds, say)
         # Ray Train's own storage lives inside the run: a round name reused by another run (or by an
         # --overwrite) must never find an old round there, since Train V2 resumes a run it finds.
@@ -142,20 +153,26 @@ class Orchestrator:
     def run(self) -> dict[str, Any]:
         self.preflight()
         cfg, store = self.cfg, self.store
+        # The model first: a run directory is made only once the run can start.
+        loaded = self.base if self.base is not None else load_base(cfg)
+        self.base = None
+        space = build_space(cfg, loaded.model)  # checks every bits setting against the space
         start = 0
         if self.resume:
-            start = store.completed_rounds()
+            start = store.validate(space)  # everything it reads is whole before anything is deleted
             store.truncate_to(start)
+            if self.resume_overrides:
+                self._record_overrides()
             self.say(f"resuming {store.root} after {start} complete round(s)")
         else:
-            store.root.mkdir()
-            store.config_path.write_text(dump_config(cfg))
-        loaded = load_base(cfg)
-        space = build_space(cfg, loaded.model)
+            store.create(cfg.run.name, dump_config(cfg))
+        if self.record_processes:
+            self.record = ProcessRecord(store.root)
+            self.record.update()
         settings = cfg.search.settings()
         if start == 0:
             self.say(f"{cfg.model.name}: {space.n_matrices} target matrices, {space.n_options} options each, "
-                     f"{space.min_bits:.3f}-{space.max_bits:.3f} bits")
+                     f"attainable bits {space.attainable_range()}")
 
             def table_progress(done: int, total: int) -> None:
                 if done == total or done % max(1, total // 4) == 0:
@@ -164,7 +181,8 @@ class Orchestrator:
             err = error_table_parallel(cfg.model.name, loaded.model, space, progress=table_progress)
             trainset = initial_trainset(cfg, space, err)
             candidates = np.zeros((0, space.n_matrices, 5), dtype=np.int64)
-            search = SearchActor.options(num_cpus=cfg.ray.search_cpus).remote(space.signature(), settings)
+            search = SearchActor.options(num_cpus=cfg.ray.search_cpus, scheduling_strategy=on_this_node()).remote(
+                space.signature(), settings)
         elif start >= cfg.run.rounds:
             self.say(f"all {cfg.run.rounds} rounds are complete; nothing to do")
             return self._summary(space)
@@ -173,12 +191,13 @@ class Orchestrator:
             trainset = np.stack([space.from_json(c) for c in saved["trainset"]])
             cands = [space.from_json(c) for c in saved["candidates"]]
             candidates = np.stack(cands) if cands else np.zeros((0, space.n_matrices, 5), dtype=np.int64)
-            search = SearchActor.options(num_cpus=cfg.ray.search_cpus).remote(
+            search = SearchActor.options(num_cpus=cfg.ray.search_cpus, scheduling_strategy=on_this_node()).remote(
                 space.signature(), settings, store.search_dir(start - 1).read_files())
         del loaded  # the driver only needed the shapes and the error table
         self.pool = EvaluatorPool(cfg, say=self.say)
         if self.keep_evaluators:
             self.pool.start()
+            self._record_processes()
         try:
             for k in range(start, cfg.run.rounds):
                 trainset, candidates = self._round(k, trainset, candidates, space, search, first=k == start)
@@ -186,6 +205,16 @@ class Orchestrator:
             self.pool.shutdown()
             self.save_log()
         return self._summary(space)
+
+    def _record_overrides(self) -> None:
+        """Write the resumed run's effective configuration, with a comment saying what changed when."""
+        import datetime as dt
+
+        old = self.store.config_path.read_text()
+        header = [line for line in old.splitlines() if line.startswith("#")]
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        header.append(f"# resumed {stamp} with --set {' --set '.join(self.resume_overrides)}")
+        self.store.config_path.write_text("\n".join(header) + "\n" + dump_config(self.cfg))
 
     def save_log(self) -> None:
         """Copy the driver's log into ``<run>/logs/`` (best effort: a log is not worth a failed run)."""
@@ -208,8 +237,11 @@ class Orchestrator:
         if not self.keep_evaluators:
             self.pool.shutdown()  # their resources go to the training workers
         metrics = train_round(cfg, k, trainset, prev, store.checkpoint_dir(k), self.storage, cfg.run.name,
-                              backend=self.backend, announce=first)
+                              backend=self.backend, announce=first, on_start=self._record_processes)
         t_train = time.perf_counter() - t0
+        attempts = int(metrics.get("train_attempts", 1))
+        if attempts > 1:
+            self.say(f"warning: round {k + 1}: training restarted {attempts - 1} time(s) after a worker failed")
         self.progress(k, f"train done: loss {metrics.get('train_loss', float('nan')):.4f} in {t_train:.1f}s")
 
         t0 = time.perf_counter()
@@ -224,6 +256,7 @@ class Orchestrator:
                 self.progress(k, f"evaluate: {done}/{total}")
 
         results = self.pool.evaluate(k, state_ref, configs, on_done)
+        self._record_processes()
         rows = _rows_for_archive(k, configs, roles, results, space)
         t_eval = time.perf_counter() - t0
 
@@ -250,6 +283,8 @@ class Orchestrator:
             "train_loss": float(metrics.get("train_loss", math.nan)), "train_steps": int(metrics.get("train_steps", 0)),
             "train_seconds": t_train, "train_loop_seconds": float(metrics.get("train_seconds", math.nan)),
             "eval_seconds": t_eval, "search_seconds": t_search,
+            "train_attempts": attempts, "eval_retries": self.pool.stats["retries"],
+            "evaluators_replaced": self.pool.stats["replaced"],
         }
         self.save_log()  # before the round is marked complete: a driver killed after it leaves its log
         store.append_round(rows, round_row)
@@ -258,6 +293,10 @@ class Orchestrator:
                          f"{len(new_cands)} candidates, {failed} failed | train {t_train:.0f}s eval {t_eval:.0f}s "
                          f"search {t_search:.0f}s")
         return new_set, new_cands
+
+    def _record_processes(self) -> None:
+        if self.record is not None:
+            self.record.update()
 
     def _summary(self, space: Any) -> dict[str, Any]:
         rounds = self.store.read_rounds()

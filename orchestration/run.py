@@ -1,7 +1,7 @@
 """Run the CoA-LoRA search-and-train loop on a Ray cluster (or a local one).
 
     python orchestration/run.py [--config configs/default.yaml] [--set key=value ...]
-                                [--resume RUN_DIR_OR_URI] [--smoke-test] [--overwrite] [--verbose]
+                                [--resume RUN_DIR_OR_URI] [--smoke-test] [--overwrite] [--verbose] [--check]
 
 On a cluster: ``ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python
 orchestration/run.py --config configs/roberta-large-sst2.yaml --set run.out_dir=s3://bucket/runs``. It
@@ -10,8 +10,14 @@ joins the cluster it runs on (``RAY_ADDRESS``, set by ``ray job submit``); other
 The console shows the run's progress and its warnings; everything Ray prints goes to the driver's log
 (its path is the first line; a copy goes to ``<run>/logs/`` after every round). ``--verbose`` shows it all.
 
-Exit status: 0 on success, 2 for a bad configuration, run directory, storage or resource plan (one
-line on stderr, nothing written), 1 for a failure during the run.
+Everything that can be checked is checked before Ray starts (``orchestration/prepare.py``; ``--check``
+stops there). ``--overwrite`` replaces only a coalora run (a directory with its ``coalora-run.json``
+marker and nothing a run does not write). ``--resume`` keeps the run's configuration; ``--set`` may
+change only what a run can change half-way (``run.rounds``, memory and cluster settings).
+
+Exit status: 0 on success; 2 for bad input (a bad configuration, run directory, storage, model, data
+or resource plan, also when only the cluster reveals it: one line on stderr); 1 for a failure of the
+run itself (its traceback).
 """
 
 from __future__ import annotations
@@ -41,10 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke-test", action="store_true", help=f"tiny run ({SMOKE_CONFIG.relative_to(ROOT)})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output on the console too")
+    p.add_argument("--check", action="store_true", help="check the configuration, the run directory and the "
+                                                         "model, print what would run, and exit (no Ray)")
     return p.parse_args(argv)
 
 
 def _fail(message: str) -> int:
+    message = " ".join(line.strip() for line in message.splitlines()) or "failed"  # one line, always
     print(f"orchestration/run.py: error: {message}", file=sys.stderr)
     return 2
 
@@ -57,27 +66,6 @@ def init_ray(cfg) -> None:  # noqa: ANN001
     connect(num_cpus=local_cluster_cpus(cfg.ray, os.cpu_count() or 1), object_store_mb=cfg.ray.object_store_mb)
 
 
-def _job_working_dir() -> Path | None:
-    """The unpacked ``working_dir`` of the Ray job this driver runs in (Ray deletes it with the job)."""
-    cwd = Path.cwd()
-    return cwd if "runtime_resources" in cwd.parts else None
-
-
-def resolve_run_dir(args: argparse.Namespace, cfg):  # noqa: ANN001, ANN201
-    """The run's location; raises StorageError for a location that cannot hold a run."""
-    from coalora.storage import StorageError, is_uri, open_location
-
-    if args.resume:
-        return open_location(args.resume)
-    out = cfg.run.out_dir
-    job_dir = _job_working_dir()
-    if job_dir is not None and not is_uri(out) and not Path(out).expanduser().is_absolute():
-        raise StorageError(f"run.out_dir={out} is relative, so the run would be written inside this job's "
-                           f"working_dir ({job_dir}), which Ray deletes with the job: use an absolute path, "
-                           "or s3://bucket/path, gs://bucket/path")
-    return open_location(out) / cfg.run.name
-
-
 def _log_path(name: str) -> Path:
     from coalora.models import cache_root
 
@@ -87,50 +75,53 @@ def _log_path(name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from coalora.config import ConfigError, load_config
-    from coalora.storage import StorageError, open_location
+    from orchestration.prepare import describe, expected_cause, input_errors, one_line, prepare
 
+    # Everything that can be checked is checked before Ray starts; nothing is written until it passes.
     try:
-        if args.resume:
-            cfg_path = open_location(args.resume) / "config.yaml"
-            if not cfg_path.is_file():
-                return _fail(f"--resume {args.resume}: not a run directory (no config.yaml)")
-            config_file = cfg_path.uri
-        else:
-            config_file = args.config or str(SMOKE_CONFIG if args.smoke_test else DEFAULT_CONFIG)
-        cfg = load_config(config_file, args.set)
-        run_dir = resolve_run_dir(args, cfg)
-        if not args.resume and run_dir.is_dir() and any(True for _ in run_dir.iterdir()) and not args.overwrite:
-            return _fail(f"run directory {run_dir} exists; pass --resume {run_dir}, --overwrite, "
-                         "or another --set run.name=...")
-    except (ConfigError, StorageError) as e:
+        prep = prepare(args.config, args.set, resume=args.resume, overwrite=args.overwrite, smoke=args.smoke_test,
+                       default=DEFAULT_CONFIG, smoke_config=SMOKE_CONFIG)
+    except input_errors() as e:
         return _fail(str(e))
     except OSError as e:  # the storage cannot be reached (a wrong endpoint, no network, no permission)
         return _fail(f"cannot reach the run's storage: {e}")
+    if args.check:
+        print(describe(prep))
+        return 0
 
     from orchestration.console import Console
-    from orchestration.resources import PlanError
+    from orchestration.leftovers import end_leftovers
 
+    cfg, run_dir = prep.cfg, prep.run_dir
     console = Console(_log_path(cfg.run.name), verbose=args.verbose)
+    failure = None
     with console:
         console.say(f"log: {console.log_path}")
+        end_leftovers(run_dir, say=console.say)  # what a killed earlier session of this run left running
+        own_ray = not os.environ.get("RAY_ADDRESS")  # a local Ray this driver starts (and must not leave behind)
         init_ray(cfg)
         from orchestration.loop import Orchestrator
 
-        orch = Orchestrator(cfg, run_dir, resume=bool(args.resume), say=console.say, log_file=console.log_path)
+        orch = Orchestrator(cfg, run_dir, resume=prep.resume, say=console.say, log_file=console.log_path,
+                            base=prep.loaded, resume_overrides=prep.overrides, record_processes=own_ray)
+        del prep
         try:
             orch.preflight()
-        except (PlanError, StorageError) as e:
-            failure = str(e)
-        else:
-            failure = None
             if args.overwrite and not args.resume:
+                # Only a marked coalora run gets here (prepare checked); check again, it may have changed.
+                orch.store.check_replaceable()
                 run_dir.rmtree()
             summary = orch.run()
-        import ray
+        except Exception as e:  # bad input that only the cluster could reveal is one line; a bug is not
+            cause = expected_cause(e)
+            if cause is None:
+                raise
+            failure = one_line(cause)
+        finally:
+            import ray
 
-        # Disconnect while the console still routes output: Ray forwards its workers' last lines late.
-        ray.shutdown()
+            # Disconnect while the console still routes output: Ray forwards its workers' last lines late.
+            ray.shutdown()
     if failure is not None:
         return _fail(failure)
     orch.save_log()  # the whole session's log, now that the console has closed it

@@ -1,6 +1,9 @@
 """The run directory: Parquet tables, per-round training sets, checkpoints, plots and a report.
 
     <out_dir>/<name>/
+        coalora-run.json          the marker: written first, it makes the directory a coalora run (only a
+                                  marked run is ever deleted, by --overwrite)
+        ray_processes.json        the local Ray processes of the last session (ended by the next one)
         config.yaml               the effective experiment configuration (resume reads it back)
         archive.parquet           one row per evaluation
         rounds.parquet            one row per completed round (its presence marks the round complete)
@@ -56,7 +59,22 @@ ROUNDS_SCHEMA = pa.schema([
     ("train_loop_seconds", pa.float64()),  # of which the training loop itself, as the workers measured it
     ("eval_seconds", pa.float64()),
     ("search_seconds", pa.float64()),
+    # Faults survived: Ray Train attempts of the round (1 = no restart), evaluator calls re-submitted
+    # after their actor died, and evaluators replaced (dead, or out of memory).
+    ("train_attempts", pa.int64()),
+    ("eval_retries", pa.int64()),
+    ("evaluators_replaced", pa.int64()),
 ])
+
+MARKER = "coalora-run.json"
+# Everything a run writes at its top level: --overwrite refuses a directory holding anything else.
+KNOWN_ENTRIES = frozenset({MARKER, "ray_processes.json", "config.yaml", "archive.parquet", "rounds.parquet",
+                           "trainset", "checkpoints", "search", "ray_train", "logs", "front.png",
+                           "hypervolume.png", "report.md"})
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be resumed or replaced; the message names the file and the problem."""
 
 
 def _write_table(path: Location, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> None:
@@ -68,6 +86,22 @@ def _write_table(path: Location, rows: Sequence[dict[str, Any]], schema: pa.Sche
 
 def _read_table(path: Location) -> list[dict[str, Any]]:
     return pq.read_table(io.BytesIO(path.read_bytes())).to_pylist() if path.is_file() else []
+
+
+def _checked_table(path: Location, schema: pa.Schema) -> list[dict[str, Any]]:
+    """Rows of a run's Parquet table; a damaged one or one without the expected columns is a RunDirError.
+
+    Columns added to the schema later (``train_attempts`` ...) may be missing from older runs.
+    """
+    try:
+        table = pq.read_table(io.BytesIO(path.read_bytes()))
+    except (OSError, pa.ArrowException) as e:
+        raise RunDirError(f"{path}: not a readable Parquet table ({e})") from None
+    optional = {"train_attempts", "eval_retries", "evaluators_replaced"}
+    missing = [f.name for f in schema if f.name not in table.column_names and f.name not in optional]
+    if missing:
+        raise RunDirError(f"{path}: missing column(s) {missing}")
+    return table.to_pylist()
 
 
 class RunStore:
@@ -143,3 +177,103 @@ class RunStore:
 
     def write_trainset(self, k: int, configs: list[dict[str, Any]]) -> None:
         self.trainset_path(k).write_text(json.dumps(configs, indent=1))
+
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def marker_path(self) -> Location:
+        return self.root / MARKER
+
+    def create(self, name: str, config_text: str) -> None:
+        """Make the run directory: the marker first (so a half-made run can still be replaced), then
+        the configuration."""
+        import datetime as dt
+
+        self.root.mkdir()
+        self.marker_path.write_text(json.dumps({"format": 1, "name": name,
+                                                "created": dt.datetime.now(dt.timezone.utc).isoformat()}) + "\n")
+        self.config_path.write_text(config_text)
+
+    def check_replaceable(self) -> None:
+        """Raise unless the directory is a coalora run that ``--overwrite`` may delete: it carries the
+        marker and holds nothing a run does not write."""
+        if not self.marker_path.is_file():
+            raise RunDirError(f"{self.root} is not a coalora run (no {MARKER}); --overwrite only replaces a run "
+                              "this tool made: choose another run.name or run.out_dir")
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in KNOWN_ENTRIES)
+        if foreign:
+            raise RunDirError(f"{self.root} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
+                              "which no run writes; --overwrite will not delete it: move it away or choose "
+                              "another run.name")
+
+    def validate(self, space: Any) -> int:
+        """Check everything a resume reads, before anything is changed; returns the complete rounds.
+
+        Checks that ``rounds.parquet`` and ``archive.parquet`` are readable Parquet tables with the
+        run's columns and consistent rounds (0 … n−1, each with archive rows for this space), that
+        every complete round's training set parses for ``space``, and that the last round's checkpoint
+        and search state are whole.
+
+        Raises:
+            RunDirError: naming the file and what is wrong with it.
+        """
+        if not self.rounds_path.is_file():
+            return 0  # killed during round 0: nothing complete, the run starts over
+        rounds = sorted(int(r["round"]) for r in _checked_table(self.rounds_path, ROUNDS_SCHEMA))
+        n = len(rounds)
+        if rounds != list(range(n)):
+            raise RunDirError(f"{self.rounds_path}: rounds {rounds} are not 0 … {n - 1}")
+        if n == 0:
+            return 0
+        if not self.archive_path.is_file():
+            raise RunDirError(f"{self.archive_path}: missing, but {self.rounds_path} records {n} complete round(s)")
+        archive = [r for r in _checked_table(self.archive_path, ARCHIVE_SCHEMA) if r["round"] < n]
+        width = space.n_matrices * 5
+        for k in range(n):
+            rows = [r for r in archive if r["round"] == k]
+            if not rows:
+                raise RunDirError(f"{self.archive_path}: no evaluation of complete round {k}")
+            if any(len(r["knobs"] or ()) != width for r in rows):
+                raise RunDirError(f"{self.archive_path}: round {k} holds configurations of another model "
+                                  f"(expected {width} knob values each)")
+        for k in range(n):
+            path = self.trainset_path(k)
+            if not path.is_file():
+                raise RunDirError(f"{path}: missing (round {k} is complete)")
+            try:
+                saved = json.loads(path.read_text())
+                for c in list(saved["trainset"]) + list(saved["candidates"]):
+                    space.from_json(c)
+            except (ValueError, KeyError, TypeError) as e:  # JSON, shape or knob errors of a damaged file
+                raise RunDirError(f"{path}: not a training set of this run ({type(e).__name__}: {e})") from None
+        self._check_checkpoint(n - 1)
+        self._check_search(n - 1, space)
+        return n
+
+    def _check_checkpoint(self, k: int) -> None:
+        from coalora.checkpoint import CheckpointError, check_checkpoint_files
+
+        ckpt = self.checkpoint_dir(k)
+        if not ckpt.is_dir():
+            raise RunDirError(f"{ckpt}: missing (round {k} is complete)")
+        try:
+            check_checkpoint_files(ckpt.read_files(), str(ckpt))
+        except CheckpointError as e:
+            raise RunDirError(str(e)) from None
+
+    def _check_search(self, k: int, space: Any) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from coalora.search import ParetoSearch
+
+        where = self.search_dir(k)
+        if not where.is_dir():
+            raise RunDirError(f"{where}: missing (round {k} is complete)")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, blob in where.read_files().items():
+                (Path(tmp) / name).write_bytes(blob)
+            try:
+                ParetoSearch.load(tmp, space)
+            except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:
+                raise RunDirError(f"{where}: damaged search state ({type(e).__name__}: {e})".replace(tmp, str(where))) \
+                    from None

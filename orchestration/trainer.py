@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -23,10 +23,33 @@ import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from coalora.config import ExperimentConfig
 from coalora.storage import Location
 from orchestration.console import MARK
+
+
+def on_this_node() -> NodeAffinitySchedulingStrategy:
+    """Schedule an actor on the driver's node: it lives as long as the driver, whatever other node dies
+    (Ray Train puts its controller there too)."""
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+@ray.remote(num_cpus=0)
+class AttemptCounter:
+    """How many times the round's training started: Ray Train restarts the worker group after a worker
+    (or its node) dies, and the round records how often that happened."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self) -> int:
+        self.n += 1
+        return self.n
+
+    def count(self) -> int:
+        return self.n
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -42,6 +65,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rank == 0 and config.get("attempts") is not None:
+        ray.get(config["attempts"].add.remote())
     cfg = config_from_dict(config["experiment"])
     device = torch.device(local_device(train_worker=True).device)
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
@@ -114,6 +139,7 @@ def train_round(
     *,
     backend: str = "gloo",
     announce: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Fit one round and copy its checkpoint to ``out``. Returns the round's training metrics.
 
@@ -121,12 +147,16 @@ def train_round(
         storage: Ray Train's storage for this run (every node must reach it on a multi-node cluster).
         backend: torch.distributed backend of the workers (``orchestration.devices.collective_backend``).
         announce: print each worker's memory plan to the console (else only to the log).
+        on_start: called once the workers have started (the driver records their processes).
+
+    The metrics include ``train_attempts``: 1, plus one per restart of the worker group.
     """
     steps = cfg.run.steps_per_round or cfg.train.steps
     prev_ref = None
     if previous_checkpoint is not None:
         prev_ref = [ray.put(previous_checkpoint.read_files())]
     r = cfg.ray
+    attempts = AttemptCounter.options(scheduling_strategy=on_this_node()).remote()
     resources = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
         resources["GPU"] = r.gpus_per_worker
@@ -142,6 +172,7 @@ def train_round(
             "previous": prev_ref,
             "threads": max(1, int(r.cpus_per_worker)),
             "announce": announce,
+            "attempts": attempts,
         },
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
@@ -156,7 +187,12 @@ def train_round(
         ),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    if on_start is None:
+        result = trainer.fit()
+    else:
+        result = _fit_watching(trainer, attempts, on_start)
+    metrics_extra = {"train_attempts": max(1, ray.get(attempts.count.remote()))}
+    ray.kill(attempts)
     ckpt = result.checkpoint
     if ckpt is None:
         raise RuntimeError(f"round {round_k}: training finished without a checkpoint")
@@ -164,5 +200,32 @@ def train_round(
     out.mkdir()
     pafs.copy_files(ckpt.path, out.path, source_filesystem=ckpt.filesystem, destination_filesystem=out.fs)
     metrics = dict(result.metrics or {})
+    metrics.update(metrics_extra)
     metrics["train_wall_seconds"] = time.perf_counter() - t0
     return metrics
+
+
+def _fit_watching(trainer: TorchTrainer, attempts: Any, on_start: Callable[[], None]) -> Any:
+    """``trainer.fit()``, calling ``on_start`` each time a new attempt has begun (from a thread: fit blocks)."""
+    import threading
+
+    done = threading.Event()
+
+    def watch() -> None:
+        seen = 0
+        while not done.wait(1.0):
+            try:
+                n = ray.get(attempts.count.remote(), timeout=5)
+            except Exception:  # the counter is gone once fit returns; nothing to record then
+                return
+            if n > seen:
+                seen = n
+                on_start()
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        return trainer.fit()
+    finally:
+        done.set()
+        t.join(timeout=10)

@@ -55,7 +55,8 @@ def free_port() -> int:
 
 
 # moto accepts any credentials; they only have to be the same in every process of a test.
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+# The secret is distinctive so a test can search files and logs for it.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "coalora-test-secret-5b1e9f",
                   "AWS_DEFAULT_REGION": "us-east-1"}
 
 

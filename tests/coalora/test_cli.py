@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import random
 
@@ -129,7 +130,7 @@ def test_bad_inputs_one_message_exit_2(workdir, tmp_path, capsys):
     ck = str(workdir / "coa")
     # Budget below the attainable range.
     assert main(["adapt", "--checkpoint", ck, "--budget", "1.0", "--out", str(tmp_path / "a")]) == 2
-    assert "attainable range [2.0322, 8.6250]" in _err(capsys)
+    assert "below this space's attainable range [2.0322265625, 8.625]" in _err(capsys)
     assert not (tmp_path / "a").exists()
     # A configuration naming a module the model lacks.
     bad = {"encoder.layer.99.attention.self.query": {}}
@@ -266,3 +267,187 @@ def test_bf16_run_trains_evaluates_and_adapts(workdir, capsys):
     # 5e-4), far below the adapter's own effect (measured 0.09).
     assert gap < 5e-3, gap
     assert gap < 0.1 * (untuned - ours).abs().max().item()
+
+
+# ---------------------------------------------------------------------- issue 13: nothing lost, nothing silent
+def test_evaluate_json_stdout_is_one_document_when_highs_prints(workdir, capfd):
+    """At this budget tiny-bert's allocation runs branch and bound, where HiGHS prints a line with C's
+    printf (``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();``), past
+    sys.stdout. stdout (the file descriptor) must still be exactly one JSON document."""
+    import ctypes
+
+    capfd.readouterr()
+    assert main(["evaluate", "--checkpoint", str(workdir / "coa"), "--budget", "3.449999999999995",
+                 "--json", "--quiet"]) == 0
+    ctypes.CDLL(None).fflush(None)  # what the process's exit would flush
+    out, err = capfd.readouterr()
+    rows = json.loads(out)
+    assert [r["budget"] for r in rows] == [3.449999999999995] and rows[0]["avg_bits"] <= 3.45
+    # Measured here, HiGHS's line went to stderr; it is not asserted, since whether branch and bound
+    # meets that line depends on the last bits of the error table (test_allocate.py checks a fixed table).
+
+
+def _copy_checkpoint(workdir, tmp_path):
+    import shutil
+
+    return shutil.copytree(workdir / "coa", tmp_path / "ck")
+
+
+def _nan_trainable(ck):
+    """A diverged checkpoint: one nan in the LoRA factors, with meta's checksum updated to match (the
+    file is what training wrote, not damaged later)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(ck / "trainable.safetensors"))
+    name = sorted(state)[0]
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, str(ck / "trainable.safetensors"))
+    meta = json.loads((ck / "meta.json").read_text())
+    meta["checksums"]["trainable.safetensors"] = hashlib.sha256((ck / "trainable.safetensors").read_bytes()).hexdigest()
+    (ck / "meta.json").write_text(json.dumps(meta))
+    return name
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[:100])
+
+
+def _flip_last_byte(p):
+    blob = bytearray(p.read_bytes())
+    blob[-1] ^= 0x40
+    p.write_bytes(bytes(blob))
+
+
+DAMAGED = {
+    "truncated": (lambda ck: _truncate(ck / "trainable.safetensors"),
+                  "trainable.safetensors is damaged (truncated or corrupt)"),
+    "bit flip": (lambda ck: _flip_last_byte(ck / "trainable.safetensors"),
+                 "trainable.safetensors is damaged: its SHA-256 differs"),
+    "meta not json": (lambda ck: (ck / "meta.json").write_text("{broken"), "meta.json is corrupt: not valid JSON"),
+    "meta a list": (lambda ck: (ck / "meta.json").write_text("[1, 2]"),
+                    "meta.json is corrupt: it holds a JSON list, not an object"),
+    "meta without experiment": (
+        lambda ck: (ck / "meta.json").write_text(json.dumps(
+            {k: v for k, v in json.loads((ck / "meta.json").read_text()).items() if k != "experiment"})),
+        "meta.json has no 'experiment'"),
+    "nan": (_nan_trainable, "values that are not finite (nan/inf)"),
+}
+
+
+@pytest.mark.parametrize("what", list(DAMAGED))
+def test_damaged_checkpoint_is_one_line_naming_the_file(workdir, tmp_path, capsys, what):
+    ck = _copy_checkpoint(workdir, tmp_path)
+    damage, message = DAMAGED[what]
+    damage(ck)
+    assert main(["evaluate", "--checkpoint", str(ck), "--budget", "3.0", "--json", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith(f"coalora: error: {ck}") and message in err, err
+
+
+def test_check_checkpoint_files_validates_bytes(workdir):
+    from coalora.checkpoint import CheckpointError, check_checkpoint_files
+
+    files = {p.name: p.read_bytes() for p in (workdir / "coa").iterdir()}
+    meta = check_checkpoint_files(files, "s3://bucket/run/checkpoints/round_0")
+    assert meta["method"] == "coa" and meta["experiment"]["model"]["name"] == "tiny-bert"
+    with pytest.raises(CheckpointError, match=r"^s3://bucket/ck/trainable\.safetensors is damaged \(truncated"):
+        check_checkpoint_files({**files, "trainable.safetensors": files["trainable.safetensors"][:50]},
+                               "s3://bucket/ck")
+    with pytest.raises(CheckpointError, match=r"^d is not a coalora checkpoint .*meta\.json missing"):
+        check_checkpoint_files({"trainable.safetensors": files["trainable.safetensors"]}, "d")
+    with pytest.raises(CheckpointError, match=r"^d/meta\.json is corrupt: not UTF-8"):
+        check_checkpoint_files({**files, "meta.json": b"\xff\xfe{"}, "d")
+    with pytest.raises(CheckpointError, match=r"^d/meta\.json: 'experiment' holds a JSON str, expected an object"):
+        meta_bad = json.loads(files["meta.json"]) | {"experiment": "tiny.yaml"}
+        check_checkpoint_files({**files, "meta.json": json.dumps(meta_bad).encode()}, "d")
+    with pytest.raises(CheckpointError, match=r"^d has optimizer\.json but no optimizer\.safetensors"):
+        check_checkpoint_files({**files, "optimizer.json": b'{"steps": {}}'}, "d")
+
+
+def test_out_is_checked_before_any_work(workdir, tmp_path, capsys):
+    """--out problems are found before the model or checkpoint is read (a model that does not exist and
+    a checkpoint that does not exist are not what the message is about) and nothing is written."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    (tmp_path / "no-model.yaml").write_text((workdir / "tiny.yaml").read_text().replace("tiny-bert", "no-such-model"))
+    for out, message in [(a_file, "exists and is not a directory"),
+                         (a_file / "sub", f"cannot be created: {a_file} is a file, not a directory"),
+                         (workdir, "exists and is not empty (pass --overwrite)")]:
+        assert main(["train", "--config", str(tmp_path / "no-model.yaml"), "--out", str(out), "--quiet"]) == 2
+        assert f"coalora: error: --out {out} " in (err := _err(capsys)) or "output directory" in err
+        assert message in err, err
+        assert main(["adapt", "--checkpoint", str(tmp_path / "none"), "--budget", "3", "--out", str(out)]) == 2
+        assert message in _err(capsys)
+    assert a_file.read_text() == "keep me"
+    # --overwrite replaces an earlier coalora output only: not a directory of other files, nor the
+    # checkpoint this command reads.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["adapt", "--checkpoint", str(workdir / "coa"), "--budget", "3", "--out", str(other),
+                 "--overwrite"]) == 2
+    assert "holds no earlier coalora output" in _err(capsys)
+    assert main(["adapt", "--checkpoint", str(workdir / "coa"), "--budget", "3", "--out", str(workdir / "coa"),
+                 "--overwrite"]) == 2
+    assert "which this command reads" in _err(capsys)
+    assert (other / "notes.txt").read_text() == "mine" and (workdir / "coa" / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "no-model.yaml", "other"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: no permission to refuse")
+def test_out_without_write_permission(workdir, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["adapt", "--checkpoint", str(workdir / "coa"), "--budget", "3", "--out", str(locked / "x")]) == 2
+        assert f"cannot be written: Permission denied in {locked}" in _err(capsys)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_bad_labels_rank_and_random_are_one_line(workdir, tmp_path, capsys):
+    rows = (workdir / "reviews.csv").read_text().splitlines()
+    (tmp_path / "bad.csv").write_text("\n".join(rows[:5] + ["great fun,5"] + rows[5:]) + "\n")
+    (tmp_path / "one.csv").write_text("\n".join([rows[0]] + [r[:-1] + "1" for r in rows[1:]]) + "\n")
+    yaml = (workdir / "tiny.yaml").read_text()
+    for name, message in [("bad.csv", "row 5: label 5 is not below model.num_labels=2; class ids run from 0 to "
+                                      "num_labels - 1: set model.num_labels to 6"),
+                          ("one.csv", "all 240 rows have label 1 in column 'label'; a classifier learns nothing")]:
+        (tmp_path / "exp.yaml").write_text(yaml.replace(str(workdir / "reviews.csv"), str(tmp_path / name)))
+        assert main(["train", "--config", str(tmp_path / "exp.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+        err = _err(capsys)
+        assert str(tmp_path / name) in err and message in err, err
+        assert not (tmp_path / "out").exists()
+    # A rank no target matrix can hold fails at once, before anything of that size is allocated.
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--set", "lora.rank=1000000000",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert _err(capsys) == ("coalora: error: lora.rank: 1000000000 is larger than the smaller side of target matrix "
+                            "bert.encoder.layer.0.attention.self.query (shape 64 x 64, out x in); set lora.rank to "
+                            "at most 64")
+    assert not (tmp_path / "out").exists()
+    # --random 0 would have evaluated the training set instead.
+    for argv in (["--random", "0"], ["--random", "-2"], ["--max-batches", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["evaluate", "--checkpoint", str(workdir / "coa"), *argv])
+        assert exit_.value.code == 2
+        err = _err(capsys)
+        assert len(err.splitlines()) == 1 and err.startswith("coalora: error: coalora evaluate: argument "), err
+        assert "must be at least 1" in err
+
+
+def test_a_bare_value_error_is_a_bug_with_its_traceback(monkeypatch):
+    """Only our error classes are bad input; a ValueError from anywhere else propagates out of main."""
+    import coalora.cli as cli
+
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_space", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["space", "--model", "tiny-bert"])

@@ -286,7 +286,10 @@ def test_load_table_label_map(tmp_path):
     path = tmp_path / "t.csv"
     _write_csv(path, [{"review": "nice", "y": "pos"}, {"review": "meh", "y": "neg"}])
     assert load_table(path, "review", "y", {"pos": 1, "neg": 0}) == [Example("nice", 1), Example("meh", 0)]
-    with pytest.raises(DataError, match=r"row 1: label 'pos' is not an integer; pass label_map"):
+    # The advice names what exists: the file's labels, or load_table's label_map (no YAML key has that name).
+    with pytest.raises(DataError, match=r"row 1: label 'pos' is not an integer class id; write the labels as "
+                                        r"integer class ids 0, 1, \.\.\. \(or, calling load_table/load_dataset "
+                                        r"from Python, pass label_map="):
         load_table(path, "review", "y")
     with pytest.raises(DataError, match=r"row 2: label 'neg' is not in label_map"):
         load_table(path, "review", "y", {"pos": 1})
@@ -502,3 +505,69 @@ def test_hub_options_need_a_hub_data_set_and_max_rows_cuts_files(tmp_path):
     assert load_dataset(str(p), max_rows=2) == [Example("a", 1), Example("b", 0)]
     with pytest.raises(DataError, match="max_rows must be >= 1"):
         load_dataset(str(p), max_rows=0)
+
+
+# ---------------------------------------------------------------------- issue 13: unreadable files, labels
+def test_labels_are_checked_against_num_labels_with_the_row(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("text,label\na,1\nb,0\nc,5\nd,7\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(str(p), num_labels=2)
+    assert str(e.value) == (f"{str(p)!r}, row 3: label 5 is not below model.num_labels=2 (the largest label is 7); "
+                            "class ids run from 0 to num_labels - 1: set model.num_labels to 8 (or fix the labels "
+                            "in column 'label')")
+    assert [ex.label for ex in load_dataset(str(p), num_labels=8)] == [1, 0, 5, 7]
+    assert len(load_dataset(str(p), num_labels=2, max_rows=2)) == 2  # rows past max_rows are not read
+    j = tmp_path / "t.jsonl"
+    j.write_text('{"text": "a", "label": 0}\n\n{"text": "b", "label": 2}\n')
+    with pytest.raises(DataError, match=r"t\.jsonl', row 2: label 2 is not below model\.num_labels=2;"):
+        load_dataset(str(j), num_labels=2)
+
+
+def test_a_single_class_is_an_error_for_a_classifier(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("text,label\na,1\nb,1\nc,1\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(str(p), num_labels=2)
+    assert str(e.value) == (f"{str(p)!r}: all 3 rows have label 1 in column 'label'; a classifier learns nothing "
+                            "from one class: check data.label_column, or add examples of the other classes")
+    assert len(load_dataset(str(p))) == 3  # without num_labels (not for a classifier) it is just a table
+
+
+def test_unreadable_files_are_named(tmp_path):
+    csv_ = tmp_path / "latin.csv"
+    csv_.write_bytes("text,label\nhello,1\nh\u00e9llo,0\n".encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        load_table(csv_, "text", "label")
+    assert str(e.value) == (f"{str(csv_)!r} is not UTF-8 text (line 3, byte 2 of the line: b'\\xe9'); "
+                            "save the file as UTF-8")
+    jl = tmp_path / "bad.jsonl"
+    jl.write_bytes(b'{"text": "a", "label": 1}\n{"text": "\xff", "label": 0}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl' is not UTF-8 text \(line 2, byte 11 of the line"):
+        load_table(jl, "text", "label")
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), good)
+    for name, blob in [("cut.parquet", good.read_bytes()[:40]), ("junk.parquet", b"PAR1 not really PAR1")]:
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(DataError, match=rf"{name}' is not a readable Parquet file \(truncated or corrupt\): "):
+            load_table(tmp_path / name, "text", "label")
+    gz = tmp_path / "t.csv.gz"
+    gz.write_bytes(gzip.compress(b"text,label\na,1\nb,0\n")[:-10])
+    with pytest.raises(DataError, match=r"t\.csv\.gz' is not a readable compressed file \(truncated or corrupt\)"):
+        load_table(gz, "text", "label")
+    # A byte-order mark is not part of the first column's name.
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbftext,label\na,1\nb,0\n")
+    assert load_table(bom, "text", "label") == [Example("a", 1), Example("b", 0)]
+
+
+def test_check_label_range_names_the_batch():
+    from coalora.data import check_label_range
+
+    check_label_range(torch.tensor([0, 1, 1]), 2, "batch")
+    check_label_range(torch.zeros(2, 5, dtype=torch.long) + 99, 2, "lm batch")  # causal-LM labels: not classes
+    with pytest.raises(DataError, match=r"^batch holds label 3, outside the model's classes 0 \.\. 1 "
+                                        r"\(model\.num_labels=2\): set model\.num_labels to 4"):
+        check_label_range(torch.tensor([0, 3, 1]), 2, "batch")
+    with pytest.raises(DataError, match=r"holds label -1, .*class ids must be non-negative"):
+        check_label_range(torch.tensor([0, -1]), 2, "batch")

@@ -163,5 +163,24 @@ def test_folded_lora_reproduces_cores():
 
 
 def test_rank_must_be_positive():
-    with pytest.raises(ValueError, match="rank"):
+    from coalora.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lora.rank must be a positive integer, got 0"):
         LoraSettings(rank=0)
+
+
+def test_rank_above_a_matrix_side_fails_before_allocating():
+    """Rank 10⁹ would ask for gigabytes per factor: the check comes first and names the tightest matrix."""
+    from coalora.config import ConfigError
+    from coalora.space import TargetMatrix
+
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    narrow = min(space.matrices, key=lambda m: min(m.shape))
+    assert isinstance(narrow, TargetMatrix) and narrow.shape == (32, 64)  # k_proj: 2 KV heads × 16
+    with pytest.raises(ConfigError) as e:
+        CoaModel(base, space, LoraSettings(rank=1_000_000_000))
+    assert str(e.value) == (f"lora.rank: 1000000000 is larger than the smaller side of target matrix {narrow.name} "
+                            "(shape 32 x 64, out x in); set lora.rank to at most 32")
+    assert not any(isinstance(m, CoaLinear) for m in base.modules())  # the base was left as it was
+    CoaModel(base, space, LoraSettings(rank=32))  # the largest rank every matrix holds

@@ -7,7 +7,11 @@ here: the object store is what proves the storage path, and the product's own ch
 run directory on several nodes stops before round 0) is exercised directly.
 
 The driver is a separate process, as under ``ray job submit``: it is killed after round 0 and a new
-driver resumes from the ``s3://`` URI; the archive must equal an uninterrupted run's.
+driver resumes from the ``s3://`` URI. During the resumed round, the node running the training
+workers is killed mid-training and a node running an evaluator mid-evaluation (each replaced by a
+fresh node, as an autoscaler would): the archive must still equal an undisturbed run's, and
+``rounds.parquet`` records the retries. No file of the run and no line of its log holds the object
+store's secret key.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +55,54 @@ def _driver(cluster, *args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "orchestration" / "run.py"), *args], cwd=cwd,
                             env=cluster.driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+
+
+class Lines:
+    """A driver's output, read as it comes (so the test can act on what the run is doing)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, text: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+        deadline = time.time() + timeout
+        while not any(text in line for line in self.lines):
+            assert proc.poll() is None or self.thread.is_alive(), "".join(self.lines)[-3000:]
+            assert time.time() < deadline, f"never saw {text!r}: " + "".join(self.lines)[-3000:]
+            time.sleep(0.2)
+
+    @property
+    def text(self) -> str:
+        self.thread.join(timeout=60)
+        return "".join(self.lines)
+
+
+def _nodes_running(cluster, actor_class: str) -> list:
+    """The worker nodes with a live process of ``actor_class`` (Ray titles it ``ray::<class>...``)."""
+    import psutil
+
+    found = []
+    for node in list(cluster.cluster.worker_nodes):
+        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        for p in raylet.children(recursive=True):
+            try:
+                if f"ray::{actor_class}" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(node)
+                    break
+            except psutil.Error:
+                continue
+    return found
+
+
+def _kill_node_running(cluster, actor_class: str, timeout: float = 300):
+    """Kill (no grace) a worker node running ``actor_class`` and add a fresh node, as an autoscaler would."""
+    deadline = time.time() + timeout
+    while not (nodes := _nodes_running(cluster, actor_class)):
+        assert time.time() < deadline, f"no node ever ran {actor_class}"
+        time.sleep(0.1)
+    cluster.cluster.remove_node(nodes[0], allow_graceful=False)
+    cluster.cluster.add_node(num_cpus=2, object_store_memory=120 * 1024**2)
 
 
 def _rounds_done(run_uri: str) -> int:
@@ -91,11 +144,24 @@ def test_smoke_run_on_s3_killed_after_round_0_resumes_to_the_same_archive(cluste
     junk = open_location(run_uri) / "checkpoints" / "round_1" / "junk"
     junk.write_text("partial")
 
-    proc = _driver(cluster, "--resume", run_uri, cwd=tmp_path)
-    out, _ = proc.communicate(timeout=600)
+    # A resumed run may take more rounds (recorded in its config.yaml); here it keeps 2.
+    proc = _driver(cluster, "--resume", run_uri, "--set", "run.rounds=2", cwd=tmp_path)
+    lines = Lines(proc)
+    try:
+        # A worker prints its memory plan once its training function runs (the round's attempt is counted).
+        lines.wait_for("[round 1] train worker", proc)
+        _kill_node_running(cluster, "RayTrainWorker")  # mid-training
+        lines.wait_for("round 2/2 | train done", proc)
+        _kill_node_running(cluster, "EvaluatorActor")  # mid-evaluation (or its replacement, starting)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = lines.text
     assert proc.returncode == 0, out[-4000:]
     assert "resuming" in out and "after 1 complete round(s)" in out
     assert "done: 2 round(s)" in out and "Traceback" not in out
+    assert "round 2: training restarted" in out, out[-4000:]
 
     from orchestration.store import RunStore
 
@@ -117,6 +183,28 @@ def test_smoke_run_on_s3_killed_after_round_0_resumes_to_the_same_archive(cluste
     # The trainers ran on the worker nodes (the head has no CPUs) and reached the store from there.
     rows = store.read_rounds()
     assert [r["round"] for r in rows] == [0, 1] and all(r["failed"] == 0 for r in rows)
+    # Round 0 ran undisturbed; round 1 survived both nodes and says so.
+    assert (rows[0]["train_attempts"], rows[0]["eval_retries"], rows[0]["evaluators_replaced"]) == (1, 0, 0)
+    assert rows[1]["train_attempts"] >= 2 and rows[1]["eval_retries"] >= 1 and rows[1]["evaluators_replaced"] >= 1
+    archive = store.read_archive()
+    keys = [(r["round"], r["role"], r["config_id"]) for r in archive]
+    assert len(keys) == len(set(keys)), "an evaluation was recorded twice"
+    assert "# resumed " in (root / "config.yaml").read_text().splitlines()[0]
+
+    # The object store's secret key is in no file of the run and no line of the drivers' logs.
+    from tests.conftest import S3_CREDENTIALS
+
+    secret = S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"].encode()
+
+    def files(loc):
+        for p in loc.iterdir():
+            yield from files(p) if p.is_dir() else [p]
+
+    scanned = list(files(root))
+    assert len(scanned) > 20 and not [str(p) for p in scanned if secret in p.read_bytes()]
+    local_logs = [Path(line.split("log: ", 1)[1].strip()) for line in (first + out).splitlines()
+                  if line.startswith("log: ")]
+    assert len(local_logs) == 2 and all(secret not in p.read_bytes() for p in local_logs)
 
     # `coalora adapt` deploys straight from the object store.
     from coalora.cli import main
