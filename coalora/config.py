@@ -32,6 +32,9 @@ SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
 SPACE_PRESETS: dict[str, dict[str, tuple[Any, ...]]] = {"full": DEFAULT_OPTIONS, "bits-only": BITS_ONLY_OPTIONS}
 
 
+MAX_NUM_LABELS = 100_000
+
+
 class ConfigError(ValueError):
     """An invalid experiment configuration; the message names the key."""
 
@@ -148,7 +151,8 @@ class ModelSection:
         _check(self.task is None or self.task in TASKS, "model.task", f"must be one of {list(TASKS)}")
         _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
                "must be float32, bfloat16 or float16")
-        _check(self.num_labels >= 2, "model.num_labels", "must be at least 2")
+        # Bounded: the classifier head is num_labels × hidden, built before anything else could object.
+        _check(2 <= self.num_labels <= MAX_NUM_LABELS, "model.num_labels", f"must be between 2 and {MAX_NUM_LABELS}")
         _check(0.0 <= self.cache_fraction <= 0.95, "model.cache_fraction", "must be in [0, 0.95]")
         _check(self.cache_gib is None or self.cache_gib >= 0, "model.cache_gib", "must be >= 0 or null")
 

@@ -708,6 +708,8 @@ class ParetoSearch:
             state = json.loads((d / _STATE_JSON).read_text())
         except json.JSONDecodeError as e:
             raise SearchError(f"search state {str(d / _STATE_JSON)!r} is not valid JSON: {e}") from None
+        if not isinstance(state, dict):
+            raise SearchError(f"search state {str(d / _STATE_JSON)!r} is not a JSON object")
         if state.get("version") != STATE_VERSION:
             raise SearchError(f"search state version {state.get('version')!r} is not {STATE_VERSION}")
         space.check_same(state["space"], what=f"search state {str(d)!r}")

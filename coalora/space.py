@@ -113,16 +113,16 @@ def _normalise_options(options: Mapping[str, Sequence[Any]] | None) -> dict[str,
         values = tuple(options.get(knob, DEFAULT_OPTIONS[knob]))
         if not values:
             raise SpaceError(f"option list for '{knob}' is empty")
-        if len(set(values)) != len(values):
-            raise SpaceError(f"option list for '{knob}' has duplicates: {list(values)}")
-        for v in values:
+        for v in values:  # each value first: a list or mapping among them cannot even be compared
             if knob == "scale2_dtype":
-                if v not in DTYPE_BITS:
+                if not isinstance(v, str) or v not in DTYPE_BITS:
                     raise SpaceError(f"scale2_dtype option {v!r} is not one of {sorted(DTYPE_BITS)}")
             elif isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise SpaceError(f"option {v!r} for '{knob}' must be a positive integer")
             elif knob in ("bits", "scale_bits") and not 1 <= v <= 8:
                 raise SpaceError(f"option {v} for '{knob}' must be between 1 and 8 bits")
+        if len(set(values)) != len(values):
+            raise SpaceError(f"option list for '{knob}' has duplicates: {list(values)}")
         out[knob] = tuple(int(v) if knob != "scale2_dtype" else str(v) for v in values)
     return out
 

@@ -101,6 +101,10 @@ def _checked_table(path: Location, schema: pa.Schema) -> list[dict[str, Any]]:
     missing = [f.name for f in schema if f.name not in table.column_names and f.name not in optional]
     if missing:
         raise RunDirError(f"{path}: missing column(s) {missing}")
+    if "round" in table.column_names and not pa.types.is_integer(table.schema.field("round").type):
+        raise RunDirError(f"{path}: column 'round' holds {table.schema.field('round').type}, not integers")
+    if "round" in table.column_names and table.column("round").null_count:
+        raise RunDirError(f"{path}: {table.column('round').null_count} row(s) without a round")
     return table.to_pylist()
 
 
@@ -274,6 +278,6 @@ class RunStore:
                 (Path(tmp) / name).write_bytes(blob)
             try:
                 ParetoSearch.load(tmp, space)
-            except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:
+            except (ValueError, KeyError, TypeError, AttributeError, OSError, pa.ArrowException) as e:
                 raise RunDirError(f"{where}: damaged search state ({type(e).__name__}: {e})".replace(tmp, str(where))) \
                     from None

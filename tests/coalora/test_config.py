@@ -148,3 +148,12 @@ def test_run_name_must_be_one_plain_path_component(name):
 @pytest.mark.parametrize("name", ["default", "study-minilm", "qwen2.5-3b-c4", "A_1", "x" * 100])
 def test_plain_run_names_pass(name):
     assert config_from_dict({"run": {"name": name}}).run.name == name
+
+
+def test_num_labels_is_bounded_before_a_head_of_that_size_is_built():
+    """2**31 - 1 labels once filled 24 GB building the classifier head before anything objected."""
+    from coalora.config import MAX_NUM_LABELS, ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"model.num_labels: must be between 2 and {MAX_NUM_LABELS}"):
+        load_config(None, ["model.num_labels=2147483647"])
+    assert load_config(None, [f"model.num_labels={MAX_NUM_LABELS}"]).model.num_labels == MAX_NUM_LABELS

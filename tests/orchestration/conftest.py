@@ -1,52 +1,11 @@
-"""Fixtures shared by the orchestration tests: one undisturbed smoke run that other runs must reproduce."""
+"""Fixtures shared by the orchestration tests: a multi-node cluster on this machine.
+
+The reference smoke run that other runs must reproduce (``reference``, ``smoke_config``) lives in
+``tests/conftest.py``: the fuzz suite uses it too.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
-
-
-def smoke_config(out_dir, name: str, *extra: str):
-    from coalora.config import load_config
-
-    return load_config(SMOKE, [f"run.out_dir={out_dir}", f"run.name={name}", *extra])
-
-
-@pytest.fixture(scope="session")
-def smoke_runs(tmp_path_factory):
-    return tmp_path_factory.mktemp("runs")
-
-
-@pytest.fixture(scope="session")
-def reference(ray_local, smoke_runs):
-    """The smoke run (2 rounds, 2 Ray Train workers, 2 evaluators) on the local Ray, with a fault: one
-    evaluator is killed half-way through round 1's evaluation. Returns ``(run_dir, summary, fault)``.
-
-    Everything is seeded, so every other run of this configuration (undisturbed, resumed after a killed
-    driver, on several nodes) must end with the same archive; an undisturbed one equal to this is what
-    shows the killed evaluator lost nothing (``test_concurrent.py``).
-    """
-    import ray
-
-    from orchestration.loop import Orchestrator
-
-    fault: dict = {"killed_at": None}
-    orch = None
-
-    def kill_one(k, done, total):
-        if k == 1 and fault["killed_at"] is None and done < total:
-            ray.kill(orch.pool.actors[0])
-            fault["killed_at"] = done
-
-    cfg = smoke_config(smoke_runs, "ref")
-    orch = Orchestrator(cfg, smoke_runs / "ref", say=lambda s: None, on_eval_progress=kill_one)
-    summary = orch.run()
-    fault["spawned"] = orch.pool.spawned
-    return smoke_runs / "ref", summary, fault
 
 
 class ClusterOnThisMachine:

@@ -178,7 +178,7 @@ def test_a_cluster_side_error_is_found_under_rays_wrapping(ray_local):
 
 def test_a_resumed_run_records_its_overrides(tmp_path):
     from orchestration.loop import Orchestrator
-    from tests.orchestration.conftest import smoke_config
+    from tests.conftest import smoke_config
 
     store = RunStore(tmp_path / "r")
     store.create("r", "# made by hand\nrun: {name: r}\n")
