@@ -635,7 +635,7 @@ def allocate(
     elif method == "greedy":
         choice = _greedy(err, space, cand, budget)
     else:
-        # check_budget lets a budget a hair under min_bits through; the solver must not see it infeasible.
+        # check_budget refuses anything under min_bits; the max only guards the solver's own tolerance.
         rhs = max(budget, space.min_bits)
         if not prune:
             cand = [np.arange(space.n_options)] * space.n_matrices
@@ -681,7 +681,7 @@ def budget_grid(space: QuantSpace, n: int = 20, lo: float = 2.25, hi: float = 7.
     if lo > hi:
         raise SpaceError(
             f"budget range [{lo}, {hi}] does not meet the attainable range "
-            f"[{space.min_bits:.4f}, {space.max_bits:.4f}] of this space"
+            f"{space.attainable_range()} of this space"
         )
     return np.linspace(lo, hi, n)
 

@@ -146,7 +146,7 @@ def cmd_space(args: argparse.Namespace) -> int:
     print(f"options per matrix: {info['options_per_matrix']}  (family {info['family']})")
     for knob, values in info["options"].items():
         print(f"  {knob:13s} {values}")
-    print(f"attainable average bits: {info['min_bits']:.4f} .. {info['max_bits']:.4f}")
+    print(f"attainable average bits: {space.attainable_range()}")  # exact, never rounded inside
     _print_table(info["matrices"], ["name", "layer", "module_type", "shape"])
     return 0
 

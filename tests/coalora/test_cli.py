@@ -179,6 +179,8 @@ def test_space_command(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["n_matrices"] == 12 and info["options_per_matrix"] == 432
     assert info["min_bits"] == pytest.approx(2.0322265625)
+    assert main(["space", "--model", "tiny-bert"]) == 0
+    assert "attainable average bits: [2.0322265625, 8.625]\n" in capsys.readouterr().out  # exact, not 2.0322
     assert main(["space", "--model", "no-such-model"]) == 2
     assert "is not a known short name" in _err(capsys)
 
