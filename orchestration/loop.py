@@ -237,7 +237,8 @@ class Orchestrator:
         if not self.keep_evaluators:
             self.pool.shutdown()  # their resources go to the training workers
         metrics = train_round(cfg, k, trainset, prev, store.checkpoint_dir(k), self.storage, cfg.run.name,
-                              backend=self.backend, announce=first, on_start=self._record_processes)
+                              backend=self.backend, announce=first,
+                              on_tick=self._record_processes if self.record is not None else None)
         t_train = time.perf_counter() - t0
         attempts = int(metrics.get("train_attempts", 1))
         if attempts > 1:

@@ -25,6 +25,7 @@ from coalora.models import LoadedModel, ModelError
 from coalora.quant import QuantError
 from coalora.space import QuantSpace, SpaceError
 from coalora.storage import Location, StorageError, is_uri, open_location
+from orchestration.resources import PlanError
 from orchestration.store import RunDirError, RunStore
 
 # Settings a run may change when it resumes: how long it runs and what it runs on. Anything else
@@ -44,8 +45,8 @@ class InputError(ValueError):
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input (one line, exit 2), wherever in the run they surface."""
-    return (InputError, ConfigError, StorageError, RunDirError, SpaceError, ModelError, DataError, CheckpointError,
-            CheckpointMismatchError, AllocationError, QuantError, ExportError)
+    return (InputError, ConfigError, StorageError, RunDirError, PlanError, SpaceError, ModelError, DataError,
+            CheckpointError, CheckpointMismatchError, AllocationError, QuantError, ExportError)
 
 
 @dataclass

@@ -36,22 +36,6 @@ def on_this_node() -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
-@ray.remote(num_cpus=0)
-class AttemptCounter:
-    """How many times the round's training started: Ray Train restarts the worker group after a worker
-    (or its node) dies, and the round records how often that happened."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self) -> int:
-        self.n += 1
-        return self.n
-
-    def count(self) -> int:
-        return self.n
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: experiment dict, trainset, steps, previous checkpoint ref."""
     import torch
@@ -65,8 +49,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if rank == 0 and config.get("attempts") is not None:
-        ray.get(config["attempts"].add.remote())
+    if rank == 0 and config.get("attempts_dir"):
+        # One marker per start of the training function: the driver counts them (Ray Train restarts
+        # the worker group after a worker or its node dies). No actor: a file costs no process.
+        import uuid
+
+        from coalora.storage import open_location
+
+        (open_location(config["attempts_dir"]) / uuid.uuid4().hex).write_text(f"{time.time()}\n")
     cfg = config_from_dict(config["experiment"])
     device = torch.device(local_device(train_worker=True).device)
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
@@ -139,7 +129,7 @@ def train_round(
     *,
     backend: str = "gloo",
     announce: bool = False,
-    on_start: Callable[[], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Fit one round and copy its checkpoint to ``out``. Returns the round's training metrics.
 
@@ -147,16 +137,18 @@ def train_round(
         storage: Ray Train's storage for this run (every node must reach it on a multi-node cluster).
         backend: torch.distributed backend of the workers (``orchestration.devices.collective_backend``).
         announce: print each worker's memory plan to the console (else only to the log).
-        on_start: called once the workers have started (the driver records their processes).
+        on_tick: called every few seconds while the round trains (the driver records its processes).
 
-    The metrics include ``train_attempts``: 1, plus one per restart of the worker group.
+    The metrics include ``train_attempts``: how many times the training function started (1, plus
+    one per restart of the worker group after a failure).
     """
     steps = cfg.run.steps_per_round or cfg.train.steps
     prev_ref = None
     if previous_checkpoint is not None:
         prev_ref = [ray.put(previous_checkpoint.read_files())]
     r = cfg.ray
-    attempts = AttemptCounter.options(scheduling_strategy=on_this_node()).remote()
+    attempts = storage / f"{run_name}-round{round_k}" / "coalora_attempts"
+    attempts.rmtree()  # a killed earlier try of this round is not this round's restart
     resources = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
         resources["GPU"] = r.gpus_per_worker
@@ -172,7 +164,7 @@ def train_round(
             "previous": prev_ref,
             "threads": max(1, int(r.cpus_per_worker)),
             "announce": announce,
-            "attempts": attempts,
+            "attempts_dir": attempts.uri,
         },
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
@@ -187,12 +179,8 @@ def train_round(
         ),
     )
     t0 = time.perf_counter()
-    if on_start is None:
-        result = trainer.fit()
-    else:
-        result = _fit_watching(trainer, attempts, on_start)
-    metrics_extra = {"train_attempts": max(1, ray.get(attempts.count.remote()))}
-    ray.kill(attempts)
+    result = trainer.fit() if on_tick is None else _fit_ticking(trainer, on_tick)
+    metrics_extra = {"train_attempts": max(1, len(list(attempts.iterdir())))}
     ckpt = result.checkpoint
     if ckpt is None:
         raise RuntimeError(f"round {round_k}: training finished without a checkpoint")
@@ -205,24 +193,17 @@ def train_round(
     return metrics
 
 
-def _fit_watching(trainer: TorchTrainer, attempts: Any, on_start: Callable[[], None]) -> Any:
-    """``trainer.fit()``, calling ``on_start`` each time a new attempt has begun (from a thread: fit blocks)."""
+def _fit_ticking(trainer: TorchTrainer, on_tick: Callable[[], None], every_s: float = 2.0) -> Any:
+    """``trainer.fit()``, calling ``on_tick`` every ``every_s`` seconds from a thread (fit blocks)."""
     import threading
 
     done = threading.Event()
 
-    def watch() -> None:
-        seen = 0
-        while not done.wait(1.0):
-            try:
-                n = ray.get(attempts.count.remote(), timeout=5)
-            except Exception:  # the counter is gone once fit returns; nothing to record then
-                return
-            if n > seen:
-                seen = n
-                on_start()
+    def tick() -> None:
+        while not done.wait(every_s):
+            on_tick()
 
-    t = threading.Thread(target=watch, daemon=True)
+    t = threading.Thread(target=tick, daemon=True)
     t.start()
     try:
         return trainer.fit()

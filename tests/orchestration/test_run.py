@@ -115,9 +115,11 @@ def test_bad_yaml_exits_2_with_one_line_and_writes_nothing(tmp_path, text, messa
 def test_existing_run_dir_is_refused(tmp_path):
     (tmp_path / "runs" / "smoke").mkdir(parents=True)
     (tmp_path / "runs" / "smoke" / "archive.parquet").write_text("keep me")
-    res = _run_cli("--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    assert res.returncode == 2 and "exists; pass --resume" in res.stderr
-    assert (tmp_path / "runs" / "smoke" / "archive.parquet").read_text() == "keep me"
+    for extra in ((), ("--overwrite",)):
+        res = _run_cli("--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", *extra, cwd=tmp_path)
+        # Not marked as a coalora run: neither resumed nor offered to be overwritten.
+        assert res.returncode == 2 and "is not a coalora run" in res.stderr, res.stderr
+        assert (tmp_path / "runs" / "smoke" / "archive.parquet").read_text() == "keep me"
 
 
 def test_report_best_per_budget_picks_lowest_loss_under_budget():
