@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs every test of the reference smoke run (a session fixture, made once per worker).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference")]
 
 # Columns that legitimately differ between runs: who evaluated a configuration and how long it took.
 VOLATILE = ("actor", "seconds")
