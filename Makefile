@@ -30,11 +30,8 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(PY) orchestration/run.py $(ARGS)
 
-# Two pytest workers: half the suite's time is Ray starting and waiting, not computing, so two at once
-# fit on 2 cores. Tests sharing an expensive session fixture (the reference smoke run) share a worker
-# (xdist_group); everything else goes wherever a worker is free.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/quant_speed.py --quick

@@ -15,33 +15,6 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
-# ---------------------------------------------------------------------- fuzz case count
-def _fuzz_cases():
-    from tests.fuzz.conftest import CASES
-
-    return CASES
-
-
-def pytest_sessionfinish(session):
-    """In a pytest-xdist worker, hand the fuzz cases it ran to the controller."""
-    out = getattr(session.config, "workeroutput", None)
-    if out is not None:
-        out["fuzz_cases"] = dict(_fuzz_cases())
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    _fuzz_cases().update(getattr(node, "workeroutput", {}).get("fuzz_cases", {}))
-
-
-def pytest_terminal_summary(terminalreporter):
-    cases = _fuzz_cases()
-    if cases:
-        terminalreporter.write_sep("-", f"fuzz: {sum(cases.values())} cases")
-        for name, n in sorted(cases.items()):
-            terminalreporter.write_line(f"{n:6d}  {name}")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     import torch

@@ -50,8 +50,12 @@ def examples(n: int) -> int:
     return max(1, int(n * float(os.environ.get("FUZZ_SCALE", "1"))))
 
 
-# The count is printed at the end of the run by tests/conftest.py (which also gathers it from the
-# pytest-xdist workers: this conftest is not loaded in xdist's controller).
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if CASES:
+        total = sum(CASES.values())
+        terminalreporter.write_sep("-", f"fuzz: {total} cases")
+        for name, n in sorted(CASES.items()):
+            terminalreporter.write_line(f"{n:6d}  {name}")
 
 
 # ----------------------------------------------------------------------------------- the contract

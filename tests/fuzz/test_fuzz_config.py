@@ -33,9 +33,6 @@ from tests.fuzz.conftest import (
     values,
 )
 
-# One xdist worker runs every test that needs the tiny checkpoint (a session fixture, made once per xdist worker).
-pytestmark = pytest.mark.xdist_group("fuzz")
-
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 

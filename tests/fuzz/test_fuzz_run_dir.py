@@ -36,9 +36,6 @@ from tests.fuzz.conftest import (
     values,
 )
 
-# One xdist worker runs every test that needs the reference smoke run (a session fixture, made once per xdist worker).
-pytestmark = pytest.mark.xdist_group("reference")
-
 # What a resume reads first; the rest (plots, logs, Ray Train's copies) is mutated less often.
 READ_ON_RESUME = ["rounds.parquet", "archive.parquet", "config.yaml", "coalora-run.json", "trainset/round_0.json",
                   "trainset/round_1.json", "checkpoints/round_1/meta.json", "checkpoints/round_1/trainable.safetensors",

@@ -19,8 +19,7 @@ import pytest
 from tests.orchestration.test_run import _stable
 
 ROOT = Path(__file__).resolve().parents[2]
-# One xdist worker runs every test of the reference smoke run (a session fixture, made once per worker).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference")]
+pytestmark = pytest.mark.slow
 CHATTER = ("Checkpoint successfully created", "Reporting training result", "core_worker.cc", "Requesting resources",
            "Found multiple active Ray instances", "Exception in thread", "Traceback")
 

@@ -33,8 +33,7 @@ from tests.orchestration.conftest import ClusterOnThisMachine
 from tests.orchestration.test_run import _stable
 
 ROOT = Path(__file__).resolve().parents[2]
-# One xdist worker runs every test of the reference smoke run (a session fixture, made once per worker).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference")]
+pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def s3(s3_server):
     """The runs URI in a bucket of the session's S3 server on loopback."""

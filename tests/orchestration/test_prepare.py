@@ -17,9 +17,6 @@ import pytest
 from orchestration.run import main as run_main
 from orchestration.store import MARKER, RunStore
 
-# One xdist worker runs every test that needs the reference smoke run (a session fixture, made once per xdist worker).
-pytestmark = pytest.mark.xdist_group("reference")
-
 
 def tree_hash(root: Path) -> dict[str, str]:
     """Every file and directory under ``root``: relative path → sha256 of its bytes (``dir`` for folders)."""

@@ -19,8 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# One xdist worker runs every test of the reference smoke run (a session fixture, made once per worker).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reference")]
+pytestmark = pytest.mark.slow
 
 # Columns that legitimately differ between runs: who evaluated a configuration and how long it took.
 VOLATILE = ("actor", "seconds")
