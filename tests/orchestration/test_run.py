@@ -102,23 +102,35 @@ def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         ("model: [1, 2\n", "malformed YAML"),
     ],
 )
-def test_bad_yaml_exits_2_with_one_line_and_writes_nothing(tmp_path, text, message):
+def test_bad_yaml_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, text, message):
+    # In-process (run.py checks everything before Ray starts); one case below goes through a real process.
+    from orchestration.run import main as run_main
+
     (tmp_path / "bad.yaml").write_text(text)
-    res = _run_cli("--config", str(tmp_path / "bad.yaml"), "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], res.stderr
-    assert "Traceback" not in res.stderr
+    assert run_main(["--config", str(tmp_path / "bad.yaml"), "--set", f"run.out_dir={tmp_path / 'runs'}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "runs").exists()
 
 
-def test_existing_run_dir_is_refused(tmp_path):
+def test_bad_yaml_through_the_command_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
+    res = _run_cli("--config", str(tmp_path / "bad.yaml"), "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "malformed YAML" in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_dir_is_refused(tmp_path, capsys):
+    from orchestration.run import main as run_main
+
     (tmp_path / "runs" / "smoke").mkdir(parents=True)
     (tmp_path / "runs" / "smoke" / "archive.parquet").write_text("keep me")
     for extra in ((), ("--overwrite",)):
-        res = _run_cli("--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", *extra, cwd=tmp_path)
+        assert run_main(["--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", *extra]) == 2
         # Not marked as a coalora run: neither resumed nor offered to be overwritten.
-        assert res.returncode == 2 and "is not a coalora run" in res.stderr, res.stderr
+        assert "is not a coalora run" in capsys.readouterr().err
         assert (tmp_path / "runs" / "smoke" / "archive.parquet").read_text() == "keep me"
 
 
@@ -163,15 +175,18 @@ def test_evaluate_from_run_scores_its_last_training_set(reference, capsys):
     assert all(np.isfinite(r["loss"]) for r in rows)
 
 
-def test_relative_out_dir_inside_a_jobs_working_dir_is_refused(tmp_path):
+def test_relative_out_dir_inside_a_jobs_working_dir_is_refused(tmp_path, monkeypatch, capsys):
     """Under `ray job submit` the driver runs in the job's unpacked working_dir, which Ray deletes with the
     job: a relative run.out_dir there would lose the run, so it is one line and exit 2 before Ray starts."""
+    from orchestration.run import main as run_main
+
     job_dir = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
     job_dir.mkdir(parents=True)
-    res = _run_cli("--smoke-test", cwd=job_dir)
-    assert res.returncode == 2, res.stderr
-    (line,) = res.stderr.strip().splitlines()
+    monkeypatch.chdir(job_dir)
+    assert run_main(["--smoke-test"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
     assert "run.out_dir=runs is relative" in line and "which Ray deletes with the job" in line
     assert not (job_dir / "runs").exists()
-    res = _run_cli("--smoke-test", "--set", "run.out_dir=s3://", cwd=job_dir)
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert run_main(["--smoke-test", "--set", "run.out_dir=s3://"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
