@@ -151,8 +151,12 @@ def test_smoke_run_on_s3_killed_after_round_0_resumes_to_the_same_archive(cluste
         # A worker prints its memory plan once its training function runs (the round's attempt is counted).
         lines.wait_for("[round 1] train worker", proc)
         _kill_node_running(cluster, "RayTrainWorker")  # mid-training
+        # The evaluators' node too, if they were elsewhere: an evaluation takes well under a second here,
+        # so the pool must find them dead when it starts rather than race a kill; their calls fail.
+        if _nodes_running(cluster, "EvaluatorActor"):
+            _kill_node_running(cluster, "EvaluatorActor")
         lines.wait_for("round 2/2 | train done", proc)
-        _kill_node_running(cluster, "EvaluatorActor")  # mid-evaluation (or its replacement, starting)
+        _kill_node_running(cluster, "EvaluatorActor")  # a replacement's node, while the evaluation waits on it
         proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
