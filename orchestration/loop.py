@@ -101,13 +101,15 @@ class Orchestrator:
         resume_overrides: the ``--set`` values a resumed run applied; recorded in its ``config.yaml``.
         record_processes: keep ``<run>/ray_processes.json`` (:mod:`orchestration.leftovers`); only for a
             driver that started its own local Ray, since every process it started is recorded.
+        validated_rounds: the complete rounds of a resumed run whose directory the caller has just
+            validated (run.py does, before Ray starts); None validates it here.
     """
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike | Location, resume: bool = False,
                  say: Callable[[str], None] = print,
                  on_eval_progress: Callable[[int, int, int], None] | None = None,
                  log_file: Path | None = None, base: Any = None, resume_overrides: Sequence[str] = (),
-                 record_processes: bool = False) -> None:
+                 record_processes: bool = False, validated_rounds: int | None = None) -> None:
         self.cfg = cfg
         self.store = RunStore(run_dir)
         self.resume = resume
@@ -117,6 +119,7 @@ class Orchestrator:
         self.base = base
         self.resume_overrides = list(resume_overrides)
         self.record_processes = record_processes
+        self.validated_rounds = validated_rounds
         self.record: ProcessRecord | None = None
         self.progress = Progress(cfg.run.rounds, say)
         # Ray Train's own storage lives inside the run: a round name reused by another run (or by an
@@ -159,7 +162,8 @@ class Orchestrator:
         space = build_space(cfg, loaded.model)  # checks every bits setting against the space
         start = 0
         if self.resume:
-            start = store.validate(space)  # everything it reads is whole before anything is deleted
+            # Everything a resume reads is whole before anything is deleted (once: run.py checked already).
+            start = store.validate(space) if self.validated_rounds is None else self.validated_rounds
             store.truncate_to(start)
             if self.resume_overrides:
                 self._record_overrides()

@@ -20,7 +20,7 @@ from coalora.checkpoint import CheckpointError
 from coalora.config import ConfigError, ExperimentConfig, load_config
 from coalora.data import DataError
 from coalora.export import ExportError
-from coalora.lora import CheckpointMismatchError
+from coalora.lora import CheckpointMismatchError, check_rank
 from coalora.models import LoadedModel, ModelError
 from coalora.quant import QuantError
 from coalora.space import QuantSpace, SpaceError
@@ -145,7 +145,7 @@ def prepare(config: str | None, overrides: Sequence[str], *, resume: str | None 
 
     loaded = load_base(cfg)
     space = build_space(cfg, loaded.model)  # checks every bits setting against the space
-    _check_rank(cfg, space)
+    check_rank(cfg.lora.rank, space)  # LoRA's rank must fit every target matrix
     completed = store.validate(space) if resume else 0
     if resume and completed > cfg.run.rounds:
         raise InputError(f"run.rounds={cfg.run.rounds} is less than the {completed} round(s) this run completed")
@@ -155,14 +155,6 @@ def prepare(config: str | None, overrides: Sequence[str], *, resume: str | None 
         load_data(cfg, loaded.tokenizer, loaded.task)  # a user's file: its problems are found here, not mid-round
     return Prepared(cfg, run_dir, bool(resume), overwrite, loaded, space, completed,
                     list(overrides) if resume else [])
-
-
-def _check_rank(cfg: ExperimentConfig, space: QuantSpace) -> None:
-    """LoRA's rank must fit every target matrix (a larger one would try to allocate absurd factors)."""
-    smallest = min(space.matrices, key=lambda m: min(m.shape))
-    if cfg.lora.rank > min(smallest.shape):
-        raise ConfigError(f"lora.rank: {cfg.lora.rank} is larger than the smaller side of target matrix "
-                          f"{smallest.name} {tuple(smallest.shape)}; use at most {min(smallest.shape)}")
 
 
 def _is_local_data_file(cfg: ExperimentConfig) -> bool:

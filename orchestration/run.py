@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         from orchestration.loop import Orchestrator
 
         orch = Orchestrator(cfg, run_dir, resume=prep.resume, say=console.say, log_file=console.log_path,
-                            base=prep.loaded, resume_overrides=prep.overrides, record_processes=own_ray)
+                            base=prep.loaded, resume_overrides=prep.overrides, record_processes=own_ray,
+                            validated_rounds=prep.completed if prep.resume else None)
         del prep
         try:
             orch.preflight()
