@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 
@@ -54,7 +53,7 @@ def core_stats(model: Any, configs: np.ndarray) -> tuple[float, float]:
     """(mean ‖M − I‖_F/√r, mean ‖M − mean_C M‖_F/√r) of U_θ's cores on ``(B, N, 5)`` configurations."""
     import torch
 
-    from coalora.hypernet import as_index_tensor
+    from coalora.model.hypernet import as_index_tensor
 
     if model.hypernet is None:
         return 0.0, 0.0
@@ -76,10 +75,10 @@ def main() -> None:
     p.add_argument("--results", default="benchmarks/results", help="where the CSV/JSON results go")
     args = p.parse_args()
     _bench.setup_threads(args.threads)
-    from coalora.config import load_config
-    from coalora.evaluate import evaluate
-    from coalora.experiment import load_data, random_configs
-    from coalora.methods import load_adapted, train_method
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.evaluate import evaluate
+    from coalora.pipeline.experiment import load_data, random_configs
+    from coalora.pipeline.methods import load_adapted, train_method
 
     base = list(args.set)
     if args.quick:

@@ -11,7 +11,7 @@ Qwen2.5-3B (random weights from ``transformers`` configs: no download, no networ
 - ``quantize_config``: seconds to fake-quantize one whole configuration (about 3 bits, every matrix its
   own option) of a Qwen2.5-3B-shaped model: shapes from the model built on the ``meta`` device, random
   bf16 matrices of those shapes made on the device one at a time and freed after use.
-- ``set_config/<model>``: the same through :class:`coalora.lora.CoaModel` (cold cache: every matrix
+- ``set_config/<model>``: the same through :class:`coalora.model.lora.CoaModel` (cold cache: every matrix
   quantized into the weight cache).
 - ``train/<model>/{coa,peft}``: one bf16 training step (forward under autocast, backward, clip, AdamW;
   one configuration per step) of coalora's ``coa`` model (U_θ, the paper config's rank 64) against a
@@ -50,19 +50,16 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # coalora without installing it
 
 import _bench  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from coalora.quant import fake_quantize, quantize  # noqa: E402
-from coalora.space import DEFAULT_OPTIONS, FAMILIES, KNOBS, QuantOption, QuantSpace, TargetMatrix  # noqa: E402
+from coalora.core.quant import fake_quantize, quantize  # noqa: E402
+from coalora.core.space import DEFAULT_OPTIONS, FAMILIES, KNOBS, QuantOption, QuantSpace, TargetMatrix  # noqa: E402
 
 MIB = 1024**2
 DTYPE = torch.bfloat16
@@ -302,7 +299,7 @@ def make_batch(case: ModelCase, shape: tuple[int, int], device: torch.device, se
 
 def make_step(model: torch.nn.Module, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
               batch: dict[str, torch.Tensor], autocast: Callable[[], Any]) -> Callable[[], None]:
-    """One training step as coalora.train runs it (float32 loss, backward outside autocast, clip 1.0)."""
+    """One training step as coalora.pipeline.train runs it (float32 loss, backward outside autocast, clip 1.0)."""
 
     def step() -> None:
         model.train()
@@ -332,11 +329,11 @@ def coa_arm(base: torch.nn.Module, space: QuantSpace, cfg: np.ndarray, case: Mod
             train_batch: dict[str, torch.Tensor], eval_batch: dict[str, torch.Tensor]) -> Arm:
     import contextlib
 
-    from coalora.config import TrainSection
-    from coalora.hypernet import HypernetConfig
-    from coalora.lora import CoaModel, LoraSettings
-    from coalora.memory import plan_memory
-    from coalora.train import make_optimizer, trainable_parameters
+    from coalora.pipeline.config import TrainSection
+    from coalora.model.hypernet import HypernetConfig
+    from coalora.model.lora import CoaModel, LoraSettings
+    from coalora.model.memory import plan_memory
+    from coalora.pipeline.train import make_optimizer, trainable_parameters
 
     torch.manual_seed(0)
     coa = CoaModel(base, space, LoraSettings(rank=case.rank, alpha=case.alpha), HypernetConfig(), cache_bytes=0)
@@ -370,7 +367,7 @@ def peft_arm(base: torch.nn.Module, space: QuantSpace, cfg: np.ndarray, case: Mo
              train_batch: dict[str, torch.Tensor], eval_batch: dict[str, torch.Tensor]) -> Arm:
     from peft import LoraConfig, get_peft_model
 
-    from coalora.lora import autocast_for
+    from coalora.model.lora import autocast_for
 
     with torch.no_grad():  # the same quantized base as the coa model's cache holds, bit for bit
         for m, row in zip(space.matrices, cfg):

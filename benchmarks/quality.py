@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 
@@ -35,10 +34,10 @@ def main() -> None:
     p.add_argument("--split", default="test", choices=["validation", "test"])
     args = p.parse_args()
     _bench.setup_threads(args.threads)
-    from coalora.config import load_config
-    from coalora.evaluate import evaluate
-    from coalora.experiment import load_base, load_data, random_configs
-    from coalora.methods import load_adapted, per_config_checkpoints, train_method
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.evaluate import evaluate
+    from coalora.pipeline.experiment import load_data, random_configs
+    from coalora.pipeline.methods import load_adapted, per_config_checkpoints, train_method
 
     overrides = list(args.set)
     if args.quick:

@@ -1,10 +1,10 @@
-"""Quantizer throughput: coalora.quant vs bitsandbytes on the same matrices, one thread.
+"""Quantizer throughput: coalora.core.quant vs bitsandbytes on the same matrices, one thread.
 
 For each matrix and each (bits, block), with the other knobs at QLoRA's double-quantization
 defaults (8-bit scale codes, block2 256, fp32 s1), it times:
 
-- ``fake``: ``coalora.quant.fake_quantize`` (quantize + dequantize, the training hot path);
-- ``quantize``: ``coalora.quant.quantize`` (the stored form: uint8 codes, scale codes, s1);
+- ``fake``: ``coalora.core.quant.fake_quantize`` (quantize + dequantize, the training hot path);
+- ``quantize``: ``coalora.core.quant.quantize`` (the stored form: uint8 codes, scale codes, s1);
 - ``bnb``: bitsandbytes' own quantizer at the same block size, where it has one: ``quantize_4bit``
   (NF4) for 4 bits, ``quantize_blockwise`` (8-bit dynamic map) for 8 bits; plain fp32 absmax
   (``bnb``) and with its double quantization of the absmax (``bnb_dq``: ``compress_statistics`` /
@@ -22,11 +22,8 @@ several times per sample) and ratios ours/bnb from the same run.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _bench import emit, interleaved_medians, parser, setup_threads  # noqa: E402
 
@@ -92,8 +89,8 @@ def main() -> None:
     setup_threads(args.threads)
     import torch
 
-    from coalora.quant import fake_quantize, quantize
-    from coalora.space import QuantOption
+    from coalora.core.quant import fake_quantize, quantize
+    from coalora.core.space import QuantOption
 
     repeats = 2 if args.quick else 7
     per_sample = TARGET_WEIGHTS_PER_SAMPLE // 4 if args.quick else TARGET_WEIGHTS_PER_SAMPLE
@@ -127,7 +124,7 @@ def main() -> None:
                 }
                 rows.append(row)
     emit(
-        "coalora.quant vs bitsandbytes quantizer throughput (Mparams/s, median)",
+        "coalora.core.quant vs bitsandbytes quantizer throughput (Mparams/s, median)",
         rows,
         args.json,
         meta={

@@ -11,11 +11,7 @@ cores; one actor within 5 % of in-process.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _bench  # noqa: E402
 
@@ -30,9 +26,9 @@ def main() -> None:
     import numpy as np
     import ray
 
-    from coalora.config import load_config
-    from coalora.evaluate import evaluate_one
-    from coalora.experiment import build_adapted, load_base, load_data
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.evaluate import evaluate_one
+    from coalora.pipeline.experiment import build_adapted, load_base, load_data
     from orchestration.evaluators import EvaluatorPool
 
     overrides = ["ray.cpus_per_evaluator=1", "ray.configs_per_call=1"]

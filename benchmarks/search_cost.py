@@ -27,20 +27,19 @@ Each figure is the median of ``--repeats`` runs (1 by default: single runs take 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _bench  # noqa: E402  (sets OMP_NUM_THREADS before torch is imported)
 import numpy as np  # noqa: E402
 
-from coalora.search import ParetoSearch, SearchSettings, fd_walk  # noqa: E402
-from coalora.space import ROBERTA_LARGE_SHAPES, space_from_shapes  # noqa: E402
+from coalora.search.pareto_search import ParetoSearch  # noqa: E402
+from coalora.search.settings import SearchSettings  # noqa: E402
+from coalora.search.moves import fd_walk  # noqa: E402
+from coalora.core.space import ROBERTA_LARGE_SHAPES, space_from_shapes  # noqa: E402
 
 
 def main() -> None:

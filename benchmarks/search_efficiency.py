@@ -22,7 +22,7 @@ matter more, and some matrices matter a lot more than others).
 
 - ``synthetic``: 12 matrices, 24 options, ``e(c) = 2^−bits · (1 + 0.15·log2(block/16)) · (1 + 0.3·[scale_bits = 4])``.
 - ``minilm``: the 36 matrices of the real all-MiniLM-L6-v2 weights, every option of the space, e_i from
-  :func:`coalora.quant.quantization_error` on the full matrices.
+  :func:`coalora.core.quant.quantization_error` on the full matrices.
 - ``roberta``: RoBERTa-large shapes (144 matrices, 720 knob dimensions); synthetic weights, one
   ``64 × in`` Student-t slice per matrix with its own degrees of freedom (3 … 30, so block size matters
   more for heavy-tailed matrices); e_i measured on that slice. The full shapes give the bits.
@@ -46,14 +46,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import _bench  # noqa: E402  (sets OMP_NUM_THREADS before torch is imported)
 
 import numpy as np  # noqa: E402
 
-from coalora.pareto import ObjectiveBounds, non_dominated_mask  # noqa: E402
-from coalora.search import ParetoSearch, SearchSettings  # noqa: E402
-from coalora.space import MINILM_L6_SHAPES, ROBERTA_LARGE_SHAPES, QuantSpace, space_from_shapes  # noqa: E402
+from coalora.core.pareto import ObjectiveBounds, non_dominated_mask  # noqa: E402
+from coalora.search.pareto_search import ParetoSearch  # noqa: E402
+from coalora.search.settings import SearchSettings  # noqa: E402
+from coalora.core.space import MINILM_L6_SHAPES, ROBERTA_LARGE_SHAPES, QuantSpace, space_from_shapes  # noqa: E402
 
 QUICK_OPTIONS = {"bits": (2, 3, 4, 8), "scale_bits": (4, 8), "scale2_dtype": ("fp32",), "block": (16, 64),
                  "block2": (64, 256)}
@@ -70,7 +70,7 @@ def error_table(space: QuantSpace, weight_of: Any, tag: str) -> np.ndarray:
     """``(N, K)`` relative errors ``‖W − Q(W)‖/‖W‖`` of every matrix under every option (cached)."""
     import torch
 
-    from coalora.quant import quantization_error
+    from coalora.core.quant import quantization_error
 
     key = hashlib.sha1((tag + space.fingerprint()).encode()).hexdigest()[:16]
     path = _cache_dir() / f"errors-{tag}-{key}.npy"

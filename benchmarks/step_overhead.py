@@ -29,10 +29,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 
@@ -103,11 +101,11 @@ def main() -> None:
     _bench.setup_threads(args.threads)
     from peft import LoraConfig, get_peft_model
 
-    from coalora.hypernet import HypernetConfig
-    from coalora.lora import CoaModel, LoraSettings
-    from coalora.models import load_model
-    from coalora.quant import fake_quantize
-    from coalora.space import QuantSpace
+    from coalora.model.hypernet import HypernetConfig
+    from coalora.model.lora import CoaModel, LoraSettings
+    from coalora.model.loading import load_model
+    from coalora.core.quant import fake_quantize
+    from coalora.core.space import QuantSpace
 
     repeats = 5 if args.quick else 20
     batch_size, length = (8, 32) if args.quick else (args.batch, args.length)

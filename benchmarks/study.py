@@ -50,7 +50,6 @@ from typing import Any, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds")
 MINILM = "configs/study/minilm-rt.yaml"
@@ -171,7 +170,7 @@ class Study:
 
     def orchestrated(self, name: str, config: str, sets: list[str]) -> Path:
         """``python orchestration/run.py`` into ``runs/<study>/<name>``; resumed if it stopped midway."""
-        from coalora.config import load_config
+        from coalora.pipeline.config import load_config
 
         run_dir = self.runs / name
         args = self.sets(sets) + ["--set", f"run.name={name}", "--set", f"run.out_dir={self.runs}"]
@@ -219,8 +218,8 @@ def _fmt(v: Any) -> Any:
 
 
 def _completed_rounds(run_dir: Path) -> int:
-    from coalora.checkpoint import CheckpointError
-    from coalora.runs import last_round
+    from coalora.errors import CheckpointError
+    from coalora.pipeline.rundir import last_round
 
     try:
         return last_round(run_dir) + 1
@@ -247,9 +246,9 @@ def accuracy_hypervolume(acc: np.ndarray, bits: np.ndarray, bits_range: tuple[fl
     """Hypervolume of the (error = 1 − accuracy, bits) front, both minimised.
 
     Fixed normalisation for every method: error in [0, 0.5] (0.5 = chance on a balanced binary task),
-    bits in ``bits_range``, reference point (1.1, 1.1) (:class:`coalora.pareto.ObjectiveBounds`).
+    bits in ``bits_range``, reference point (1.1, 1.1) (:class:`coalora.core.pareto.ObjectiveBounds`).
     """
-    from coalora.pareto import ObjectiveBounds
+    from coalora.core.pareto import ObjectiveBounds
 
     return ObjectiveBounds((0.0, 0.5), bits_range, 0.1).hypervolume(1.0 - np.asarray(acc), np.asarray(bits))
 
@@ -298,7 +297,7 @@ def _table2_args(st: Study) -> tuple[Any, list[str], list[str]]:
     and ``baseline_seeds`` so both train and score the very same runs.
 
     A baseline trains as many steps as coa does over all its rounds (``run.rounds × steps per round``)."""
-    from coalora.config import load_config
+    from coalora.pipeline.config import load_config
 
     cfg = load_config(ROOT / MINILM, st.overrides_for())
     steps = cfg.run.rounds * (cfg.run.steps_per_round or cfg.train.steps)
@@ -395,7 +394,7 @@ def baseline_seeds(st: Study, seeds: list[int]) -> dict[str, Any]:
 
 
 def seen_unseen(st: Study, seeds: list[int]) -> dict[str, Any]:
-    from coalora.config import load_config
+    from coalora.pipeline.config import load_config
 
     cfg = load_config(ROOT / MINILM, st.overrides_for())
     rows_out, summary = [], []
@@ -444,7 +443,7 @@ def seen_unseen(st: Study, seeds: list[int]) -> dict[str, Any]:
 
 
 def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
-    from coalora.config import load_config
+    from coalora.pipeline.config import load_config
 
     cfg = load_config(ROOT / MINILM, st.overrides_for())
     summary, curves = [], {}
@@ -482,7 +481,7 @@ def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
 
 
 def causal_lm(st: Study, seeds: list[int]) -> dict[str, Any]:
-    from coalora.config import load_config
+    from coalora.pipeline.config import load_config
 
     cfg = load_config(ROOT / SMOLLM, st.overrides_for(lm=True))
     budgets = [str(b) for b in cfg.eval.budgets]

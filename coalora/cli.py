@@ -23,28 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from coalora.errors import USER_ERRORS, UsageError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-class UsageError(Exception):
-    """A command line that cannot be carried out as given (an output path, a combination of options)."""
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from coalora.allocate import AllocationError
-    from coalora.checkpoint import CheckpointError
-    from coalora.config import ConfigError
-    from coalora.data import DataError
-    from coalora.export import ExportError
-    from coalora.lora import CheckpointMismatchError
-    from coalora.models import ModelError
-    from coalora.quant import QuantError
-    from coalora.space import SpaceError
-    from coalora.storage import StorageError
-
-    return (UsageError, ConfigError, SpaceError, CheckpointError, CheckpointMismatchError, ModelError, DataError,
-            AllocationError, QuantError, ExportError, StorageError, FileNotFoundError)
 
 
 # What marks a directory as an earlier coalora output, which --overwrite may replace.
@@ -130,9 +112,9 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None
 
 # ---------------------------------------------------------------------- space
 def cmd_space(args: argparse.Namespace) -> int:
-    from coalora.config import SpaceSection
-    from coalora.models import load_model
-    from coalora.space import QuantSpace
+    from coalora.pipeline.config import SpaceSection
+    from coalora.model.loading import load_model
+    from coalora.core.space import QuantSpace
 
     sec = SpaceSection(preset=args.preset, family=args.family)
     sec.validate()
@@ -153,8 +135,8 @@ def cmd_space(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from coalora.config import load_config
-    from coalora.methods import train_method
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.methods import train_method
 
     overrides = list(args.set or [])
     if args.method:
@@ -162,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
     except UnicodeDecodeError as e:  # a YAML file in another encoding: bad input, not a bug
-        from coalora.config import ConfigError
+        from coalora.errors import ConfigError
 
         raise ConfigError(f"{args.config} is not UTF-8 text ({e.reason} at byte {e.start + 1}); save it as UTF-8"
                           ) from None
@@ -187,7 +169,7 @@ def _read_config_json(path: str, space: Any, many: bool = False) -> Any:
     try:
         data = json.loads(p.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        from coalora.space import SpaceError
+        from coalora.errors import SpaceError
 
         raise SpaceError(f"{path} is not valid JSON: {e}") from None
     if isinstance(data, dict) and isinstance(data.get("trainset"), list):
@@ -205,8 +187,8 @@ def _read_config_json(path: str, space: Any, many: bool = False) -> Any:
 
 
 def _budget_config(model: Any, cfg: Any, budget: float) -> Any:
-    from coalora.allocate import allocate
-    from coalora.experiment import error_table_for
+    from coalora.allocation.knapsack import allocate
+    from coalora.pipeline.experiment import error_table_for
 
     model.space.check_budget(budget)
     err = error_table_for(cfg, model.model, model.space, progress=False)
@@ -216,12 +198,12 @@ def _budget_config(model: Any, cfg: Any, budget: float) -> Any:
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
     """The model of ``--checkpoint`` or of ``--run``'s last round; either may be a URI (``s3://...``),
     read through a local copy. ``args.checkpoint`` becomes the checkpoint's name as the user sees it."""
-    from coalora.methods import load_adapted
-    from coalora.models import cache_root
+    from coalora.pipeline.methods import load_adapted
+    from coalora.io import cache_root
     from coalora.storage import local_copy
 
     if getattr(args, "run", None):
-        from coalora.runs import run_checkpoint
+        from coalora.pipeline.rundir import run_checkpoint
 
         args.checkpoint = str(_reading_run(args.run, lambda: run_checkpoint(args.run)))
     return load_adapted(local_copy(args.checkpoint, cache_root() / "checkpoints"))
@@ -231,7 +213,7 @@ def _reading_run(run: str, read: Any) -> Any:
     """``read()`` of run directory ``run``'s tables, with a damaged table as one :class:`CheckpointError`."""
     import pyarrow as pa
 
-    from coalora.checkpoint import CheckpointError
+    from coalora.errors import CheckpointError
 
     try:
         return read()
@@ -241,9 +223,9 @@ def _reading_run(run: str, read: Any) -> Any:
 
 def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
     """Each adapter of a ``per-config`` directory on the configuration it was trained for."""
-    from coalora.evaluate import evaluate
-    from coalora.experiment import load_data
-    from coalora.methods import load_adapted, per_config_checkpoints
+    from coalora.pipeline.evaluate import evaluate
+    from coalora.pipeline.experiment import load_data
+    from coalora.pipeline.methods import load_adapted, per_config_checkpoints
 
     if args.config_json or args.budget or args.random:
         raise UsageError(f"{args.checkpoint} is a per-config directory: each adapter is evaluated on its own "
@@ -256,7 +238,7 @@ def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
         if batches is None:
             batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, args.split)
         if not meta.get("trainset"):
-            from coalora.checkpoint import CheckpointError
+            from coalora.errors import CheckpointError
 
             raise CheckpointError(f"{path}/meta.json names no configuration (empty 'trainset'): the adapter's "
                                   "configuration is unknown")
@@ -269,9 +251,9 @@ def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from coalora.evaluate import evaluate
-    from coalora.experiment import load_data, random_configs
-    from coalora.methods import PER_CONFIG_INDEX
+    from coalora.pipeline.evaluate import evaluate
+    from coalora.pipeline.experiment import load_data, random_configs
+    from coalora.pipeline.methods import PER_CONFIG_INDEX
 
     if args.checkpoint and (Path(args.checkpoint) / PER_CONFIG_INDEX).is_file():
         rows, task = _evaluate_per_config(args)
@@ -311,8 +293,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from coalora.experiment import load_base
-    from coalora.export import export_adapter
+    from coalora.pipeline.experiment import load_base
+    from coalora.pipeline.export import export_adapter
 
     out = _check_out(args.out, args.overwrite, reads=[args.checkpoint, args.run])
     model, meta, cfg, _ = _load(args)
@@ -323,7 +305,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         model.space.check_budget(args.budget)
         best = None
         if args.run:
-            from coalora.runs import best_under_budget
+            from coalora.pipeline.rundir import best_under_budget
 
             best = _reading_run(args.run, lambda: best_under_budget(args.run, args.budget, model.space))
         if best is not None:
@@ -400,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     # Only our own error classes (and a missing file) are bad input; anything else, a bare ValueError
     # included, is a bug and keeps its traceback.
-    except _expected_errors() as e:
+    except USER_ERRORS as e:
         if os.environ.get("COALORA_DEBUG"):
             raise
         # One line whatever the message holds (a value quoted from a damaged file may carry newlines).

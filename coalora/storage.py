@@ -30,12 +30,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow.fs as pafs
+from coalora.errors import StorageError
 
 __all__ = ["Location", "StorageError", "is_uri", "open_location", "local_copy"]
-
-
-class StorageError(ValueError):
-    """A storage location that cannot be used (unknown scheme, unreachable bucket, missing file)."""
 
 
 def is_uri(text: str | os.PathLike) -> bool:
@@ -231,4 +228,3 @@ def local_copy(where: str | os.PathLike | Location, cache: str | os.PathLike) ->
     if out.exists():
         shutil.rmtree(out)
     return loc.download_to(out)
-

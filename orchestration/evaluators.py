@@ -26,7 +26,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from coalora.config import ExperimentConfig
+from coalora.pipeline.config import ExperimentConfig
 from orchestration.console import MARK
 
 IN_FLIGHT_PER_ACTOR = 2
@@ -45,9 +45,9 @@ class EvaluatorActor:
     def __init__(self, experiment: dict[str, Any], name: str, threads: int = 1, announce: bool = True) -> None:
         import torch
 
-        from coalora.config import config_from_dict
-        from coalora.experiment import build_adapted, load_base, load_data
-        from coalora.memory import host_share
+        from coalora.pipeline.config import config_from_dict
+        from coalora.pipeline.experiment import build_adapted, load_base, load_data
+        from coalora.model.memory import host_share
         from orchestration.devices import local_device
 
         torch.set_num_threads(max(1, threads))
@@ -70,7 +70,7 @@ class EvaluatorActor:
 
     def evaluate(self, round_k: int, state_box: list, configs: np.ndarray) -> list[dict[str, Any]]:
         """Score ``configs`` ``(B, N, 5)`` with the weights of round ``round_k``: one row each."""
-        from coalora.evaluate import evaluate_one
+        from coalora.pipeline.evaluate import evaluate_one
 
         if round_k != self.round:
             state = ray.get(state_box[0])
@@ -86,7 +86,7 @@ class EvaluatorActor:
                 row.update(status="ok", error=None, loss=m["loss"], accuracy=m.get("accuracy"),
                            perplexity=m.get("perplexity"))
             except Exception as e:  # a deterministic failure of this configuration: record it, go on
-                from coalora.memory import is_out_of_memory
+                from coalora.model.memory import is_out_of_memory
 
                 if is_out_of_memory(e):
                     raise EvaluatorOutOfMemory(

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import psutil
 
-from coalora.storage import Location, StorageError
+from coalora.storage import Location
+from coalora.errors import StorageError
 
 RECORD = "ray_processes.json"
 

@@ -28,9 +28,10 @@ import numpy as np
 import ray
 from safetensors.torch import load as load_safetensors
 
-from coalora.config import ExperimentConfig, dump_config
-from coalora.experiment import build_space, initial_trainset, load_base
-from coalora.storage import Location, StorageError
+from coalora.pipeline.config import ExperimentConfig, dump_config
+from coalora.pipeline.experiment import build_space, initial_trainset, load_base
+from coalora.storage import Location
+from coalora.errors import StorageError
 from orchestration.devices import DeviceReport, collective_backend, probe_gpu_node
 from orchestration.evaluators import EvaluatorPool
 from orchestration.leftovers import ProcessRecord
@@ -96,7 +97,7 @@ class Orchestrator:
         resume: continue after the last complete round stored in ``run_dir``.
         say: where progress lines go (the console's ``say`` in ``run.py``).
         log_file: the driver's local log, copied into ``<run>/logs/`` after every round.
-        base: the model (``coalora.models.LoadedModel``) if the caller loaded it already (run.py does,
+        base: the model (``coalora.model.loading.LoadedModel``) if the caller loaded it already (run.py does,
             to check the run before Ray starts).
         resume_overrides: the ``--set`` values a resumed run applied; recorded in its ``config.yaml``.
         record_processes: keep ``<run>/ray_processes.json`` (:mod:`orchestration.leftovers`); only for a

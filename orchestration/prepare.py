@@ -15,18 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from coalora.allocate import AllocationError
-from coalora.checkpoint import CheckpointError
-from coalora.config import ConfigError, ExperimentConfig, load_config
-from coalora.data import DataError
-from coalora.export import ExportError
-from coalora.lora import CheckpointMismatchError, check_rank
-from coalora.models import LoadedModel, ModelError
-from coalora.quant import QuantError
-from coalora.space import QuantSpace, SpaceError
-from coalora.storage import Location, StorageError, is_uri, open_location
-from orchestration.resources import PlanError
-from orchestration.store import RunDirError, RunStore
+from coalora.core.space import QuantSpace
+from coalora.errors import USER_ERRORS, InputError, RunDirError, StorageError
+from coalora.model.loading import LoadedModel
+from coalora.model.lora import check_rank
+from coalora.pipeline.config import ExperimentConfig, load_config
+from coalora.storage import Location, is_uri, open_location
+from orchestration.store import RunStore
 
 # Settings a run may change when it resumes: how long it runs and what it runs on. Anything else
 # (the model, the space, LoRA's shape, the data, the schedule's steps, the search) would make the
@@ -39,14 +34,9 @@ RESUMABLE: frozenset[str] = frozenset({
 })
 
 
-class InputError(ValueError):
-    """Bad input to ``run.py`` that is not any one module's error (flags that do not go together)."""
-
-
 def input_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input (one line, exit 2), wherever in the run they surface."""
-    return (InputError, ConfigError, StorageError, RunDirError, PlanError, SpaceError, ModelError, DataError,
-            CheckpointError, CheckpointMismatchError, AllocationError, QuantError, ExportError)
+    return USER_ERRORS
 
 
 @dataclass
@@ -141,7 +131,7 @@ def prepare(config: str | None, overrides: Sequence[str], *, resume: str | None 
                     if marked else "it is not a coalora run: choose another run.name or run.out_dir"))
             store.check_replaceable()
 
-    from coalora.experiment import build_space, load_base
+    from coalora.pipeline.experiment import build_space, load_base
 
     loaded = load_base(cfg)
     space = build_space(cfg, loaded.model)  # checks every bits setting against the space
@@ -150,7 +140,7 @@ def prepare(config: str | None, overrides: Sequence[str], *, resume: str | None 
     if resume and completed > cfg.run.rounds:
         raise InputError(f"run.rounds={cfg.run.rounds} is less than the {completed} round(s) this run completed")
     if _is_local_data_file(cfg):
-        from coalora.experiment import load_data
+        from coalora.pipeline.experiment import load_data
 
         load_data(cfg, loaded.tokenizer, loaded.task)  # a user's file: its problems are found here, not mid-round
     return Prepared(cfg, run_dir, bool(resume), overwrite, loaded, space, completed,

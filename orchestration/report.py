@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from coalora.pareto import non_dominated_mask
+from coalora.core.pareto import non_dominated_mask
 from coalora.storage import Location
 from orchestration.store import RunStore
 

@@ -19,13 +19,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from coalora.config import RaySection
+from coalora.errors import PlanError
+from coalora.pipeline.config import RaySection
 
 UNLIMITED_NODES = 1024  # an autoscaler node group with max_count -1: as many nodes as any plan asks
-
-
-class PlanError(ValueError):
-    """The run's resource plan can never fit on the cluster; the message says what does not fit."""
 
 
 @dataclass(frozen=True)
@@ -177,4 +174,3 @@ def describe(plan: ResourcePlan, keep: bool) -> str:
     """One line for the console: who holds what, and whether evaluators stay up during training."""
     what = "stay up during training" if keep else "are stopped during training and restarted after it"
     return f"resources: {plan.train}, {plan.evaluate}, {plan.search}; evaluators {what}"
-

@@ -29,8 +29,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python orchestration/run.py` puts only this folder on sys.path
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Ray Train polls its workers every 2 s by default; a short round spends much of its time waiting.
@@ -67,7 +65,7 @@ def init_ray(cfg) -> None:  # noqa: ANN001
 
 
 def _log_path(name: str) -> Path:
-    from coalora.models import cache_root
+    from coalora.io import cache_root
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return cache_root() / "logs" / f"{name}-{stamp}-{os.getpid()}.log"

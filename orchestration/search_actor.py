@@ -1,4 +1,4 @@
-"""The central search actor: one :class:`coalora.search.ParetoSearch` behind a Ray actor.
+"""The central search actor: one :class:`coalora.search.pareto_search.ParetoSearch` behind a Ray actor.
 
 All rounds' observations flow into it; it fits the GP, proposes candidates, selects the next
 training set segment by segment and keeps the front and the hypervolume history. Its state is saved
@@ -23,8 +23,8 @@ class SearchActor:
                  state_files: dict[str, bytes] | None = None) -> None:
         import torch
 
-        from coalora.search import ParetoSearch
-        from coalora.space import QuantSpace
+        from coalora.search.pareto_search import ParetoSearch
+        from coalora.core.space import QuantSpace
 
         torch.set_num_threads(1)
         space = QuantSpace.from_signature(space_signature)

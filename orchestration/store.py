@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coalora.errors import CoaloraError, RunDirError
 from coalora.storage import Location, open_location
 
 ARCHIVE_SCHEMA = pa.schema([
@@ -71,10 +72,6 @@ MARKER = "coalora-run.json"
 KNOWN_ENTRIES = frozenset({MARKER, "ray_processes.json", "config.yaml", "archive.parquet", "rounds.parquet",
                            "trainset", "checkpoints", "search", "ray_train", "logs", "front.png",
                            "hypervolume.png", "report.md"})
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be resumed or replaced; the message names the file and the problem."""
 
 
 def _write_table(path: Location, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> None:
@@ -247,14 +244,15 @@ class RunStore:
                 saved = json.loads(path.read_text())
                 for c in list(saved["trainset"]) + list(saved["candidates"]):
                     space.from_json(c)
-            except (ValueError, KeyError, TypeError) as e:  # JSON, shape or knob errors of a damaged file
+            except (CoaloraError, ValueError, KeyError, TypeError) as e:  # JSON, shape or knob errors of a damaged file
                 raise RunDirError(f"{path}: not a training set of this run ({type(e).__name__}: {e})") from None
         self._check_checkpoint(n - 1)
         self._check_search(n - 1, space)
         return n
 
     def _check_checkpoint(self, k: int) -> None:
-        from coalora.checkpoint import CheckpointError, check_checkpoint_files
+        from coalora.errors import CheckpointError
+        from coalora.pipeline.checkpoint import check_checkpoint_files
 
         ckpt = self.checkpoint_dir(k)
         if not ckpt.is_dir():
@@ -268,7 +266,7 @@ class RunStore:
         import tempfile
         from pathlib import Path
 
-        from coalora.search import ParetoSearch
+        from coalora.search.pareto_search import ParetoSearch
 
         where = self.search_dir(k)
         if not where.is_dir():
@@ -278,6 +276,6 @@ class RunStore:
                 (Path(tmp) / name).write_bytes(blob)
             try:
                 ParetoSearch.load(tmp, space)
-            except (ValueError, KeyError, TypeError, AttributeError, OSError, pa.ArrowException) as e:
+            except (CoaloraError, ValueError, KeyError, TypeError, AttributeError, OSError, pa.ArrowException) as e:
                 raise RunDirError(f"{where}: damaged search state ({type(e).__name__}: {e})".replace(tmp, str(where))) \
                     from None

@@ -3,7 +3,7 @@
     python orchestration/sweep.py --config configs/sweep-per-config.yaml [--smoke-test]
 
 A sweep YAML names a base experiment, a grid over its keys (every combination is one trial) and,
-optionally, an Optuna search over hyper-parameters. Each trial trains with ``coalora.methods`` in its
+optionally, an Optuna search over hyper-parameters. Each trial trains with ``coalora.pipeline.methods`` in its
 own Ray worker, evaluates the configurations its method serves (``per-config``: its own; the others:
 the allocations at ``eval.budgets`` plus ``eval.random`` held-out random ones) and reports one row per
 configuration. The sweep writes ``<out_dir>/<name>/sweep.parquet`` (all rows of all trials) and
@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-from coalora.config import ConfigError, _build, parse_yaml  # noqa: E402
+from coalora.errors import ConfigError  # noqa: E402
+from coalora.pipeline.config import _build, parse_yaml  # noqa: E402
 
 
 @dataclass
@@ -54,7 +53,7 @@ class SweepConfig:
     max_concurrent: int = 2
 
     def validate(self) -> None:
-        from coalora.config import load_config
+        from coalora.pipeline.config import load_config
 
         if not (ROOT / self.base).is_file() and not Path(self.base).is_file():
             raise ConfigError(f"base: experiment file not found: {self.base}")
@@ -105,10 +104,10 @@ def run_trial(params: dict[str, Any]) -> None:
     import numpy as np
     from ray import tune
 
-    from coalora.config import load_config
-    from coalora.evaluate import evaluate
-    from coalora.experiment import budget_configs, error_table_for, load_data, random_configs
-    from coalora.methods import load_adapted, per_config_checkpoints, train_method
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.evaluate import evaluate
+    from coalora.pipeline.experiment import budget_configs, error_table_for, load_data, random_configs
+    from coalora.pipeline.methods import load_adapted, per_config_checkpoints, train_method
 
     from orchestration.devices import local_device
 

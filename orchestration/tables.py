@@ -8,7 +8,7 @@ build of torch) computes on its CPU and gives the same table.
 Device and the cache: the quantized weights are bit-for-bit the same on CPU and CUDA, but each
 error is a float64 sum whose order differs between the two, so the last bits of a table computed on
 a GPU may differ from one computed on a CPU (relative differences near 1e-15). The cache key
-(:class:`coalora.allocate.ErrorTableCache`) leaves the device out on purpose: such differences are
+(:class:`coalora.allocation.error_tables.ErrorTableCache`) leaves the device out on purpose: such differences are
 far below what separates options in an allocation, recomputing a 3B model's table on CPU costs
 about 10 core-hours, and every run reading the cache reads the same table, whichever device made it.
 """
@@ -23,8 +23,9 @@ import numpy as np
 import ray
 import torch
 
-from coalora.allocate import ErrorTableCache, matrix_errors, target_weights
-from coalora.space import QuantSpace
+from coalora.allocation.error_tables import ErrorTableCache, matrix_errors
+from coalora.allocation.sensitivity import target_weights
+from coalora.core.space import QuantSpace
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def error_table_parallel(
     progress: Callable[[int, int], None] | None = None,
     gpu_fraction: float = DEFAULT_GPU_FRACTION,
 ) -> np.ndarray:
-    """The ``(N, K)`` error table of ``model``'s target weights (see :func:`coalora.allocate.error_table`).
+    """The ``(N, K)`` error table of ``model``'s target weights (see :func:`coalora.allocation.error_tables.error_table`).
 
     Reads the on-disk cache first; otherwise every matrix is a Ray task (its weight shipped once
     through the object store) and the result is cached for every later run. When the cluster has

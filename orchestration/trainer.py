@@ -1,4 +1,4 @@
-"""One training round on Ray Train: a ``TorchTrainer`` running ``coalora.train.train`` on every worker.
+"""One training round on Ray Train: a ``TorchTrainer`` running ``coalora.pipeline.train.train`` on every worker.
 
 Each worker builds the same model (seeded), restores the previous round's checkpoint (shipped to the
 workers as an ObjectRef, so no shared file system is needed for it), trains on its shard of the data
@@ -25,7 +25,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from coalora.config import ExperimentConfig
+from coalora.pipeline.config import ExperimentConfig
 from coalora.storage import Location
 from orchestration.console import MARK
 
@@ -40,11 +40,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: experiment dict, trainset, steps, previous checkpoint ref."""
     import torch
 
-    from coalora.checkpoint import load_optimizer, load_trainable, save_checkpoint
-    from coalora.config import config_from_dict
-    from coalora.experiment import build_adapted, load_base, load_data
-    from coalora.memory import host_share
-    from coalora.train import make_grad_scaler, make_optimizer, train
+    from coalora.pipeline.checkpoint import load_optimizer, load_trainable, save_checkpoint
+    from coalora.pipeline.config import config_from_dict
+    from coalora.pipeline.experiment import build_adapted, load_base, load_data
+    from coalora.model.memory import host_share
+    from coalora.pipeline.train import make_grad_scaler, make_optimizer, train
     from orchestration.devices import local_device
 
     ctx = ray.train.get_context()

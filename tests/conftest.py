@@ -42,7 +42,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_models():
     """Tiny random BERT-, Llama- and GPT-2-shaped models (built in code, no files)."""
-    from coalora.models import build_tiny_model
+    from coalora.model.tiny import build_tiny_model
 
     return {kind: build_tiny_model(kind) for kind in ("bert", "llama", "gpt2")}
 
@@ -100,7 +100,7 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 def smoke_config(out_dir, name: str, *extra: str):
-    from coalora.config import load_config
+    from coalora.pipeline.config import load_config
 
     return load_config(SMOKE, [f"run.out_dir={out_dir}", f"run.name={name}", *extra])
 

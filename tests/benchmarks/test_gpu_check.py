@@ -24,10 +24,13 @@ def gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = mod  # its dataclasses look their module up there
+    # `python benchmarks/gpu_check.py` puts benchmarks/ on sys.path (for its `_bench`); so does this load.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         spec.loader.exec_module(mod)
         yield mod
     finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
         sys.modules.pop("gpu_check", None)
 
 

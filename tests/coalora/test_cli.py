@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from coalora.cli import main
-from coalora.config import load_config
-from coalora.methods import load_adapted, per_config_checkpoints
+from coalora.pipeline.config import load_config
+from coalora.pipeline.methods import load_adapted, per_config_checkpoints
 
 POS = "great wonderful superb moving brilliant fun".split()
 NEG = "awful boring dull terrible weak bad".split()
@@ -89,7 +89,7 @@ def test_adapt_budget_writes_peft_adapter_that_reproduces_logits(workdir):
 def test_adapt_config_json_and_quantized_round_trip(workdir):
     from safetensors.torch import load_file
 
-    from coalora.quant import QuantizedMatrix
+    from coalora.core.quant import QuantizedMatrix
 
     coa, _, _, _ = load_adapted(workdir / "coa")
     space = coa.space
@@ -108,7 +108,7 @@ def test_adapt_config_json_and_quantized_round_trip(workdir):
 
 def test_per_config_and_shared_methods(workdir):
     cfg = load_config(workdir / "tiny.yaml", ["train.steps=3"])
-    from coalora.methods import train_method
+    from coalora.pipeline.methods import train_method
 
     summary = train_method(cfg, workdir / "per", method="per-config", progress=False, say=lambda s: None)
     paths = per_config_checkpoints(workdir / "per")
@@ -164,7 +164,7 @@ def test_bad_inputs_one_message_exit_2(workdir, tmp_path, capsys):
 
 def test_checkpoint_from_another_model(workdir, capsys):
     """Loading a tiny-bert checkpoint into a tiny-llama experiment is one clear error."""
-    from coalora.space import SpaceError
+    from coalora.errors import SpaceError
 
     cfg = load_config(workdir / "tiny.yaml", ["model.name=tiny-llama", "model.task=classification"])
     with pytest.raises(SpaceError, match="made for another model"):
@@ -205,7 +205,7 @@ def test_evaluate_many_budgets_a_config_list_and_a_per_config_directory(workdir,
     assert not (workdir / "never").exists()
     # A per-config directory: every adapter on its own configuration.
     cfg = load_config(workdir / "tiny.yaml", ["train.steps=2"])
-    from coalora.methods import train_method
+    from coalora.pipeline.methods import train_method
 
     train_method(cfg, workdir / "per-eval", method="per-config", progress=False, say=lambda s: None)
     assert main(["evaluate", "--checkpoint", str(workdir / "per-eval"), "--json"]) == 0
@@ -352,7 +352,8 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(workdir, tmp_path, capsy
 
 
 def test_check_checkpoint_files_validates_bytes(workdir):
-    from coalora.checkpoint import CheckpointError, check_checkpoint_files
+    from coalora.errors import CheckpointError
+    from coalora.pipeline.checkpoint import check_checkpoint_files
 
     files = {p.name: p.read_bytes() for p in (workdir / "coa").iterdir()}
     meta = check_checkpoint_files(files, "s3://bucket/run/checkpoints/round_0")

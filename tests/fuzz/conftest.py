@@ -291,7 +291,7 @@ def mutate_tree(draw: Callable[..., Any], tree: Any, safe: bool, known: dict[tup
 
 
 # model.num_labels sizes the classifier head (and its config lists every label). 2**31 - 1 once exhausted
-# this machine's memory before anything refused it; the configuration now bounds it (coalora.config.
+# this machine's memory before anything refused it; the configuration now bounds it (coalora.pipeline.config.
 # MAX_NUM_LABELS, tested in tests/coalora/test_config.py). The fuzz stays below a smaller bound so that
 # no case spends seconds building a head of 10^5 labels.
 MAX_NUM_LABELS = 10**4

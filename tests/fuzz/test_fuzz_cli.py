@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coalora.cli import main as cli_main
-from coalora.space import QuantSpace
+from coalora.core.space import QuantSpace
 from tests.fuzz.conftest import (
     FUZZ,
     INPUTS,
@@ -39,7 +39,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def space(tiny_work: TinyWork) -> QuantSpace:
-    from coalora.methods import load_adapted
+    from coalora.pipeline.methods import load_adapted
 
     return load_adapted(tiny_work.checkpoint)[0].space
 

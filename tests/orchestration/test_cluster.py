@@ -91,7 +91,7 @@ def pin_problems(where: str, reqs: dict[str, Requirement]) -> list[str]:
 
 
 # Packages the product needs at run time without importing them itself: transformers reads `.gguf`
-# weights (coalora.models, `gguf_file=`) through the gguf package.
+# weights (coalora.model, `gguf_file=`) through the gguf package.
 INDIRECT_RUNTIME = {"gguf"}
 
 
@@ -594,7 +594,7 @@ SWEEPS = sorted((ROOT / "configs").glob("sweep-*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
 def test_every_config_validates_and_documents_its_command(path, monkeypatch):
-    from coalora.config import load_config
+    from coalora.pipeline.config import load_config
 
     monkeypatch.chdir(ROOT)
     header = path.read_text().splitlines()[:8]

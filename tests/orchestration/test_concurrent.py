@@ -72,9 +72,9 @@ def test_bf16_run_trains_loads_back_and_exports(two_runs, tmp_path):
     import torch
 
     from coalora.cli import main
-    from coalora.evaluate import evaluate_one
-    from coalora.experiment import load_data
-    from coalora.methods import load_adapted
+    from coalora.pipeline.evaluate import evaluate_one
+    from coalora.pipeline.experiment import load_data
+    from coalora.pipeline.methods import load_adapted
     from orchestration.store import RunStore
 
     runs, _ = two_runs

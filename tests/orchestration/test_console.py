@@ -27,9 +27,9 @@ CODE = """
         os.write(1, b"(RayTrainWorker pid=7) " + MARK.encode() + b"[round 0] train step 5/5 loss 0.69\\n")
         os.write(2, MARK.encode() + b"[round 0] train step 5/5 loss 0.69\\n")  # Train V2 forwards it again
         os.write(1, MARK.encode() + b"A" + MARK.encode() + b"B\\n")  # two writers glued into one line
-        logging.getLogger("coalora.allocate").warning("HiGHS hit its time limit")
-        logging.getLogger("coalora.allocate").warning("HiGHS hit its time limit")
-        logging.getLogger("coalora.allocate").info("node limit reached")
+        logging.getLogger("coalora.allocation").warning("HiGHS hit its time limit")
+        logging.getLogger("coalora.allocation").warning("HiGHS hit its time limit")
+        logging.getLogger("coalora.allocation").info("node limit reached")
         warnings.warn_explicit("not p.d., added jitter", UserWarning, "/x/linear_operator/cholesky.py", 41)
     print("after")
     raise SystemExit(3)

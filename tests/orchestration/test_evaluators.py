@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import ray
 
-from coalora.config import load_config
+from coalora.pipeline.config import load_config
 from orchestration.evaluators import EvaluatorActor, EvaluatorPool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def big_vocab(tmp_path_factory) -> str:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from coalora.models import build_tiny_tokenizer
+    from coalora.model.tiny import build_tiny_tokenizer
 
     d = tmp_path_factory.mktemp("big-vocab")
     cfg = LlamaConfig(vocab_size=65536, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -68,7 +68,7 @@ def _capped(headroom_mb: int):
 
 
 def _state_and_configs(cfg):
-    from coalora.experiment import build_adapted, load_base
+    from coalora.pipeline.experiment import build_adapted, load_base
 
     model = build_adapted(cfg, load_base(cfg), "coa")
     configs = model.space.sample_near(4.0, np.random.default_rng(0), 2)
@@ -76,8 +76,8 @@ def _state_and_configs(cfg):
 
 
 def test_out_of_memory_evaluator_is_replaced_with_half_the_batch(ray_local, big_vocab):
-    from coalora.evaluate import evaluate_one
-    from coalora.experiment import load_base, load_data
+    from coalora.pipeline.evaluate import evaluate_one
+    from coalora.pipeline.experiment import load_base, load_data
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"model.name={big_vocab}", *LM, "data.eval_batch_size=4"])
     model, configs = _state_and_configs(cfg)

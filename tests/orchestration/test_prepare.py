@@ -161,7 +161,7 @@ def test_a_damaged_run_directory_is_named_and_left_as_it_was(copy_of_reference, 
 
 def test_a_cluster_side_error_is_found_under_rays_wrapping(ray_local):
     """What only a worker can find (here a data error in a Ray task) still reaches the user as one line."""
-    from coalora.data import DataError
+    from coalora.errors import DataError
     from orchestration.prepare import expected_cause, one_line
 
     @ray_local.remote
@@ -189,7 +189,7 @@ def test_a_resumed_run_records_its_overrides(tmp_path):
     lines = text.splitlines()
     assert lines[0] == "# made by hand" and lines[1].startswith("# resumed ") and lines[1].endswith(
         "with --set run.rounds=4")
-    from coalora.config import load_config
+    from coalora.pipeline.config import load_config
 
     assert load_config(store.config_path.path).run.rounds == 4
     assert json.loads(store.marker_path.read_text())["name"] == "r"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from coalora.config import load_config
+from coalora.pipeline.config import load_config
 from coalora.storage import open_location
 from orchestration.loop import check_storage
-from orchestration.resources import Bundle, Capacity, PlanError, ResourcePlan, check_plan, local_cluster_cpus
+from coalora.errors import PlanError
+from orchestration.resources import Bundle, Capacity, ResourcePlan, check_plan, local_cluster_cpus
 
 
 def _plan(**ray):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from coalora.config import ConfigError
+from coalora.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -23,9 +23,9 @@ import ray
 import torch
 
 torch.set_num_threads(1)
-from coalora.allocate import ErrorTableCache, error_table, target_weights
-from coalora.models import load_model
-from coalora.space import QuantSpace
+from coalora.allocation import ErrorTableCache, error_table, target_weights
+from coalora.model import load_model
+from coalora.core.space import QuantSpace
 from orchestration.tables import _compute_table, cluster_has_gpus, error_table_parallel
 
 model = load_model("tiny-bert").model
@@ -57,7 +57,7 @@ print("RESULT " + json.dumps(out))
 def test_gpu_scheduled_table_equals_cpu_table(tmp_path: Path) -> None:
     """Tasks that ask for a quarter GPU each on a cluster declaring one GPU are all given GPU 0. Without
     CUDA (this machine) they compute on CPU, and the table (and its cached copy) equals
-    ``coalora.allocate.error_table`` computed in-process on CPU, bit for bit; with CUDA, to 1e-12."""
+    ``coalora.allocation.error_tables.error_table`` computed in-process on CPU, bit for bit; with CUDA, to 1e-12."""
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, COALORA_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
                RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -82,8 +82,9 @@ def test_cpu_cluster_table_equals_in_process_table(ray_local, tiny_models, tmp_p
     """On the suite's GPU-less Ray the tasks ask for no GPU, hold none and compute on CPU."""
     import torch
 
-    from coalora.allocate import error_table, target_weights
-    from coalora.space import QuantSpace
+    from coalora.allocation.error_tables import error_table
+    from coalora.allocation.sensitivity import target_weights
+    from coalora.core.space import QuantSpace
     from orchestration.tables import _compute_table, cluster_has_gpus, error_table_parallel
 
     model = tiny_models["bert"]

@@ -1,0 +1,137 @@
+"""The configuration-aware network U_θ (DESIGN §2.3).
+
+One small network, shared by every target matrix, maps a matrix's quantization knobs (plus its layer
+index and module type, and optionally a summary of the whole configuration) to an r×r core:
+
+    M_i(C) = I + s · U_θ(knobs of c_i, layer_i, type_i [, context(C)])
+
+so that the LoRA update of matrix i under configuration C is ``(α/r) · B_i M_i(C) A_i``. The last layer
+starts near zero, so M ≈ I and training starts from a plain LoRA. All N cores of a configuration come
+from one batched call.
+
+U_θ is float32 and computes in float32 even inside a caller's autocast region: it is tiny, and
+M = I + s·U must keep its small adjustment before the adapted layer casts M to the activation dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from coalora.core.space import KNOBS, QuantSpace
+
+
+@dataclass
+class HypernetConfig:
+    """Shape of U_θ.
+
+    Attributes:
+        embed_dim: width of each embedding (knob, layer, module type, context).
+        hidden: width of the hidden layer.
+        context: feed a global summary of the configuration (its average bits and the share of
+            parameters at each weight bit width) to every matrix. The paper's model sees only each
+            matrix's own knobs (context off).
+        init_std: std of the last layer's weights (bias 0), so M ≈ I at the start.
+    """
+
+    embed_dim: int = 8
+    hidden: int = 128
+    context: bool = False
+    init_std: float = 1e-3
+
+
+class ConfigHypernet(nn.Module):
+    """U_θ: configuration indices → one r×r core per target matrix.
+
+    The layer-index and module-type tables are sized from the space, so any depth works.
+    """
+
+    def __init__(self, space: QuantSpace, rank: int, cfg: HypernetConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or HypernetConfig()
+        if rank <= 0:
+            raise ValueError(f"rank must be positive, got {rank}")
+        self.rank = rank
+        self.cfg = cfg
+        e = cfg.embed_dim
+        self.knob_embeddings = nn.ModuleList(nn.Embedding(int(c), e) for c in space.cardinalities)
+        n_layers = max(m.layer for m in space.matrices) + 1
+        self.layer_embedding = nn.Embedding(n_layers, e)
+        self.type_embedding = nn.Embedding(len(space.module_types), e)
+        type_id = {t: i for i, t in enumerate(space.module_types)}
+        self.register_buffer("layer_ids", torch.tensor([m.layer for m in space.matrices]), persistent=False)
+        self.register_buffer(
+            "type_ids", torch.tensor([type_id[m.module_type] for m in space.matrices]), persistent=False
+        )
+        n_in = e * (len(KNOBS) + 2)
+        if cfg.context:
+            bits_opts = space.options["bits"]
+            # Context features: normalised average bits + parameter share per weight bit width.
+            self.context_proj = nn.Linear(1 + len(bits_opts), e)
+            bits_per_option = torch.tensor(
+                [space.option(r).storage_bits for r in space.option_table], dtype=torch.float32
+            )
+            self.register_buffer("option_bits", bits_per_option, persistent=False)
+            self.register_buffer("strides", torch.as_tensor(space.strides), persistent=False)
+            self.register_buffer(
+                "weights", torch.as_tensor(space.numels / space.numels.sum(), dtype=torch.float32),
+                persistent=False,
+            )
+            self._bits_range = (space.min_bits, space.max_bits)
+            self._n_bits_opts = len(bits_opts)
+            n_in += e
+        self.norm = nn.LayerNorm(n_in)
+        self.fc1 = nn.Linear(n_in, cfg.hidden)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(cfg.hidden, rank * rank)
+        nn.init.normal_(self.fc2.weight, std=cfg.init_std)
+        nn.init.zeros_(self.fc2.bias)
+        # Learnable scale s on the adjustment (init 1).
+        self.scale = nn.Parameter(torch.ones(()))
+        self.register_buffer("eye", torch.eye(rank), persistent=False)
+
+    def _context(self, idx: torch.Tensor) -> torch.Tensor:
+        """Global features of each configuration: ``(B, N, 5)`` → ``(B, 1 + n_bits_options)``."""
+        flat = (idx * self.strides).sum(-1)  # (B, N)
+        avg = (self.option_bits[flat] * self.weights).sum(-1, keepdim=True)
+        lo, hi = self._bits_range
+        avg = (avg - lo) / max(hi - lo, 1e-9)
+        share = torch.zeros(idx.shape[0], self._n_bits_opts, device=idx.device)
+        share.scatter_add_(1, idx[..., 0], self.weights.expand(idx.shape[0], -1))
+        return torch.cat([avg, share], dim=-1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Cores for one or many configurations.
+
+        Args:
+            idx: ``(N, 5)`` or ``(B, N, 5)`` long tensor of option indices.
+        Returns:
+            ``(N, r, r)`` or ``(B, N, r, r)``: M = I + s·U, float32.
+        """
+        if torch.is_autocast_enabled(idx.device.type):
+            with torch.autocast(device_type=idx.device.type, enabled=False):
+                return self._forward(idx)
+        return self._forward(idx)
+
+    def _forward(self, idx: torch.Tensor) -> torch.Tensor:
+        single = idx.dim() == 2
+        if single:
+            idx = idx.unsqueeze(0)
+        b, n, _ = idx.shape
+        parts = [emb(idx[..., k]) for k, emb in enumerate(self.knob_embeddings)]
+        parts.append(self.layer_embedding(self.layer_ids).expand(b, n, -1))
+        parts.append(self.type_embedding(self.type_ids).expand(b, n, -1))
+        if self.cfg.context:
+            ctx = self.context_proj(self._context(idx))  # (B, e)
+            parts.append(ctx.unsqueeze(1).expand(b, n, -1))
+        h = self.fc2(self.act(self.fc1(self.norm(torch.cat(parts, dim=-1)))))
+        cores = self.eye + self.scale * h.view(b, n, self.rank, self.rank)
+        return cores[0] if single else cores
+
+
+def as_index_tensor(idx: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """A configuration index array as a long tensor on ``device``."""
+    return torch.as_tensor(np.asarray(idx), dtype=torch.long, device=device)

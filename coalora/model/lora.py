@@ -1,0 +1,310 @@
+"""The adapted model: quantized frozen base + one shared LoRA per matrix + per-configuration cores.
+
+Per target matrix i under configuration C (DESIGN §2.3):
+
+    y = x Ŵ_i(C)ᵀ + bias + (α/r) · ((dropout(x) A_iᵀ) M_i(C)ᵀ) B_iᵀ
+
+``Ŵ_i(C)`` comes from a (matrix, option)-keyed cache; ``M_i(C)`` from :class:`ConfigHypernet` in one
+batched call per forward (or ``None`` in plain-LoRA mode, used by the ``shared`` and ``per-config``
+baselines). ``set_config(None)`` runs the unquantized base (the ``fp-lora`` ceiling).
+
+Precision (DESIGN §5): the frozen base weights and the cached dequantized weights stay in the base's
+dtype (the *compute dtype*: float32, bfloat16 or float16); everything trainable (LoRA A/B, U_θ and its
+scale, the task head) is float32, so optimizer states are float32 too. With a bf16/fp16 base,
+:meth:`CoaModel.forward` runs the wrapped model under ``torch.autocast`` in the compute dtype, and each
+:class:`CoaLinear` casts A, B and its core to the activation dtype (differentiable casts: gradients
+reach the float32 parameters). A float32 base runs with no autocast at all, exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, ContextManager, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from coalora.model.weight_cache import WeightCache
+from coalora.errors import ConfigError
+from coalora.model.hypernet import ConfigHypernet, HypernetConfig, as_index_tensor
+from coalora.model.memory import MemoryPlan
+from coalora.core.quant import fake_quantize
+from coalora.core.space import QuantSpace
+from coalora.errors import CheckpointMismatchError
+
+# Task heads created fresh for fine-tuning (transformers' names); trained alongside the LoRA.
+DEFAULT_HEAD_MODULES: tuple[str, ...] = ("classifier", "score")
+
+
+# Base dtypes that run the forward under autocast; anything else (float32, float64) runs as is.
+LOW_PRECISION: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+
+
+def autocast_for(device: torch.device | str, dtype: torch.dtype) -> ContextManager[Any]:
+    """``torch.autocast`` in ``dtype`` on ``device``'s type when ``dtype`` is bf16/fp16, else a no-op.
+
+    A float32 model gets no autocast context at all (not even a disabled one), so its numerics stay
+    bit for bit what they were before mixed precision existed.
+    """
+    if dtype in LOW_PRECISION:
+        return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class LoraSettings:
+    """LoRA shape. ``alpha / rank`` scales the update, as in PEFT."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank <= 0:
+            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+def check_rank(rank: int, space: QuantSpace) -> None:
+    """A LoRA of rank ``r`` on an ``(out, in)`` matrix needs ``r <= min(out, in)``: beyond that the
+    product ``B·A`` cannot have rank ``r``, and the factors only waste memory (a huge rank would try to
+    allocate gigabytes). Checked before anything is allocated; the message names the tightest matrix.
+    """
+    if not space.matrices:
+        return
+    tight = min(space.matrices, key=lambda m: min(m.shape))
+    limit = min(tight.shape)
+    if rank > limit:
+        raise ConfigError(
+            f"lora.rank: {rank} is larger than the smaller side of target matrix {tight.name} (shape "
+            f"{tight.shape[0]} x {tight.shape[1]}, out x in); set lora.rank to at most {limit}"
+        )
+
+
+class CoaLinear(nn.Module):
+    """A target linear layer: frozen full-precision weight, swappable quantized weight, LoRA A/B, core.
+
+    Shapes: ``weight`` (out, in), ``lora_A`` (r, in), ``lora_B`` (out, r), ``core`` (r, r) or None.
+    Input ``(..., in)`` → output ``(..., out)``.
+
+    ``weight``/``qweight`` keep the base's dtype; ``lora_A``/``lora_B`` are float32 whatever the base.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, lora: LoraSettings) -> None:
+        super().__init__()
+        out_f, in_f = weight.shape
+        self.in_features, self.out_features = in_f, out_f
+        # Frozen base weights are buffers, not parameters: they never reach the optimizer or checkpoints.
+        self.register_buffer("weight", weight.detach(), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach(), persistent=False)
+        # Trainables are float32 on any base: AdamW moments of bf16 parameters lose the small updates.
+        self.lora_A = nn.Parameter(torch.empty(lora.rank, in_f, dtype=torch.float32, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_f, lora.rank, dtype=torch.float32, device=weight.device))
+        # PEFT's default: Kaiming-uniform A, zero B, so the adapted model starts as the base.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = lora.alpha / lora.rank
+        self.dropout = nn.Dropout(lora.dropout) if lora.dropout > 0 else nn.Identity()
+        self.qweight: torch.Tensor = self.weight
+        self.core: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.qweight, self.bias)
+        # The LoRA product and the core run in the activation dtype. The casts are differentiable, so
+        # gradients land in float32 on the parameters; for float32 activations they are no-ops (the same
+        # tensors), which keeps the float32 path unchanged. Under autocast F.linear casts once more to
+        # the autocast dtype, which agrees with these casts.
+        h = F.linear(self.dropout(x), self.lora_A.to(x.dtype))
+        if self.core is not None:
+            h = F.linear(h, self.core.to(h.dtype))
+        return y + self.scaling * F.linear(h, self.lora_B.to(h.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.shape[0]}"
+
+
+class CoaModel(nn.Module):
+    """A transformers model with every target matrix replaced by :class:`CoaLinear`.
+
+    Args:
+        model: the base model (modified in place: target layers replaced, backbone frozen).
+        space: its configuration space (built from the same model before wrapping).
+        lora: LoRA shape.
+        hypernet: U_θ settings, or None for plain LoRA (``shared``, ``per-config``, ``fp-lora``).
+        cache_bytes: bound of the dequantized-weight cache.
+        head_modules: module names (last path component) trained alongside the LoRA; their parameters
+            are converted to float32 (the rest of the base keeps its dtype).
+
+    Attributes:
+        memory_plan: the process's memory plan, set by whoever sized the cache (None otherwise).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: QuantSpace,
+        lora: LoraSettings,
+        hypernet: HypernetConfig | None = None,
+        cache_bytes: int = 2 * 1024**3,
+        head_modules: Sequence[str] = DEFAULT_HEAD_MODULES,
+    ) -> None:
+        super().__init__()
+        check_rank(lora.rank, space)  # before any factor is allocated
+        self.model = model
+        self.space = space
+        self.lora_settings = lora
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layers = []
+        for m in space.matrices:
+            try:
+                old = model.get_submodule(m.name)
+            except AttributeError:
+                raise CheckpointMismatchError(f"model has no module {m.name!r} from the space") from None
+            w = old.weight.detach()
+            w = w.t().contiguous() if m.transposed else w
+            if tuple(w.shape) != m.shape:
+                raise CheckpointMismatchError(f"{m.name}: weight shape {tuple(w.shape)} != space's {m.shape}")
+            new = CoaLinear(w, getattr(old, "bias", None), lora)
+            model.set_submodule(m.name, new)
+            layers.append(new)
+        self._layers = layers  # plain list: the modules are registered under self.model already
+        heads = set(head_modules)
+        for name, mod in model.named_modules():
+            if name.split(".")[-1] in heads and not isinstance(mod, CoaLinear):
+                for p in mod.parameters():
+                    # The head is part of the base, loaded in its dtype: train it in float32 like the
+                    # LoRA (autocast casts it down for the matmul; outside autocast the base is float32).
+                    if p.is_floating_point() and p.dtype != torch.float32:
+                        p.data = p.data.float()
+                    p.requires_grad_(True)
+        self.hypernet = ConfigHypernet(space, lora.rank, hypernet) if hypernet is not None else None
+        self.cache = WeightCache(cache_bytes)
+        self.memory_plan: MemoryPlan | None = None
+        self.config: np.ndarray | None = None
+        self._config_t: torch.Tensor | None = None
+        self._eval_cores: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def layers(self) -> list[CoaLinear]:
+        return self._layers
+
+    @property
+    def device(self) -> torch.device:
+        return self._layers[0].lora_A.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The frozen base's dtype, in which the forward computes (float32, bfloat16 or float16)."""
+        return self._layers[0].weight.dtype
+
+    def autocast(self) -> ContextManager[Any]:
+        """The autocast context of this model's forward (a no-op for a float32 base).
+
+        :meth:`forward` enters it itself; it is public for code that runs parts of the wrapped model
+        (``self.model``) directly.
+        """
+        return autocast_for(self.device, self.compute_dtype)
+
+    def set_config(self, idx: np.ndarray | None) -> None:
+        """Switch the quantized base to configuration ``idx`` ``(N, 5)``; None = full precision."""
+        self._eval_cores = None
+        if idx is None:
+            if self.hypernet is not None:
+                raise ValueError("a configuration-aware model needs a configuration (got None)")
+            self.config, self._config_t = None, None
+            for layer in self._layers:
+                layer.qweight = layer.weight
+            return
+        idx = self.space.validate(idx)
+        flat = self.space.flat_option(idx)
+        family = self.space.family
+        for i, layer in enumerate(self._layers):
+            option = self.space.option(idx[i])
+            layer.qweight = self.cache.get(
+                (i, int(flat[i])), lambda w=layer.weight, o=option: _quantize(w, o, family)
+            )
+        self.config = idx
+        self._config_t = as_index_tensor(idx, self.device)
+
+    def cores(self) -> torch.Tensor | None:
+        """``(N, r, r)`` cores of the current configuration (None in plain-LoRA mode)."""
+        if self.hypernet is None:
+            return None
+        if self._config_t is None:
+            raise RuntimeError("call set_config(...) before running a configuration-aware model")
+        return self.hypernet(self._config_t)
+
+    def _install_cores(self) -> None:
+        if self.hypernet is None:
+            return
+        if torch.is_grad_enabled() or self._eval_cores is None:
+            cores = self.cores()
+            # Under no_grad the cores of a configuration do not change: compute them once per switch.
+            self._eval_cores = None if torch.is_grad_enabled() else cores
+        else:
+            cores = self._eval_cores
+        for layer, core in zip(self._layers, cores):
+            layer.core = core
+
+    def forward(self, **batch: Any) -> Any:
+        """The wrapped model's output under the current configuration, computed in :attr:`compute_dtype`.
+
+        Cores are computed in float32 (U_θ disables autocast); the model runs under :meth:`autocast`.
+        Call ``backward`` outside (as PyTorch recommends): this method leaves autocast on return.
+        """
+        self._install_cores()
+        with self.autocast():
+            return self.model(**batch)
+
+    # ------------------------------------------------------------------ state
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything that training changes (LoRA A/B, head, U_θ), by parameter name."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`trainable_state` output; any missing, extra or mis-shaped key is an error."""
+        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+            raise CheckpointMismatchError(f"checkpoint does not fit this model: {what}")
+        with torch.no_grad():
+            for n, p in own.items():
+                t = state[n]
+                if t.shape != p.shape:
+                    raise CheckpointMismatchError(
+                        f"checkpoint tensor {n} has shape {tuple(t.shape)}, model expects {tuple(p.shape)}"
+                    )
+                p.copy_(t.to(p.dtype))
+
+    def folded_lora(self, idx: np.ndarray | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Plain LoRA factors for one configuration: ``{name: (A (r,in), B·M (out,r))}``, float32.
+
+        The fold B' = B·M is computed in float32 from float32 factors and float32 cores, whatever the
+        base's dtype.
+        """
+        cores = None
+        if self.hypernet is not None:
+            with torch.no_grad():
+                cores = self.hypernet(as_index_tensor(self.space.validate(idx), self.device))
+        out = {}
+        for i, (m, layer) in enumerate(zip(self.space.matrices, self._layers)):
+            b = layer.lora_B.detach()
+            if cores is not None:
+                b = b @ cores[i]
+            out[m.name] = (layer.lora_A.detach().clone(), b.clone())
+        return out
+
+
+def _quantize(w: torch.Tensor, option: Any, family: str) -> torch.Tensor:
+    with torch.no_grad():
+        return fake_quantize(w, option, family=family, dtype=w.dtype)

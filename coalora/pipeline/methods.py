@@ -1,0 +1,198 @@
+"""Train one method end to end in a single process, and reload what it wrote.
+
+Methods (DESIGN §2.4), all in the same framework so that comparisons are fair:
+
+- ``coa``: U_θ + one shared LoRA, configurations sampled from the training set (allocations at
+  ``train.init_budgets``);
+- ``shared``: the same without U_θ (Shared-LoRA);
+- ``per-config``: one plain LoRA per evaluation budget (QLoRA / LQ-LoRA style), each trained for
+  ``train.steps`` steps, written as one checkpoint per configuration under the output directory;
+- ``fp-lora``: the unquantized base + LoRA (the ceiling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from coalora.pipeline.checkpoint import META, check_checkpoint, load_trainable, save_checkpoint
+from coalora.errors import CheckpointError
+from coalora.errors import ConfigError
+from coalora.pipeline.config import ExperimentConfig, config_from_dict
+from coalora.errors import DataError
+from coalora.data.batching import check_label_range
+from coalora.pipeline.experiment import DataBundle, budget_configs, build_adapted, build_space, error_table_for, initial_trainset, load_base, load_data
+from coalora.model.lora import CoaModel, check_rank
+from coalora.model.loading import LoadedModel
+from coalora.pipeline.train import TrainResult, train
+
+PER_CONFIG_INDEX = "per_config.json"
+
+
+def _meta(cfg: ExperimentConfig, loaded: LoadedModel, method: str, res: TrainResult,
+          trainset: np.ndarray | None, space: Any) -> dict[str, Any]:
+    return {
+        "method": method,
+        "model": {"name": cfg.model.name, "task": loaded.task, "num_labels": cfg.model.num_labels},
+        "experiment": cfg.to_dict(),
+        "step": res.steps,
+        "train_loss": res.final_loss,
+        "train_seconds": res.seconds,
+        "trainset": None if trainset is None else [space.to_json(c) for c in trainset],
+    }
+
+
+def train_method(
+    cfg: ExperimentConfig,
+    out: str | os.PathLike,
+    method: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    configs: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train ``method`` (default ``cfg.train.method``) and write its checkpoint(s) to ``out``.
+
+    Args:
+        configs: ``per-config`` only: the ``(B, N, 5)`` configurations to train one adapter each
+            for (default: allocations at ``cfg.eval.budgets``).
+        device: where the model computes (a sweep trial passes the GPU Ray gave it).
+    Returns a summary: method, steps, seconds, final training loss, checkpoint paths.
+    """
+    method = method or cfg.train.method
+    out = Path(out)
+    t0 = time.perf_counter()
+    loaded = _on(load_base(cfg), device)
+    # Settings that depend on the model's shapes fail before the data is read or anything is allocated.
+    check_rank(cfg.lora.rank, build_space(cfg, loaded.model))
+    data = load_data(cfg, loaded.tokenizer, loaded.task)
+    _check_training_classes(cfg, data)
+    say(f"{method}: {cfg.model.name} ({loaded.task}), {len(data.train)} training examples on {device}")
+    if method == "per-config":
+        return _train_per_config(cfg, out, loaded, data, progress, say, t0, configs, device)
+    model = build_adapted(cfg, loaded, method)
+    trainset = None
+    if method != "fp-lora":
+        err = error_table_for(cfg, loaded.model, model.space, progress=progress)
+        trainset = initial_trainset(cfg, model.space, err)
+        bits = model.space.average_bits(trainset)
+        say(f"training set: {len(trainset)} configurations, {bits.min():.2f}-{bits.max():.2f} bits")
+    res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method)
+    save_checkpoint(out, model, _meta(cfg, loaded, method, res, trainset, model.space))
+    say(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f} -> {out}")
+    return {"method": method, "steps": res.steps, "train_seconds": res.seconds,
+            "total_seconds": time.perf_counter() - t0, "train_loss": res.final_loss, "checkpoints": [str(out)]}
+
+
+def _check_training_classes(cfg: ExperimentConfig, data: DataBundle) -> None:
+    """Every split's labels must be below ``model.num_labels`` and the training split must hold at least
+    two classes (a file is checked row by row where it is read; this covers the splits actually used)."""
+    if data.task != "classification":
+        return
+    for which in ("train", "validation", "test"):
+        split_labels = getattr(getattr(data, which), "labels", None)
+        if split_labels is not None:
+            name = "training" if which == "train" else which
+            check_label_range(split_labels, cfg.model.num_labels, f"the {name} split of {cfg.data.name}")
+    labels = getattr(data.train, "labels", None)
+    if labels is None or labels.numel() == 0:
+        return
+    classes = torch.unique(labels).tolist()
+    if len(classes) < 2:
+        raise DataError(
+            f"the training split of {cfg.data.name} ({len(labels)} examples) has only label {classes[0]} in "
+            f"column {cfg.data.label_column!r}; a classifier learns nothing from one class: check "
+            "data.label_column, or add examples of the other classes"
+        )
+
+
+def _on(loaded: LoadedModel, device: str | torch.device) -> LoadedModel:
+    """``loaded`` with its model moved to ``device`` (before wrapping: the cache is sized there)."""
+    loaded.model.to(device)
+    return loaded
+
+
+def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, data: DataBundle,
+                      progress: bool, say: Callable[[str], None], t0: float,
+                      configs: np.ndarray | None, device: str | torch.device = "cpu") -> dict[str, Any]:
+    space = build_space(cfg, loaded.model)
+    if configs is None:
+        err = error_table_for(cfg, loaded.model, space, progress=progress)
+        configs = budget_configs(cfg, space, err)
+        budgets: list[float | None] = list(cfg.eval.budgets)
+    else:
+        configs = space.validate(configs)
+        budgets = [None] * len(configs)
+    paths, seconds, losses = [], 0.0, []
+    for budget, c in zip(budgets, configs):
+        bits = float(space.average_bits(c))
+        # A fresh base per adapter: nothing learned for one configuration leaks into the next.
+        fresh = _on(load_base(cfg), device) if paths else loaded
+        model = build_adapted(cfg, fresh, "per-config")
+        res = train(model, data.train_batches(cfg), c[None], cfg.train, progress=progress,
+                    description=f"per-config {bits:.3f} bits")
+        tag = f"budget-{budget:g}" if budget is not None else f"bits-{bits:.3f}"
+        path = out / f"{tag}-{space.config_id(c)}"
+        meta = _meta(cfg, fresh, "per-config", res, c[None], space)
+        meta["budget"] = budget
+        save_checkpoint(path, model, meta)
+        paths.append(str(path))
+        seconds += res.seconds
+        losses.append(res.final_loss)
+        say(f"per-config {bits:.3f} bits: {res.seconds:.1f} s, loss {res.final_loss:.4f}")
+    index = {"method": "per-config", "budgets": budgets,
+             "checkpoints": [os.path.relpath(p, out) for p in paths], "train_seconds": seconds}
+    (out / PER_CONFIG_INDEX).write_text(json.dumps(index, indent=1))
+    return {"method": "per-config", "steps": cfg.train.steps * len(paths), "train_seconds": seconds,
+            "total_seconds": time.perf_counter() - t0, "train_loss": float(np.mean(losses)), "checkpoints": paths}
+
+
+def load_adapted(
+    path: str | os.PathLike, cfg: ExperimentConfig | None = None, loaded: LoadedModel | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[CoaModel, dict[str, Any], ExperimentConfig, LoadedModel]:
+    """Rebuild the trained model of a checkpoint.
+
+    Args:
+        path: a checkpoint directory written by :func:`train_method` (or the orchestrator).
+        cfg: the experiment to load it into (default: the one stored in the checkpoint). A
+            checkpoint made for another model or space is a clear error.
+        loaded: an already loaded base model to wrap (saves a reload).
+        device: where a freshly loaded base goes (``loaded`` stays where it is).
+    Returns:
+        ``(model, meta, cfg, loaded)`` with the trained weights in place.
+    """
+    # The whole checkpoint is checked (meta keys, readable and finite tensors) before the base loads.
+    meta = check_checkpoint(path)
+    if cfg is None:
+        try:
+            cfg = config_from_dict(meta["experiment"])
+        except ConfigError as e:
+            raise CheckpointError(f"{path}/{META}: its experiment is not a valid configuration: {e}") from None
+    loaded = loaded or _on(load_base(cfg), device)
+    model = build_adapted(cfg, loaded, meta["method"])
+    model.space.check_same(meta["space"], what=f"checkpoint {path}")
+    model.load_trainable_state(load_trainable(path, device=model.device))
+    return model, meta, cfg, loaded
+
+
+def per_config_checkpoints(path: str | os.PathLike) -> list[Path]:
+    """The adapters of a ``per-config`` output directory (in budget order)."""
+    p = Path(path)
+    index = p / PER_CONFIG_INDEX
+    if not index.is_file():
+        raise CheckpointError(f"{path} has no {PER_CONFIG_INDEX}: not a per-config output directory")
+    try:
+        data = json.loads(index.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{index} is corrupt: {e}") from None
+    names = data.get("checkpoints") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise CheckpointError(f"{index} is corrupt: 'checkpoints' must be a list of directory names")
+    return [p / c for c in names]

@@ -1,0 +1,187 @@
+"""The adapted model: PEFT equivalence, configuration switching, caching, trainable set, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from coalora.model.hypernet import HypernetConfig
+from coalora.errors import CheckpointMismatchError
+from coalora.model.lora import CoaLinear, CoaModel, LoraSettings
+from coalora.core.quant import fake_quantize
+from coalora.core.space import QuantSpace
+
+from tests.coalora._tiny import tiny_bert, tiny_llama
+
+
+def batch(seed: int = 0, n: int = 3, t: int = 10) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 100, (n, t), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _randomise_lora(model: CoaModel, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_identity_core_equals_peft_lora_on_dequantized_base(kind):
+    """With M = I and the same A/B, outputs equal a PEFT LoRA model on the same dequantized base."""
+    from peft import LoraConfig, get_peft_model
+
+    make = tiny_bert if kind == "bert" else tiny_llama
+    base = make()
+    space = QuantSpace.from_model(base)
+    cfg = space.sample(np.random.default_rng(0), 1)[0]
+    coa = CoaModel(make(), space, LoraSettings(rank=4, alpha=8), HypernetConfig(init_std=0.0))
+    coa.set_config(cfg)
+    _randomise_lora(coa)
+    # The same dequantized base inside a plain HF model, wrapped by PEFT with the same factors.
+    ref = make()
+    with torch.no_grad():
+        for m, row in zip(space.matrices, cfg):
+            mod = ref.get_submodule(m.name)
+            mod.weight.copy_(fake_quantize(mod.weight, space.option(row), family=space.family))
+    heads = ["classifier"] if kind == "bert" else None
+    peft_model = get_peft_model(
+        ref,
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=[m.name for m in space.matrices],
+                   modules_to_save=heads),
+    ).eval()
+    with torch.no_grad():
+        for m, layer in zip(space.matrices, coa.layers):
+            peft_layer = peft_model.base_model.model.get_submodule(m.name)
+            peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
+            peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+        if heads:
+            peft_model.base_model.model.classifier.modules_to_save["default"].load_state_dict(
+                coa.model.classifier.state_dict()
+            )
+    b = batch()
+    with torch.no_grad():
+        ours = coa(**b).logits
+        theirs = peft_model(**b).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_backbone_frozen_and_trainable_set():
+    coa = CoaModel(tiny_bert(), QuantSpace.from_model(tiny_bert()), LoraSettings(rank=4), HypernetConfig())
+    names = {n for n, p in coa.named_parameters() if p.requires_grad}
+    assert any(n.startswith("hypernet.") for n in names)
+    assert any(n.endswith("classifier.weight") for n in names)
+    assert sum(n.endswith("lora_A") for n in names) == 12
+    backbone = {n for n in names if n.startswith("model.")}
+    assert not any("embeddings" in n or "LayerNorm" in n or "pooler" in n for n in backbone)
+    assert isinstance(coa.model.bert.encoder.layer[0].attention.self.query, CoaLinear)
+
+
+def test_switching_configuration_uses_cache_and_changes_output():
+    base = tiny_bert()
+    space = QuantSpace.from_model(base)
+    coa = CoaModel(base, space, LoraSettings(rank=4), HypernetConfig())
+    rng = np.random.default_rng(0)
+    low = space.sample_near(2.3, rng, 1)[0]
+    high = space.sample_near(8.0, rng, 1, tol=0.3)[0]
+    b = batch()
+    with torch.no_grad():
+        coa.set_config(low)
+        out_low = coa(**b).logits
+        misses = coa.cache.misses
+        coa.set_config(high)
+        out_high = coa(**b).logits
+        coa.set_config(low)
+        again = coa(**b).logits
+    assert not torch.allclose(out_low, out_high)
+    torch.testing.assert_close(again, out_low, rtol=0, atol=0)
+    assert coa.cache.misses == misses + 12  # the second visit of `low` was all hits
+    assert coa.cache.hits >= 12
+
+
+def test_fp_mode_runs_the_unquantized_base():
+    base = tiny_bert()
+    ref = tiny_bert()
+    coa = CoaModel(base, QuantSpace.from_model(ref), LoraSettings(rank=4), hypernet=None)
+    coa.set_config(None)
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(coa(**b).logits, ref(**b).logits, atol=1e-6, rtol=0)
+    coa_h = CoaModel(tiny_bert(), QuantSpace.from_model(ref), LoraSettings(rank=4), HypernetConfig())
+    with pytest.raises(ValueError, match="needs a configuration"):
+        coa_h.set_config(None)
+
+
+def test_gradients_reach_lora_hypernet_and_head_only():
+    base = tiny_bert()
+    space = QuantSpace.from_model(base)
+    coa = CoaModel(base, space, LoraSettings(rank=4), HypernetConfig()).train()
+    coa.set_config(space.sample(np.random.default_rng(0), 1)[0])
+    out = coa(**batch(), labels=torch.tensor([0, 1, 1]))
+    out.loss.backward()
+    layer = coa.layers[0]
+    assert layer.lora_B.grad is not None and layer.lora_B.grad.abs().sum() > 0
+    # B = 0 at init, so A and U_θ get no gradient on the first step; the head does.
+    assert coa.model.classifier.weight.grad.abs().sum() > 0
+    assert coa.hypernet.fc2.weight.grad is not None
+
+
+def test_trainable_state_round_trip_and_mismatch():
+    space = QuantSpace.from_model(tiny_bert())
+    a = CoaModel(tiny_bert(0), space, LoraSettings(rank=4), HypernetConfig())
+    _randomise_lora(a)
+    b = CoaModel(tiny_bert(5), space, LoraSettings(rank=4), HypernetConfig())
+    b.load_trainable_state(a.trainable_state())
+    for k, v in a.trainable_state().items():
+        torch.testing.assert_close(b.trainable_state()[k], v)
+    wrong_rank = CoaModel(tiny_bert(), space, LoraSettings(rank=2), HypernetConfig())
+    with pytest.raises(CheckpointMismatchError, match="shape"):
+        wrong_rank.load_trainable_state(a.trainable_state())
+    plain = CoaModel(tiny_bert(), space, LoraSettings(rank=4), None)
+    with pytest.raises(CheckpointMismatchError, match="unexpected"):
+        plain.load_trainable_state(a.trainable_state())
+
+
+def test_folded_lora_reproduces_cores():
+    base = tiny_bert()
+    space = QuantSpace.from_model(base)
+    coa = CoaModel(base, space, LoraSettings(rank=4, alpha=8), HypernetConfig(init_std=0.3))
+    _randomise_lora(coa)
+    cfg = space.sample(np.random.default_rng(2), 1)[0]
+    coa.set_config(cfg)
+    folded = coa.folded_lora(cfg)
+    with torch.no_grad():
+        cores = coa.cores()
+        for i, (m, layer) in enumerate(zip(space.matrices, coa.layers)):
+            x = torch.randn(5, layer.in_features)
+            a, b_fold = folded[m.name]
+            want = x @ layer.lora_A.T @ cores[i].T @ layer.lora_B.T
+            torch.testing.assert_close(x @ a.T @ b_fold.T, want, atol=1e-6, rtol=1e-5)
+
+
+def test_rank_must_be_positive():
+    from coalora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lora.rank must be a positive integer, got 0"):
+        LoraSettings(rank=0)
+
+
+def test_rank_above_a_matrix_side_fails_before_allocating():
+    """Rank 10⁹ would ask for gigabytes per factor: the check comes first and names the tightest matrix."""
+    from coalora.errors import ConfigError
+    from coalora.core.space import TargetMatrix
+
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    narrow = min(space.matrices, key=lambda m: min(m.shape))
+    assert isinstance(narrow, TargetMatrix) and narrow.shape == (32, 64)  # k_proj: 2 KV heads × 16
+    with pytest.raises(ConfigError) as e:
+        CoaModel(base, space, LoraSettings(rank=1_000_000_000))
+    assert str(e.value) == (f"lora.rank: 1000000000 is larger than the smaller side of target matrix {narrow.name} "
+                            "(shape 32 x 64, out x in); set lora.rank to at most 32")
+    assert not any(isinstance(m, CoaLinear) for m in base.modules())  # the base was left as it was
+    CoaModel(base, space, LoraSettings(rank=32))  # the largest rank every matrix holds

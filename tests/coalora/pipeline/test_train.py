@@ -1,0 +1,186 @@
+"""Training loop, evaluation and checkpoints on tiny models (the real-model test is in test_experiment)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from coalora.errors import CheckpointError
+from coalora.pipeline.checkpoint import load_optimizer, load_trainable, read_meta, save_checkpoint
+from coalora.pipeline.config import TrainSection
+from coalora.pipeline.evaluate import evaluate
+from coalora.model.hypernet import HypernetConfig
+from coalora.model.lora import CoaModel, LoraSettings
+from coalora.core.space import QuantSpace
+from coalora.pipeline.train import make_optimizer, make_scheduler, train
+
+from tests.coalora._tiny import fixed_batches, separable_batches, tiny_bert, tiny_llama
+
+
+def coa_model(seed: int = 0, hyper: bool = True) -> CoaModel:
+    base = tiny_bert(seed)
+    return CoaModel(base, QuantSpace.from_model(base), LoraSettings(rank=4, alpha=8),
+                    HypernetConfig() if hyper else None)
+
+
+def test_coa_training_lowers_loss_and_is_seeded():
+    cfg = TrainSection(steps=40, lr=2e-3, warmup_steps=0, schedule="constant", log_every=5)
+    results, states = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = coa_model()
+        trainset = model.space.sample_near(3.0, np.random.default_rng(0), 4)
+        val = fixed_batches(4)
+        before = evaluate(model, trainset[:1], val, "classification")[0]["loss"]
+        res = train(model, separable_batches(), trainset, cfg, progress=False)
+        after = evaluate(model, trainset[:1], val, "classification")[0]
+        results.append((before, after, res))
+        states.append(model.trainable_state())
+    before, after, res = results[0]
+    assert res.steps == 40 and len(res.losses) == 40
+    assert after["loss"] < before - 0.05
+    assert after["accuracy"] > 0.6
+    # Same seed, same everything: bitwise-identical training.
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=0)
+
+
+def test_each_step_visits_k_configurations():
+    model = coa_model()
+    trainset = model.space.sample(np.random.default_rng(0), 5)
+    seen = []
+    orig = model.set_config
+
+    def spy(idx):
+        seen.append(model.space.config_id(idx))
+        orig(idx)
+
+    model.set_config = spy  # type: ignore[method-assign]
+    train(model, separable_batches(), trainset, TrainSection(steps=3, configs_per_step=2), progress=False)
+    assert len(seen) == 6
+    assert all(seen[i] != seen[i + 1] for i in range(0, 6, 2))  # k distinct configs per step
+
+
+def test_fp_lora_trains_without_configurations():
+    model = coa_model(hyper=False)
+    res = train(model, separable_batches(), None, TrainSection(steps=3), progress=False)
+    assert res.steps == 3 and model.config is None
+
+
+def test_causal_lm_training_step_and_perplexity():
+    base = tiny_llama()
+    model = CoaModel(base, QuantSpace.from_model(base), LoraSettings(rank=4), HypernetConfig())
+    g = torch.Generator().manual_seed(0)
+
+    def lm_batches():
+        while True:
+            ids = torch.randint(3, 100, (4, 16), generator=g)
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    trainset = model.space.sample(np.random.default_rng(0), 2)
+    res = train(model, lm_batches(), trainset, TrainSection(steps=2), progress=False)
+    assert res.steps == 2 and np.isfinite(res.losses).all()
+    it = lm_batches()
+    rows = evaluate(model, trainset, [next(it), next(it)], "causal-lm")
+    assert len(rows) == 2
+    for r in rows:
+        assert r["perplexity"] == pytest.approx(np.exp(r["loss"]))
+        assert r["examples"] == 8
+        # 2 batches × 4 sequences × 15 predicted positions; a random 100-token model is near-uniform.
+        assert 30 < r["perplexity"] < 300
+
+
+def test_evaluate_rows_have_bits_and_ids():
+    model = coa_model()
+    cfgs = model.space.sample(np.random.default_rng(1), 3)
+    rows = evaluate(model, cfgs, fixed_batches(2), "classification")
+    assert [r["config_id"] for r in rows] == [model.space.config_id(c) for c in cfgs]
+    assert [r["avg_bits"] for r in rows] == pytest.approx(list(model.space.average_bits(cfgs)))
+    assert all(r["examples"] == 32 for r in rows)
+
+
+def test_scheduler_shapes():
+    model = coa_model()
+    opt = make_optimizer(model, TrainSection(lr=1.0))
+    cfg = TrainSection(lr=1.0, warmup_steps=2, schedule="linear")
+    sched = make_scheduler(opt, cfg, total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warm-up 1/3, 2/3; then linear decay over the 4 remaining steps: 1, 0.75, 0.5, 0.25
+    assert lrs == pytest.approx([1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25])
+    # Resuming at step 3 continues the same curve.
+    opt2 = make_optimizer(model, TrainSection(lr=1.0))
+    sched2 = make_scheduler(opt2, cfg, total_steps=6, start_step=3)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.75)
+    del sched2
+
+
+def test_checkpoint_round_trip_with_optimizer(tmp_path):
+    model = coa_model()
+    trainset = model.space.sample(np.random.default_rng(0), 3)
+    cfg = TrainSection(steps=2)
+    opt = make_optimizer(model, cfg)
+    train(model, separable_batches(), trainset, cfg, optimizer=opt, progress=False)
+    path = save_checkpoint(tmp_path / "ck", model, {"method": "coa", "step": 2}, optimizer=opt)
+    meta = read_meta(path)
+    assert meta["method"] == "coa" and meta["lora"]["rank"] == 4 and meta["hypernet"]["hidden"] == 128
+    assert meta["space_fingerprint"] == model.space.fingerprint()
+    assert not list(tmp_path.glob(".ck.tmp-*"))
+    other = coa_model(seed=3)
+    other.load_trainable_state(load_trainable(path))
+    for k, v in model.trainable_state().items():
+        torch.testing.assert_close(other.trainable_state()[k], v, rtol=0, atol=0)
+    opt2 = make_optimizer(other, cfg)
+    assert load_optimizer(path, other, opt2)
+    p_old = next(p for p in model.parameters() if p.requires_grad)
+    p_new = next(p for p in other.parameters() if p.requires_grad)
+    torch.testing.assert_close(opt2.state[p_new]["exp_avg"], opt.state[p_old]["exp_avg"])
+    # Saving again replaces the old checkpoint in one piece.
+    save_checkpoint(path, model, {"method": "coa", "step": 3})
+    assert read_meta(path)["step"] == 3
+    assert not (tmp_path / "ck.old").exists()
+
+
+def test_not_a_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_meta(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="is not a coalora checkpoint"):
+        read_meta(tmp_path / "empty")
+    model = coa_model()
+    path = save_checkpoint(tmp_path / "ck", model, {"method": "coa"})
+    (path / "meta.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_meta(path)
+    (path / "meta.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(CheckpointError, match="format 99"):
+        read_meta(path)
+
+
+def test_bad_trainset_shape():
+    model = coa_model()
+    with pytest.raises(ValueError, match="non-empty"):
+        train(model, separable_batches(), np.zeros((0, 12, 5), dtype=int), TrainSection(steps=1), progress=False)
+
+
+def test_hypernet_gets_its_own_learning_rate():
+    model = coa_model()
+    cfg = TrainSection(lr=0.01, hypernet_lr_scale=5.0, warmup_steps=0, schedule="linear")
+    opt = make_optimizer(model, cfg)
+    lora_group, hyper_group = opt.param_groups
+    hyper_ids = {id(p) for p in model.hypernet.parameters()}
+    assert {id(p) for p in hyper_group["params"]} == hyper_ids
+    assert not hyper_ids & {id(p) for p in lora_group["params"]}
+    assert len(lora_group["params"]) + len(hyper_group["params"]) == len(
+        [p for p in model.parameters() if p.requires_grad])
+    assert (lora_group["lr"], hyper_group["lr"]) == pytest.approx((0.01, 0.05))
+    sched = make_scheduler(opt, cfg, total_steps=4)
+    opt.step()
+    sched.step()  # the schedule scales both groups alike: factor 0.75 after one of four steps
+    assert (lora_group["lr"], hyper_group["lr"]) == pytest.approx((0.0075, 0.0375))
