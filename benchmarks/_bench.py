@@ -98,17 +98,16 @@ def emit(title: str, rows: Sequence[dict[str, Any]], as_json: bool, meta: dict[s
 # ---------------------------------------------------------------------- additions: devices and memory
 def write_json(path: str, title: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> None:
     """Write the figures that :func:`emit` prints with ``--json`` to ``path`` (rewritten whole each call,
-    so a run cut short still leaves the rows it finished)."""
+    so a run cut short still leaves the rows it finished; all-or-nothing, so never half a file)."""
+    from coalora.io import atomic_write_text
+
     info = {
         "command": "python " + " ".join(sys.argv),
         "cpu_count": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         **(meta or {}),
     }
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"title": title, "meta": info, "rows": list(rows)}, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"title": title, "meta": info, "rows": list(rows)}, indent=2, default=str))
 
 
 def synced(fn: Callable[[], Any], device: Any) -> Callable[[], Any]:

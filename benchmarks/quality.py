@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
+from typing import Any
 
 import _bench  # noqa: E402
 
@@ -35,9 +35,8 @@ def main() -> None:
     args = p.parse_args()
     _bench.setup_threads(args.threads)
     from coalora.pipeline.config import load_config
-    from coalora.pipeline.evaluate import evaluate
-    from coalora.pipeline.experiment import load_data, random_configs
-    from coalora.pipeline.methods import load_adapted, per_config_checkpoints, train_method
+    from coalora.pipeline.experiment import random_configs
+    from coalora.pipeline.methods import evaluate_served, train_method
 
     overrides = list(args.set)
     if args.quick:
@@ -51,31 +50,24 @@ def main() -> None:
     # coa first: its training set defines what "held out" means for every method.
     summaries, scores = {}, {}
     heldout = None
-    loaded = data = batches = None
+
+    def held_out(model: Any, meta: dict[str, Any], exp: Any) -> np.ndarray:
+        """coa's training set's complement (drawn once, when coa is scored), for coa and shared alike."""
+        nonlocal heldout
+        if heldout is None:
+            trainset = np.stack([model.space.from_json(c) for c in meta["trainset"]])
+            heldout = random_configs(exp, model.space, exclude=trainset)
+        return heldout
+
     for method in ["coa"] + [m for m in methods if m != "coa"] if "coa" in methods else methods:
         path = out / method
         t0 = time.perf_counter()
-        if method == "per-config":
-            if heldout is None:
-                raise SystemExit("per-config needs the held-out configurations: include coa in --methods")
-            summaries[method] = train_method(cfg, path, method, progress=False, say=say, configs=heldout)
-            rows = []
-            for ck in per_config_checkpoints(path):
-                model, meta, _, _ = load_adapted(ck, cfg=cfg)
-                rows += evaluate(model, np.stack([model.space.from_json(meta["trainset"][0])]), batches, task)
-        else:
-            summaries[method] = train_method(cfg, path, method, progress=False, say=say)
-            model, meta, _, loaded = load_adapted(path, cfg=cfg)
-            task = loaded.task
-            if data is None:
-                data = load_data(cfg, loaded.tokenizer, task)
-                batches = data.eval_batches(cfg, args.split)
-            if heldout is None and method == "coa":
-                trainset = np.stack([model.space.from_json(c) for c in meta["trainset"]])
-                heldout = random_configs(cfg, model.space, exclude=trainset)
-            configs = [None] if method == "fp-lora" else heldout
-            rows = evaluate(model, configs, batches, task)
-        scores[method] = rows
+        if method == "per-config" and heldout is None:
+            raise SystemExit("per-config needs the held-out configurations: include coa in --methods")
+        summaries[method] = train_method(cfg, path, method, progress=False, say=say,
+                                         configs=heldout if method == "per-config" else None)
+        # per-config: each adapter on its own held-out configuration; fp-lora: unquantized; else held_out.
+        scores[method], task = evaluate_served(path, held_out, cfg=cfg, split=args.split)
         say(f"{method}: done in {time.perf_counter() - t0:.0f} s")
 
     metric = "accuracy" if task == "classification" else "perplexity"

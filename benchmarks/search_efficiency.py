@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 from coalora.core.pareto import ObjectiveBounds, non_dominated_mask  # noqa: E402
 from coalora.search.pareto_search import ParetoSearch  # noqa: E402
+from coalora.io import cache_root  # noqa: E402
 from coalora.search.settings import SearchSettings  # noqa: E402
 from coalora.core.space import MINILM_L6_SHAPES, ROBERTA_LARGE_SHAPES, QuantSpace, space_from_shapes  # noqa: E402
 
@@ -61,7 +62,7 @@ QUICK_OPTIONS = {"bits": (2, 3, 4, 8), "scale_bits": (4, 8), "scale2_dtype": ("f
 
 # ------------------------------------------------------------------------------------------ problems
 def _cache_dir() -> Path:
-    d = Path(os.environ.get("COALORA_CACHE", Path.home() / ".cache" / "coalora")) / "bench"
+    d = cache_root() / "bench"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

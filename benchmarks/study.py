@@ -21,14 +21,17 @@ Parts (``--parts``, comma-separated; default all):
 - ``causal-lm``: SmolLM2-135M on the Wikipedia sample (configs/study/smollm2-wiki.yaml): coa, shared and
   per-config at the budgets of ``eval.budgets``, perplexity on held-out text.
 
-Outputs: runs under ``runs/study/`` (checkpoints, archives, logs of every command) and the small tables
-and plots under ``benchmarks/results/study/`` (with ``manifest.json``: commands, commit, hardware).
+Outputs: runs under ``runs/study/`` (checkpoints, archives, logs of every command), the small tables
+and plots under ``benchmarks/results/study/`` (with ``manifest.json``: commands, commit, hardware), and
+the report ``docs/results.md``, rendered from those tables (:func:`render_report`) into the prose of
+``benchmarks/results/study/report-template.md``.
 
     python benchmarks/study.py [--parts table2,seen-unseen,search-ablation,causal-lm,baseline-seeds] [--seeds 0,1]
-                               [--quick] [--set KEY=VALUE ...]
+                               [--quick] [--set KEY=VALUE ...] [--report-only]
 
 ``--quick`` shrinks every part (2 rounds of 4 steps, 64 evaluation sentences) to check the pipeline
-in a few minutes; its results go to ``benchmarks/results/study-quick/``.
+in a few minutes; its results and report go to ``benchmarks/results/study-quick/``. ``--report-only``
+rewrites the report from the result files already there and runs nothing.
 """
 
 from __future__ import annotations
@@ -44,13 +47,18 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from coalora.io import atomic_write_text
+from coalora.pipeline.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 
+TEMPLATE = "report-template.md"  # in the results directory: the prose around the generated tables
 PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds")
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
@@ -68,7 +76,7 @@ class Study:
         self.quick = quick
         self.overrides = overrides
         self.runs = ROOT / "runs" / ("study-quick" if quick else "study")
-        self.results = ROOT / "benchmarks" / "results" / ("study-quick" if quick else "study")
+        self.results = results_dir(quick)
         self.logs = self.runs / "logs"
         for d in (self.runs, self.results, self.logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -227,15 +235,9 @@ def _completed_rounds(run_dir: Path) -> int:
         return 0
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
-
-
 def _run_train_seconds(run_dir: Path) -> tuple[float, float]:
     """(training-loop seconds, whole-run seconds) summed over a run's rounds."""
-    rows = _read_parquet(run_dir / "rounds.parquet")
+    rows = RunDir(run_dir).read_rounds()
     # The training loop's own time (what `coalora train` reports for the baselines); Ray Train's start-up
     # per round is in the whole-run figure.
     train = sum(r.get("train_loop_seconds") or r["train_seconds"] for r in rows)
@@ -451,8 +453,7 @@ def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
         for method in SEARCH_METHODS:
             name = f"coa-s{seed}" if method == "gp" else f"search-{method}-s{seed}"
             run = st.orchestrated(name, MINILM, _seed_sets(seed) + [f"search.method={method}"])
-            rounds = _read_parquet(run / "rounds.parquet")
-            archive = _read_parquet(run / "archive.parquet")
+            rounds, archive = RunDir(run).read_rounds(), RunDir(run).read_archive()
             held = st.evaluate(f"{name}-unseen", "--run", str(run), "--random", str(cfg.eval.random),
                                "--seed", str(UNSEEN_SEED))
             # Table 2's six allocation configurations: the same configurations for every method.
@@ -484,7 +485,6 @@ def causal_lm(st: Study, seeds: list[int]) -> dict[str, Any]:
     from coalora.pipeline.config import load_config
 
     cfg = load_config(ROOT / SMOLLM, st.overrides_for(lm=True))
-    budgets = [str(b) for b in cfg.eval.budgets]
     rows_out, summary = [], []
     for seed in seeds:
         s = [f"train.seed={seed}"]
@@ -525,13 +525,287 @@ def causal_lm(st: Study, seeds: list[int]) -> dict[str, Any]:
     return {"causal_lm": agg}
 
 
+# ---------------------------------------------------------------------- the report
+def results_dir(quick: bool) -> Path:
+    """Where a study's tables, plots and manifest go."""
+    return ROOT / "benchmarks" / "results" / ("study-quick" if quick else "study")
+
+
+def report_path(quick: bool) -> Path:
+    """The study's report: ``docs/results.md``; a quick check's stays beside its results."""
+    return results_dir(True) / "results.md" if quick else ROOT / "docs" / "results.md"
+
+
+# Placeholders a template may use, each replaced by a table rendered from the result files.
+_DEFAULT_TEMPLATE = """# Study results
+
+{{provenance}}
+
+## Table 2
+
+{{table2}}
+
+{{table2-budgets}}
+
+{{plot:table2}}
+
+## Seen against unseen configurations
+
+{{seen-unseen}}
+
+{{plot:seen-unseen}}
+
+## Search ablation
+
+{{search-ablation}}
+
+{{plot:search-ablation}}
+
+## Causal LM
+
+{{causal-lm}}
+
+{{plot:causal-lm}}
+
+## Seed-to-seed spread
+
+{{baseline-seeds}}
+"""
+_METHOD_ORDER = ("coa", "shared", "per-config", "fp-lora", "gp", "nsga2", "random-extend", "frozen", "random")
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results CSV with numbers as floats and empty cells as None."""
+    def value(v: str) -> Any:
+        if v == "":
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _signed(x: float, digits: int) -> str:
+    """``+0.50`` / ``−0.93`` (a typographic minus), and ``0`` for zero."""
+    text = _num(abs(x), digits)
+    return "0" if float(text) == 0 else ("−" if x < 0 else "+") + text
+
+
+def _num(x: float, digits: int) -> str:
+    """``x`` rounded half up from its shortest decimal form (the CSV's 0.7915 is 0.792, not 0.791)."""
+    q = Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{q:,.{digits}f}"
+
+
+def _bits(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def _by_method(rows: list[dict[str, Any]], key: str = "method") -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by method, in the order of :data:`_METHOD_ORDER` (others after, as they come)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r[key], []).append(r)
+    rank = {m: i for i, m in enumerate(_METHOD_ORDER)}
+    return dict(sorted(groups.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
+def _seeds(rows: list[dict[str, Any]]) -> list[int]:
+    return sorted({int(r["seed"]) for r in rows})
+
+
+def _per_seed(mine: list[dict[str, Any]], field: str, digits: int) -> str:
+    """One value per seed, in seed order: ``0.7917 / 0.7792``."""
+    return " / ".join(_num(r[field], digits) for r in sorted(mine, key=lambda r: r["seed"]))
+
+
+def _mean_std(row: dict[str, Any], field: str, digits: int, unit: str = "") -> str:
+    if row.get(field) is None:
+        return ""
+    return f"{_num(row[field], digits)} ± {_num(row[field + '_std'], digits)}{unit}"
+
+
+def _report_table2(results: Path) -> str:
+    seeds_rows = _read_csv(results / "table2-seeds.csv")
+    agg = {r["method"]: r for r in _read_csv(results / "table2.csv")}
+    seeds = _seeds(seeds_rows)
+    rows = []
+    for method, mine in _by_method(seeds_rows).items():
+        a = agg[method]
+        gap = ("" if a.get("gap_to_per_config_pt") is None else
+               f"{_signed(a['gap_to_per_config_pt'], 2)} ± {_num(a['gap_to_per_config_pt_std'], 2)} pt"
+               if a["gap_to_per_config_pt"] or a["gap_to_per_config_pt_std"] else "0")
+        seconds = _per_seed(mine, "train_seconds", 0)
+        if any(r["total_seconds"] != r["train_seconds"] for r in mine):  # an orchestrated run
+            seconds += f" (whole run {_per_seed(mine, 'total_seconds', 0)})"
+        rows.append([method, _num(mine[0]["adapters"], 0), _per_seed(mine, "mean_accuracy", 4),
+                     _mean_std(a, "mean_accuracy", 3), gap, _mean_std(a, "hypervolume", 3), seconds])
+    label = " / ".join(f"seed {s}" for s in seeds)
+    return _table(["method", "adapters", f"mean accuracy, {label}", "mean ± std", "gap to per-config", "HV",
+                   f"training s, {label}"], rows)
+
+
+def _report_table2_budgets(results: Path) -> str:
+    rows = [r for r in _read_csv(results / "table2-per-config.csv") if r["budget"] is not None]
+    budgets = sorted({r["budget"] for r in rows})
+    out = []
+    for method, mine in _by_method(rows).items():
+        out.append([method] + [_num(float(np.mean([r["accuracy"] for r in mine if r["budget"] == b])), 3)
+                               for b in budgets])
+    n = len(_seeds(rows))
+    return (f"Mean test accuracy per budget, over {n} seed{'s' if n > 1 else ''}:\n\n"
+            + _table(["bits"] + [f"{b:g}" for b in budgets], out))
+
+
+def _report_seen_unseen(results: Path) -> str:
+    summary = sorted(_read_csv(results / "seen-unseen-summary.csv"), key=lambda r: r["seed"])
+    detail = results / "seen-unseen.csv"
+    spans = {}
+    if detail.is_file():
+        for label in ("coa seen", "coa unseen"):
+            bits = [r["avg_bits"] for r in _read_csv(detail) if r["set"] == label]
+            spans[label] = f" ({_bits(min(bits))}–{_bits(max(bits))} bits)" if bits else ""
+
+    def line(label: str, field: str, digits: int, count: str | None = None, pt: bool = False) -> list[str]:
+        vals = [r[field] for r in summary]
+        if any(v is None for v in vals):
+            return []
+        cells = [(f"{r[count]:.0f} / " if count else "") + (_signed(v, digits) + " pt" if pt else _num(v, digits))
+                 for r, v in zip(summary, vals)]
+        mean = float(np.mean(vals))
+        return [label, *cells, _signed(mean, digits) + " pt" if pt else _num(mean, digits)]
+
+    rows = [line(f"coa, seen{spans.get('coa seen', '')}: configurations / mean accuracy",
+                 "seen_mean_accuracy_all", 3, "seen_configs"),
+            line("coa, seen within the unseen bit range", "seen_mean_accuracy_in_unseen_range", 3),
+            line(f"coa, unseen random{spans.get('coa unseen', '')}: configurations / mean accuracy",
+                 "unseen_mean_accuracy", 3, "unseen_configs"),
+            line("shared, the same unseen", "shared_unseen_mean_accuracy", 3),
+            line("coa unseen minus a line fitted to coa seen", "unseen_minus_seen_fit_pt", 1, pt=True)]
+    return _table(["set", *[f"seed {r['seed']:.0f}" for r in summary], "mean"], [r for r in rows if r])
+
+
+def _report_search_ablation(results: Path) -> str:
+    seeds_rows = _read_csv(results / "search-ablation-seeds.csv")
+    agg = {r["method"]: r for r in _read_csv(results / "search-ablation.csv")}
+    rows = []
+    for method, mine in _by_method(seeds_rows).items():
+        a = agg[method]
+        cells = [f"{_per_seed(mine, f, 3)}, {_mean_std(a, f, 3)}"
+                 for f in ("final_hypervolume", "heldout_mean_accuracy", "budgets_mean_accuracy")]
+        rows.append([method, *cells, _per_seed(mine, "evaluations", 0), _per_seed(mine, "final_set_size", 0),
+                     _per_seed(mine, "total_seconds", 0)])
+    return _table(["search", "final HV", "held-out accuracy (random unseen)", "accuracy at Table 2's configurations",
+                   "evaluations", "last training set", "whole run s"], rows)
+
+
+def _report_causal_lm(results: Path) -> str:
+    detail = _read_csv(results / "causal-lm-per-config.csv")
+    agg = {r["method"]: r for r in _read_csv(results / "causal-lm.csv")}
+    budgets = sorted({r["budget"] for r in detail})
+    rows = []
+    for method, mine in _by_method(detail).items():
+        a = agg[method]
+        ppl = [float(np.mean([r["perplexity"] for r in mine if r["budget"] == b])) for b in budgets]
+        rows.append([method, str(len(budgets)) if method == "per-config" else "1",
+                     " / ".join(_num(x, 1) for x in ppl), _num(a["mean_perplexity"], 1),
+                     "1" if method == "per-config" else _num(a["ratio_to_per_config"], 2),
+                     _num(a["train_seconds"], 0)])
+    bits = " / ".join(f"{b:g}" for b in budgets)
+    return _table(["method", "adapters", f"perplexity at {bits} bits", "mean perplexity",
+                   "mean ratio to per-config", "training s"], rows)
+
+
+def _report_baseline_seeds(results: Path) -> str:
+    """Each method's mean accuracy per seed: coa and fp-lora from table2's runs, shared and per-config
+    from ``baseline-seeds`` (the same runs where both exist)."""
+    by = {(r["method"], int(r["seed"])): r["mean_accuracy"] for r in _read_csv(results / "baseline-seeds.csv")}
+    if (results / "table2-seeds.csv").is_file():
+        by = {(r["method"], int(r["seed"])): r["mean_accuracy"] for r in _read_csv(results / "table2-seeds.csv")} | by
+    seeds = sorted({s for _, s in by})
+    rows = []
+    for method in _by_method([{"method": m} for m, _ in by]):
+        vals = [by.get((method, s)) for s in seeds]
+        have = [v for v in vals if v is not None]
+        rows.append([method, *["" if v is None else _num(v, 4) for v in vals],
+                     f"{_num((max(have) - min(have)) * 100, 2)} pt"])
+    return _table(["method", *[f"mean accuracy, seed {s}" for s in seeds], "range across seeds"], rows)
+
+
+def _report_provenance(results: Path) -> str:
+    m = json.loads((results / "manifest.json").read_text())
+    hours = sum(c["seconds"] for c in m["commands"]) / 3600
+    return (f"Measured on {m['hardware']}, Python {m['python']}, at commit `{m['commit'][:10]}`"
+            f"{' (uncommitted changes)' if m.get('dirty') else ''}: {len(m['commands'])} commands, "
+            f"{hours:.1f} hours of command time in all (each command, its time and log: "
+            f"`{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}/manifest.json`).")
+
+
+_TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
+           "table2-budgets": (_report_table2_budgets, ("table2-per-config.csv",)),
+           "seen-unseen": (_report_seen_unseen, ("seen-unseen-summary.csv",)),
+           "search-ablation": (_report_search_ablation, ("search-ablation-seeds.csv", "search-ablation.csv")),
+           "causal-lm": (_report_causal_lm, ("causal-lm-per-config.csv", "causal-lm.csv")),
+           "baseline-seeds": (_report_baseline_seeds, ("baseline-seeds.csv",)),
+           "provenance": (_report_provenance, ("manifest.json",))}
+
+
+def render_report(results: Path, out: Path) -> str:
+    """The report of the result files under ``results``, to be written at ``out``.
+
+    The prose comes from ``results/report-template.md`` (a short default without it; its ``<!-- -->``
+    comments are dropped); each ``{{name}}`` placeholder there becomes a table rendered from the CSV files (see ``_TABLES``), and
+    ``{{plot:name}}`` the image ``results/name.png``, linked relative to ``out``. A table whose files
+    are missing says which ``--parts`` would make it.
+    """
+    template = results / TEMPLATE
+    # The template's comments are notes to its editors, not part of the report.
+    text = re.sub(r"<!--.*?-->\n?", "", template.read_text() if template.is_file() else _DEFAULT_TEMPLATE,
+                  flags=re.S)
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name.startswith("plot:"):
+            png = results / f"{name[5:]}.png"
+            return f"![{name[5:]}]({os.path.relpath(png, out.parent)})" if png.is_file() else ""
+        if name not in _TABLES:
+            raise SystemExit(f"study: {template}: unknown placeholder {{{{{name}}}}}; known: {sorted(_TABLES)}")
+        fn, files = _TABLES[name]
+        if not all((results / f).is_file() for f in files):
+            part = name.removesuffix("-budgets") if name != "provenance" else "<any>"
+            return f"_Not run yet: `python benchmarks/study.py --parts {part}`._"
+        return fn(results)
+
+    return re.sub(r"\{\{([a-z0-9:-]+)\}\}", fill, text)
+
+
+def write_report(results: Path, out: Path) -> None:
+    """Render :func:`render_report` and write it to ``out`` (all at once: a temporary file renamed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, render_report(results, out))
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default=",".join(PARTS))
     p.add_argument("--seeds", default="0", help="comma-separated seeds (train.seed and search.seed)")
     p.add_argument("--quick", action="store_true", help="a tiny version of every part, to check the pipeline")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every command")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report from the result files already there; run nothing")
     args = p.parse_args(argv)
+    results = results_dir(args.quick)
+    if args.report_only:
+        write_report(results, report_path(args.quick))
+        return 0
     parts = args.parts.split(",")
     unknown = [x for x in parts if x not in PARTS]
     if unknown:
@@ -553,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {name}")
             for row in table:
                 print("   " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    write_report(results, report_path(args.quick))
     return 0
 
 

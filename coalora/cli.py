@@ -195,10 +195,9 @@ def _budget_config(model: Any, cfg: Any, budget: float) -> Any:
     return allocate(err, model.space, budget)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
-    """The model of ``--checkpoint`` or of ``--run``'s last round; either may be a URI (``s3://...``),
+def _local_checkpoint(args: argparse.Namespace) -> Path:
+    """The directory of ``--checkpoint`` or of ``--run``'s last round; either may be a URI (``s3://...``),
     read through a local copy. ``args.checkpoint`` becomes the checkpoint's name as the user sees it."""
-    from coalora.pipeline.methods import load_adapted
     from coalora.io import cache_root
     from coalora.storage import local_copy
 
@@ -206,7 +205,14 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
         from coalora.pipeline.rundir import run_checkpoint
 
         args.checkpoint = str(_reading_run(args.run, lambda: run_checkpoint(args.run)))
-    return load_adapted(local_copy(args.checkpoint, cache_root() / "checkpoints"))
+    return local_copy(args.checkpoint, cache_root() / "checkpoints")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The model of :func:`_local_checkpoint`: ``(model, meta, cfg, loaded)``."""
+    from coalora.pipeline.methods import load_adapted
+
+    return load_adapted(_local_checkpoint(args))
 
 
 def _reading_run(run: str, read: Any) -> Any:
@@ -221,44 +227,25 @@ def _reading_run(run: str, read: Any) -> Any:
         raise CheckpointError(f"run {run}: a table of the run cannot be read ({type(e).__name__}: {e})") from None
 
 
-def _evaluate_per_config(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
-    """Each adapter of a ``per-config`` directory on the configuration it was trained for."""
-    from coalora.pipeline.evaluate import evaluate
-    from coalora.pipeline.experiment import load_data
-    from coalora.pipeline.methods import load_adapted, per_config_checkpoints
-
-    if args.config_json or args.budget or args.random:
-        raise UsageError(f"{args.checkpoint} is a per-config directory: each adapter is evaluated on its own "
-                         "configuration; pass one adapter's directory to evaluate it elsewhere")
-    rows: list[dict[str, Any]] = []
-    loaded = batches = None
-    for path in per_config_checkpoints(args.checkpoint):
-        # A fresh base per adapter (wrapping replaces the base's target modules in place).
-        model, meta, cfg, loaded = load_adapted(path)
-        if batches is None:
-            batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, args.split)
-        if not meta.get("trainset"):
-            from coalora.errors import CheckpointError
-
-            raise CheckpointError(f"{path}/meta.json names no configuration (empty 'trainset'): the adapter's "
-                                  "configuration is unknown")
-        config = model.space.from_json(meta["trainset"][0])[None]
-        for r in evaluate(model, config, batches, loaded.task, max_batches=args.max_batches, progress=False):
-            rows.append({**r, "budget": meta.get("budget"), "checkpoint": str(path)})
-    return rows, loaded.task
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from coalora.pipeline.evaluate import evaluate
     from coalora.pipeline.experiment import load_data, random_configs
-    from coalora.pipeline.methods import PER_CONFIG_INDEX
+    from coalora.pipeline.methods import PER_CONFIG_INDEX, evaluate_served
 
-    if args.checkpoint and (Path(args.checkpoint) / PER_CONFIG_INDEX).is_file():
-        rows, task = _evaluate_per_config(args)
+    per_config = bool(args.checkpoint) and (Path(args.checkpoint) / PER_CONFIG_INDEX).is_file()
+    chosen = args.config_json or args.budget or args.random
+    if per_config and chosen:
+        raise UsageError(f"{args.checkpoint} is a per-config directory: each adapter is evaluated on its own "
+                         "configuration; pass one adapter's directory to evaluate it elsewhere")
+    if not chosen:
+        # What the method serves: a per-config adapter its own configuration, fp-lora the unquantized
+        # base, coa and shared their training set.
+        rows, task = evaluate_served(args.checkpoint if per_config else _local_checkpoint(args), split=args.split,
+                                     max_batches=args.max_batches, progress=not (args.quiet or per_config))
     else:
-        model, meta, cfg, loaded = _load(args)
+        model, _, cfg, loaded = _load(args)
         task = loaded.task
         space = model.space
         budgets: list[float | None] = []
@@ -267,15 +254,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif args.budget:
             configs = np.stack([_budget_config(model, cfg, b) for b in args.budget])
             budgets = list(args.budget)
-        elif args.random:
-            cfg.eval.seed = args.seed
-            configs = random_configs(cfg, space, n=args.random)
-        elif meta["method"] == "fp-lora":
-            configs = [None]
-        elif meta.get("trainset"):
-            configs = np.stack([space.from_json(c) for c in meta["trainset"]])
         else:
-            raise UsageError("nothing to evaluate: pass --config, --budget or --random")
+            if args.seed is not None:
+                cfg.eval.seed = args.seed
+            configs = random_configs(cfg, space, n=args.random)
         data = load_data(cfg, loaded.tokenizer, loaded.task)
         batches = data.eval_batches(cfg, args.split)
         rows = evaluate(model, configs, batches, loaded.task, max_batches=args.max_batches, progress=not args.quiet)
@@ -323,6 +305,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
+    from coalora.pipeline.config import METHODS
+
     p = _Parser(prog="coalora", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -336,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one method in this process (no Ray)")
     t.add_argument("--config", required=True, help="experiment YAML (configs/*.yaml)")
-    t.add_argument("--method", choices=["coa", "shared", "per-config", "fp-lora"])
+    t.add_argument("--method", choices=METHODS)
     t.add_argument("--out", required=True, help="checkpoint directory to write")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a YAML key, e.g. train.steps=50")
     t.add_argument("--overwrite", action="store_true")
@@ -356,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average-bits budget(s); allocation picks one configuration per budget")
     g.add_argument("--random", type=_positive_int,
                    help="this many (>= 1) random configurations over eval.random_bits")
-    e.add_argument("--seed", type=int, default=1234, help="seed of --random")
+    e.add_argument("--seed", type=int, help="seed of --random (default: the experiment's eval.seed)")
     e.add_argument("--split", choices=["validation", "test"], default="validation")
     e.add_argument("--max-batches", type=_positive_int)
     e.add_argument("--quiet", action="store_true")

@@ -1,21 +1,38 @@
-"""Files: atomic writes, the on-disk cache root, and the asset packages that ship models and data."""
+"""Files: atomic writes, the on-disk cache root, and the asset packages that ship models and data.
+
+Atomic writes: :func:`atomic_write` / :func:`atomic_write_bytes` / :func:`atomic_write_text` for a file,
+:func:`atomic_dir` for a directory, :func:`cached_dir` for a build-once cache entry. Each fills a
+temporary sibling (a name starting with ``.``) and renames it into place, so a reader, or a process
+that crashes half-way, never leaves a half-written file or directory under the final name.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from coalora.errors import AssetMissingError
 
 
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# ---------------------------------------------------------------------- atomic writes
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
+    """Write the file ``path`` all-or-nothing: ``write(f)`` fills a temporary file beside it (binary
+    mode), which is flushed, synced to disk and moved over ``path`` with ``os.replace``.
+
+    If ``write`` raises, the temporary file is deleted, ``path`` keeps its old contents (or stays
+    absent) and the exception propagates. The parent directory must exist.
+    """
+    path = Path(path)
+    tmp = _sibling_name(path, ".tmp")
+    # Not mkstemp: its mode is 0600; this one gets the umask's, as ``open(path, "w")`` would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -25,6 +42,62 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """:func:`atomic_write` of ``data``."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write` of ``text``, UTF-8 encoded."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _sibling_name(final: Path, suffix: str) -> Path:
+    """A fresh hidden name beside ``final``: ``.<name>.<random><suffix>``. The suffix marks a
+    leftover of a killed process as garbage to anyone listing the folder."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(6)}{suffix}")
+
+
+@contextmanager
+def _sibling_tmp_dir(final: Path) -> Iterator[Path]:
+    """An empty temporary directory beside ``final`` (parents created), deleted on exit unless the
+    block renamed it away."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling_name(final, ".tmp")
+    tmp.mkdir()  # not mkdtemp, whose mode 0700 the directory would keep under its final name
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build the directory ``final`` all-or-nothing.
+
+    Yields an empty temporary sibling directory to fill. When the block ends normally the temporary
+    takes ``final``'s place; an older ``final`` is first moved aside (to ``<final>.old``) and deleted
+    only once the new one is in place, so at every instant a complete copy exists under one of the
+    two names. When the block raises, the temporary is deleted and ``final`` is untouched.
+
+    Example::
+
+        with atomic_dir(out) as tmp:
+            (tmp / "meta.json").write_text("{}")
+    """
+    final = Path(final)
+    with _sibling_tmp_dir(final) as tmp:
+        yield tmp
+        old = final.with_name(final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)  # left by an earlier swap that a crash interrupted
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
 
 
 CACHE_MARKER = "coalora-cache.json"
@@ -84,7 +157,7 @@ def cached_dir(key: str, build: Callable[[Path], None], cache_dir: Path) -> Path
 
     The write is atomic: ``build`` fills a temporary directory beside the target, a marker file is
     written last, and the directory is renamed into place. A crash leaves at most a stray
-    ``.tmp-*`` directory, never a half-written cache; if another process wins the race its copy is
+    ``.<key>.*.tmp`` directory, never a half-written cache; if another process wins the race its copy is
     kept and ours is discarded.
 
     Args:
@@ -96,9 +169,8 @@ def cached_dir(key: str, build: Callable[[Path], None], cache_dir: Path) -> Path
     final = parent / key
     if (final / CACHE_MARKER).is_file():
         return final
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=parent))
-    try:
+    # Not atomic_dir: a complete copy that another process put in place meanwhile is kept, not replaced.
+    with _sibling_tmp_dir(final) as tmp:
         build(tmp)
         (tmp / CACHE_MARKER).write_text(json.dumps({"key": key}))
         if final.exists() and not (final / CACHE_MARKER).is_file():
@@ -109,7 +181,4 @@ def cached_dir(key: str, build: Callable[[Path], None], cache_dir: Path) -> Path
         except OSError:
             if not (final / CACHE_MARKER).is_file():
                 raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -23,7 +23,6 @@ import os
 import posixpath
 import re
 import shutil
-import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 from coalora.errors import StorageError
+from coalora.io import atomic_write_bytes
 
 __all__ = ["Location", "StorageError", "is_uri", "open_location", "local_copy"]
 
@@ -124,14 +124,7 @@ class Location:
         parent = posixpath.dirname(self.path)
         if self.is_local:
             os.makedirs(parent, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.name}.", dir=parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_bytes(self.path, data)
             return
         with self.fs.open_output_stream(self.path) as f:
             f.write(data)

@@ -20,10 +20,9 @@ from typing import Any, Callable
 
 import psutil
 
-from coalora.storage import Location
 from coalora.errors import StorageError
-
-RECORD = "ray_processes.json"
+from coalora.pipeline.rundir import PROCESSES as RECORD
+from coalora.storage import Location
 
 
 def descendants(pid: int | None = None) -> list[dict[str, Any]]:

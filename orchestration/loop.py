@@ -17,7 +17,6 @@ fit (:mod:`orchestration.resources`); a GPU plan is probed once for what the GPU
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -30,6 +29,8 @@ from safetensors.torch import load as load_safetensors
 
 from coalora.pipeline.config import ExperimentConfig, dump_config
 from coalora.pipeline.experiment import build_space, initial_trainset, load_base
+from coalora.pipeline.rundir import (ROLE_CANDIDATE, ROLE_TRAIN, STATUS_OK, ArchiveRow, RoundRow, TrainsetFile,
+                                     read_trainset)
 from coalora.storage import Location
 from coalora.errors import StorageError
 from orchestration.devices import DeviceReport, collective_backend, probe_gpu_node
@@ -57,17 +58,17 @@ class Progress:
 
 
 def _rows_for_archive(k: int, configs: np.ndarray, roles: list[str], results: list[dict[str, Any]],
-                      space: Any) -> list[dict[str, Any]]:
+                      space: Any) -> list[ArchiveRow]:
+    """One archive row per scored configuration of ``configs`` ``(B, N, 5)`` (evaluator results in order)."""
     rows = []
     bits = space.average_bits(configs)
     for c, role, b, res in zip(configs, roles, np.atleast_1d(bits), results):
-        rows.append({
-            "round": k, "config_id": space.config_id(c), "role": role,
-            "knobs": c.reshape(-1).astype(int).tolist(), "avg_bits": float(b),
-            "loss": float(res["loss"]), "accuracy": res.get("accuracy"), "perplexity": res.get("perplexity"),
-            "status": res["status"], "error": res.get("error"), "seconds": float(res["seconds"]),
-            "actor": res["actor"],
-        })
+        rows.append(ArchiveRow(
+            round=k, config_id=space.config_id(c), role=role, knobs=c.reshape(-1).astype(int).tolist(),
+            avg_bits=float(b), loss=float(res["loss"]), accuracy=res.get("accuracy"),
+            perplexity=res.get("perplexity"), status=res["status"], error=res.get("error"),
+            seconds=float(res["seconds"]), actor=res["actor"],
+        ))
     return rows
 
 
@@ -174,7 +175,6 @@ class Orchestrator:
         if self.record_processes:
             self.record = ProcessRecord(store.root)
             self.record.update()
-        settings = cfg.search.settings()
         if start == 0:
             self.say(f"{cfg.model.name}: {space.n_matrices} target matrices, {space.n_options} options each, "
                      f"attainable bits {space.attainable_range()}")
@@ -187,17 +187,14 @@ class Orchestrator:
             trainset = initial_trainset(cfg, space, err)
             candidates = np.zeros((0, space.n_matrices, 5), dtype=np.int64)
             search = SearchActor.options(num_cpus=cfg.ray.search_cpus, scheduling_strategy=on_this_node()).remote(
-                space.signature(), settings)
+                space.signature(), cfg.search)
         elif start >= cfg.run.rounds:
             self.say(f"all {cfg.run.rounds} rounds are complete; nothing to do")
             return self._summary(space)
         else:
-            saved = json.loads(store.trainset_path(start - 1).read_text())
-            trainset = np.stack([space.from_json(c) for c in saved["trainset"]])
-            cands = [space.from_json(c) for c in saved["candidates"]]
-            candidates = np.stack(cands) if cands else np.zeros((0, space.n_matrices, 5), dtype=np.int64)
+            trainset, candidates = read_trainset(store.trainset_path(start - 1), space)
             search = SearchActor.options(num_cpus=cfg.ray.search_cpus, scheduling_strategy=on_this_node()).remote(
-                space.signature(), settings, store.search_dir(start - 1).read_files())
+                space.signature(), cfg.search, store.search_dir(start - 1).read_files())
         del loaded  # the driver only needed the shapes and the error table
         self.pool = EvaluatorPool(cfg, say=self.say)
         if self.keep_evaluators:
@@ -252,7 +249,7 @@ class Orchestrator:
 
         t0 = time.perf_counter()
         configs = np.concatenate([trainset, candidates]) if len(candidates) else trainset
-        roles = ["train"] * len(trainset) + ["candidate"] * len(candidates)
+        roles = [ROLE_TRAIN] * len(trainset) + [ROLE_CANDIDATE] * len(candidates)
         state_ref = ray.put(load_safetensors((store.checkpoint_dir(k) / "trainable.safetensors").read_bytes()))
 
         def on_done(done: int, total: int) -> None:
@@ -267,7 +264,7 @@ class Orchestrator:
         t_eval = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        losses = np.array([r["loss"] if r["status"] == "ok" else math.nan for r in rows])
+        losses = np.array([r["loss"] if r["status"] == STATUS_OK else math.nan for r in rows])
         ray.get(search.observe.remote(configs, losses, k))
         new_set = ray.get(search.select.remote())
         last_round = k == cfg.run.rounds - 1
@@ -276,22 +273,22 @@ class Orchestrator:
         store.search_dir(k).write_files(ray.get(search.state_files.remote()))
         t_search = time.perf_counter() - t0
 
-        store.write_trainset(k, {"trainset": [space.to_json(c) for c in new_set],
-                                 "candidates": [space.to_json(c) for c in new_cands]})
+        store.write_trainset(k, TrainsetFile(trainset=[space.to_json(c) for c in new_set],
+                                             candidates=[space.to_json(c) for c in new_cands]))
         hist = status["last"] or {}
-        failed = sum(r["status"] != "ok" for r in rows)
+        failed = sum(r["status"] != STATUS_OK for r in rows)
         for r in rows:
-            if r["status"] != "ok":
+            if r["status"] != STATUS_OK:
                 self.say(f"warning: round {k + 1}: configuration {r['config_id']} failed: {r['error']}")
-        round_row = {
-            "round": k, "hypervolume": float(hist.get("hv_archive", 0.0)), "hv_train": float(hist.get("hv_train", 0.0)),
-            "set_size": len(new_set), "evaluated": len(rows), "failed": failed,
-            "train_loss": float(metrics.get("train_loss", math.nan)), "train_steps": int(metrics.get("train_steps", 0)),
-            "train_seconds": t_train, "train_loop_seconds": float(metrics.get("train_seconds", math.nan)),
-            "eval_seconds": t_eval, "search_seconds": t_search,
-            "train_attempts": attempts, "eval_retries": self.pool.stats["retries"],
-            "evaluators_replaced": self.pool.stats["replaced"],
-        }
+        round_row = RoundRow(
+            round=k, hypervolume=float(hist.get("hv_archive", 0.0)), hv_train=float(hist.get("hv_train", 0.0)),
+            set_size=len(new_set), evaluated=len(rows), failed=failed,
+            train_loss=float(metrics.get("train_loss", math.nan)), train_steps=int(metrics.get("train_steps", 0)),
+            train_seconds=t_train, train_loop_seconds=float(metrics.get("train_seconds", math.nan)),
+            eval_seconds=t_eval, search_seconds=t_search,
+            train_attempts=attempts, eval_retries=self.pool.stats["retries"],
+            evaluators_replaced=self.pool.stats["replaced"],
+        )
         self.save_log()  # before the round is marked complete: a driver killed after it leaves its log
         store.append_round(rows, round_row)
         write_report(store, cfg, space, cfg.run.name)
@@ -308,4 +305,4 @@ class Orchestrator:
         rounds = self.store.read_rounds()
         return {"run_dir": str(self.store.root), "rounds": len(rounds),
                 "hypervolume": rounds[-1]["hypervolume"] if rounds else None,
-                "report": str(self.store.root / "report.md")}
+                "report": str(self.store.report_path)}

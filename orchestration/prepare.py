@@ -95,9 +95,9 @@ def load_run_config(config: str | None, overrides: Sequence[str], resume: str | 
         if smoke:
             raise InputError("--smoke-test cannot be combined with --resume")
         run_dir = open_location(resume)
-        cfg_path = run_dir / "config.yaml"
+        cfg_path = RunStore(run_dir).config_path
         if not cfg_path.is_file():
-            raise RunDirError(f"--resume {resume}: not a run directory (no config.yaml)")
+            raise RunDirError(f"--resume {resume}: not a run directory (no {cfg_path.name})")
         _resume_overrides(overrides)
         return load_config(cfg_path.uri, overrides), run_dir
     cfg = load_config(config or str(smoke_config if smoke else default), overrides)

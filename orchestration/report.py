@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from coalora.core.pareto import non_dominated_mask
+from coalora.pipeline.rundir import (FRONT_PLOT, HYPERVOLUME_PLOT, ArchiveRow, RoundRow, best_row_under, evaluated_ok,
+                                     knobs_of)
 from coalora.storage import Location
 from orchestration.store import RunStore
 
@@ -24,12 +25,7 @@ def _save_figure(fig: Any, path: Location) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def _ok(rows: Sequence[dict[str, Any]], round_k: int | None = None) -> list[dict[str, Any]]:
-    return [r for r in rows if r["status"] == "ok" and (round_k is None or r["round"] == round_k)
-            and math.isfinite(r["loss"])]
-
-
-def front_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def front_rows(rows: Sequence[ArchiveRow]) -> list[ArchiveRow]:
     """The non-dominated rows in (loss, bits), both minimised, in increasing bits."""
     if not rows:
         return []
@@ -38,7 +34,7 @@ def front_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r, m in zip(rows, mask) if m), key=lambda r: r["avg_bits"])
 
 
-def plot_front(archive: Sequence[dict[str, Any]], path: Location) -> None:
+def plot_front(archive: Sequence[ArchiveRow], path: Location) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +44,7 @@ def plot_front(archive: Sequence[dict[str, Any]], path: Location) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     cmap = plt.get_cmap("viridis")
     for i, k in enumerate(rounds):
-        ok = _ok(archive, k)
+        ok = evaluated_ok(archive, k)
         if not ok:
             continue
         color = cmap(i / max(1, len(rounds) - 1))
@@ -64,7 +60,7 @@ def plot_front(archive: Sequence[dict[str, Any]], path: Location) -> None:
     _save_figure(fig, path)
 
 
-def plot_hypervolume(rounds: Sequence[dict[str, Any]], path: Location) -> None:
+def plot_hypervolume(rounds: Sequence[RoundRow], path: Location) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,13 +79,9 @@ def plot_hypervolume(rounds: Sequence[dict[str, Any]], path: Location) -> None:
     _save_figure(fig, path)
 
 
-def best_per_budget(rows: Sequence[dict[str, Any]], budgets: Sequence[float]) -> list[dict[str, Any] | None]:
+def best_per_budget(rows: Sequence[ArchiveRow], budgets: Sequence[float]) -> list[ArchiveRow | None]:
     """For each budget, the lowest-loss row whose average bits fit under it (None if none does)."""
-    out = []
-    for b in budgets:
-        fit = [r for r in rows if r["avg_bits"] <= b + 1e-12]
-        out.append(min(fit, key=lambda r: r["loss"]) if fit else None)
-    return out
+    return [best_row_under(rows, b) for b in budgets]
 
 
 def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
@@ -99,22 +91,21 @@ def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
     if not rounds:
         return
     last = rounds[-1]["round"]
-    plot_front(archive, store.root / "front.png")
-    plot_hypervolume(rounds, store.root / "hypervolume.png")
-    final = _ok(archive, last)
+    plot_front(archive, store.front_plot_path)
+    plot_hypervolume(rounds, store.hypervolume_plot_path)
+    final = evaluated_ok(archive, last)
     front = front_rows(final)
     metric = "accuracy" if any(r.get("accuracy") is not None for r in final) else "perplexity"
     ck = store.checkpoint_dir(last)
     for r in front:
-        cfg_json = space.to_json(np.asarray(r["knobs"], dtype=np.int64).reshape(space.n_matrices, 5))
-        (store.root / "front" / f"{r['config_id']}.json").write_text(json.dumps(cfg_json, indent=1))
+        store.front_config_path(r["config_id"]).write_text(json.dumps(space.to_json(knobs_of(r, space)), indent=1))
     lines = [
         f"# Run `{run_name}`",
         "",
         f"Model `{cfg.model.name}`, data `{cfg.data.name}`, {len(rounds)} round(s), search `{cfg.search.method}`"
         f" ({cfg.search.n_segments} segments). Final hypervolume {rounds[-1]['hypervolume']:.4f}.",
         "",
-        "![front](front.png) ![hypervolume](hypervolume.png)",
+        f"![front]({FRONT_PLOT}) ![hypervolume]({HYPERVOLUME_PLOT})",
         "",
         "## Rounds",
         "",
@@ -141,10 +132,9 @@ def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
             lines.append(f"| {b:g} | (none evaluated) | | | | `coalora adapt --checkpoint {ck} --budget {b:g} "
                          f"--out adapters/{b:g}bit` |")
             continue
-        path = store.root / "front" / f"{r['config_id']}.json"
+        path = store.front_config_path(r["config_id"])
         if not path.is_file():
-            cfg_json = space.to_json(np.asarray(r["knobs"], dtype=np.int64).reshape(space.n_matrices, 5))
-            path.write_text(json.dumps(cfg_json, indent=1))
+            path.write_text(json.dumps(space.to_json(knobs_of(r, space)), indent=1))
         m = r.get(metric)
         lines.append(
             f"| {b:g} | `{r['config_id']}` | {r['avg_bits']:.4f} | {r['loss']:.4f} | "
@@ -153,4 +143,4 @@ def write_report(store: RunStore, cfg: Any, space: Any, run_name: str) -> None:
         )
     lines += ["", "Any other budget: `coalora adapt --run " + str(store.root) + " --budget B --out DIR` "
               "(best evaluated configuration under B, else the allocation).", ""]
-    (store.root / "report.md").write_text("\n".join(lines))
+    store.report_path.write_text("\n".join(lines))

@@ -23,8 +23,8 @@ class SearchActor:
                  state_files: dict[str, bytes] | None = None) -> None:
         import torch
 
-        from coalora.search.pareto_search import ParetoSearch
         from coalora.core.space import QuantSpace
+        from coalora.search.pareto_search import ParetoSearch
 
         torch.set_num_threads(1)
         space = QuantSpace.from_signature(space_signature)
@@ -48,8 +48,10 @@ class SearchActor:
         return self.search.select_training_set()
 
     def propose(self, k: int) -> np.ndarray:
-        if k <= 0 or self.search.settings.method == "frozen":
-            return np.zeros((0, self.search.space.n_matrices, 5), dtype=np.int64)
+        from coalora.search.archive import empty_configs
+
+        if k <= 0 or not self.search.proposes:  # the last round asks for none; `frozen` never proposes
+            return empty_configs(self.search.space)
         return self.search.propose(k)
 
     def status(self) -> dict[str, Any]:

@@ -1,158 +1,63 @@
-"""The run directory: Parquet tables, per-round training sets, checkpoints, plots and a report.
+"""Writing and checking a run directory (its layout and tables: :mod:`coalora.pipeline.rundir`).
 
-    <out_dir>/<name>/
-        coalora-run.json          the marker: written first, it makes the directory a coalora run (only a
-                                  marked run is ever deleted, by --overwrite)
-        ray_processes.json        the local Ray processes of the last session (ended by the next one)
-        config.yaml               the effective experiment configuration (resume reads it back)
-        archive.parquet           one row per evaluation
-        rounds.parquet            one row per completed round (its presence marks the round complete)
-        trainset/round_<k>.json   the training set selected at the end of round k
-        checkpoints/round_<k>/    the coalora checkpoint trained in round k
-        search/round_<k>/         the search state at the end of round k (resume reads the last complete one)
-        ray_train/                Ray Train's storage (its copy of each round's checkpoint)
-        logs/                     the driver's log of each session (Ray's own lines go here, not to the console)
-        front.png, hypervolume.png, report.md
-
-The directory may be local, on a mount every node shares, or in an object store
-(:class:`coalora.storage.Location`). Every file is written all-or-nothing, so a killed run never leaves
-a half-written file under its final name.
+Every file is written all-or-nothing, so a killed run never leaves a half-written file under its final
+name; ``rounds.parquet`` is written last in a round, so its rows are the complete rounds.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coalora.errors import CoaloraError, RunDirError
-from coalora.storage import Location, open_location
-
-ARCHIVE_SCHEMA = pa.schema([
-    ("round", pa.int64()),
-    ("config_id", pa.string()),
-    ("role", pa.string()),  # "train" (in the round's training set) or "candidate"
-    ("knobs", pa.list_(pa.int16())),  # the N × 5 option indices, flattened
-    ("avg_bits", pa.float64()),
-    ("loss", pa.float64()),
-    ("accuracy", pa.float64()),
-    ("perplexity", pa.float64()),
-    ("status", pa.string()),  # "ok" or "error"
-    ("error", pa.string()),
-    ("seconds", pa.float64()),
-    ("actor", pa.string()),
-])
-
-ROUNDS_SCHEMA = pa.schema([
-    ("round", pa.int64()),
-    ("hypervolume", pa.float64()),
-    ("hv_train", pa.float64()),
-    ("set_size", pa.int64()),
-    ("evaluated", pa.int64()),
-    ("failed", pa.int64()),
-    ("train_loss", pa.float64()),
-    ("train_steps", pa.int64()),
-    ("train_seconds", pa.float64()),  # wall time of the training phase (Ray Train start-up included)
-    ("train_loop_seconds", pa.float64()),  # of which the training loop itself, as the workers measured it
-    ("eval_seconds", pa.float64()),
-    ("search_seconds", pa.float64()),
-    # Faults survived: Ray Train attempts of the round (1 = no restart), evaluator calls re-submitted
-    # after their actor died, and evaluators replaced (dead, or out of memory).
-    ("train_attempts", pa.int64()),
-    ("eval_retries", pa.int64()),
-    ("evaluators_replaced", pa.int64()),
-])
-
-MARKER = "coalora-run.json"
-# Everything a run writes at its top level: --overwrite refuses a directory holding anything else.
-KNOWN_ENTRIES = frozenset({MARKER, "ray_processes.json", "config.yaml", "archive.parquet", "rounds.parquet",
-                           "trainset", "checkpoints", "search", "ray_train", "logs", "front.png",
-                           "hypervolume.png", "report.md"})
+from coalora.core.space import KNOBS
+from coalora.pipeline.rundir import (ARCHIVE_SCHEMA, KNOWN_ENTRIES, MARKER, OPTIONAL_COLUMNS, PER_ROUND_DIRS,
+                                     ROUND_COLUMN, ROUNDS_SCHEMA, ArchiveRow, RoundRow, RunDir, TrainsetFile,
+                                     ray_train_round, read_trainset, round_of)
+from coalora.storage import Location
 
 
-def _write_table(path: Location, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> None:
+def _write_table(path: Location, rows: Sequence[Any], schema: pa.Schema) -> None:
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     path.write_bytes(buf.getvalue())
 
 
-def _read_table(path: Location) -> list[dict[str, Any]]:
-    return pq.read_table(io.BytesIO(path.read_bytes())).to_pylist() if path.is_file() else []
-
-
 def _checked_table(path: Location, schema: pa.Schema) -> list[dict[str, Any]]:
     """Rows of a run's Parquet table; a damaged one or one without the expected columns is a RunDirError.
 
-    Columns added to the schema later (``train_attempts`` ...) may be missing from older runs.
+    Columns added to the schema later (:data:`coalora.pipeline.rundir.OPTIONAL_COLUMNS`) may be missing
+    from older runs.
     """
     try:
         table = pq.read_table(io.BytesIO(path.read_bytes()))
     except (OSError, pa.ArrowException) as e:
         raise RunDirError(f"{path}: not a readable Parquet table ({e})") from None
-    optional = {"train_attempts", "eval_retries", "evaluators_replaced"}
-    missing = [f.name for f in schema if f.name not in table.column_names and f.name not in optional]
+    missing = [f.name for f in schema if f.name not in table.column_names and f.name not in OPTIONAL_COLUMNS]
     if missing:
         raise RunDirError(f"{path}: missing column(s) {missing}")
-    if "round" in table.column_names and not pa.types.is_integer(table.schema.field("round").type):
-        raise RunDirError(f"{path}: column 'round' holds {table.schema.field('round').type}, not integers")
-    if "round" in table.column_names and table.column("round").null_count:
-        raise RunDirError(f"{path}: {table.column('round').null_count} row(s) without a round")
+    if ROUND_COLUMN in table.column_names:
+        kind, nulls = table.schema.field(ROUND_COLUMN).type, table.column(ROUND_COLUMN).null_count
+        if not pa.types.is_integer(kind):
+            raise RunDirError(f"{path}: column '{ROUND_COLUMN}' holds {kind}, not integers")
+        if nulls:
+            raise RunDirError(f"{path}: {nulls} row(s) without a round")
     return table.to_pylist()
 
 
-class RunStore:
-    """Reads and writes one run directory (see the module docstring)."""
-
-    def __init__(self, root: str | os.PathLike | Location) -> None:
-        self.root = open_location(root)
-
-    # ------------------------------------------------------------------ paths
-    @property
-    def archive_path(self) -> Location:
-        return self.root / "archive.parquet"
-
-    @property
-    def rounds_path(self) -> Location:
-        return self.root / "rounds.parquet"
-
-    @property
-    def config_path(self) -> Location:
-        return self.root / "config.yaml"
-
-    @property
-    def ray_train_dir(self) -> Location:
-        return self.root / "ray_train"
-
-    def search_dir(self, k: int) -> Location:
-        return self.root / "search" / f"round_{k}"
-
-    def checkpoint_dir(self, k: int) -> Location:
-        return self.root / "checkpoints" / f"round_{k}"
-
-    def trainset_path(self, k: int) -> Location:
-        return self.root / "trainset" / f"round_{k}.json"
-
-    # ------------------------------------------------------------------ tables
-    @property
-    def logs_dir(self) -> Location:
-        return self.root / "logs"
-
-    def read_archive(self) -> list[dict[str, Any]]:
-        return _read_table(self.archive_path)
-
-    def read_rounds(self) -> list[dict[str, Any]]:
-        return _read_table(self.rounds_path)
+class RunStore(RunDir):
+    """Writes and validates one run directory; its paths and readers are :class:`RunDir`'s."""
 
     def completed_rounds(self) -> int:
         """How many rounds finished (rounds 0 … n−1); later files are leftovers of a killed round."""
         return len(self.read_rounds())
 
-    def append_round(self, archive_rows: Sequence[dict[str, Any]], round_row: dict[str, Any]) -> None:
+    def append_round(self, archive_rows: Sequence[ArchiveRow], round_row: RoundRow) -> None:
         """Record one finished round. ``rounds.parquet`` is written last: it marks the round complete."""
         k = round_row["round"]
         kept = [r for r in self.read_archive() if r["round"] < k]
@@ -165,24 +70,19 @@ class RunStore:
         archive = [r for r in self.read_archive() if r["round"] < n_rounds]
         if self.archive_path.is_file():
             _write_table(self.archive_path, archive, ARCHIVE_SCHEMA)
-        for sub in ("checkpoints", "trainset", "search"):
+        for sub in PER_ROUND_DIRS:
             for p in (self.root / sub).iterdir():
-                stem = p.name.split(".")[0]
-                if stem.startswith("round_") and int(stem.split("_")[1]) >= n_rounds:
+                k = round_of(p.name)
+                if k is not None and k >= n_rounds:
                     p.remove()
-        # Ray Train runs are named "<run>-round<k>"; an unfinished one would be resumed, not redone.
+        # An unfinished Ray Train run would be resumed by the next round of that name, not redone.
         for p in self.ray_train_dir.iterdir():
-            head, sep, k = p.name.rpartition("-round")
-            if sep and k.isdigit() and int(k) >= n_rounds:
+            k = ray_train_round(p.name)
+            if k is not None and k >= n_rounds:
                 p.remove()
 
-    def write_trainset(self, k: int, configs: list[dict[str, Any]]) -> None:
+    def write_trainset(self, k: int, configs: TrainsetFile) -> None:
         self.trainset_path(k).write_text(json.dumps(configs, indent=1))
-
-    # ------------------------------------------------------------------ life cycle
-    @property
-    def marker_path(self) -> Location:
-        return self.root / MARKER
 
     def create(self, name: str, config_text: str) -> None:
         """Make the run directory: the marker first (so a half-made run can still be replaced), then
@@ -228,7 +128,7 @@ class RunStore:
         if not self.archive_path.is_file():
             raise RunDirError(f"{self.archive_path}: missing, but {self.rounds_path} records {n} complete round(s)")
         archive = [r for r in _checked_table(self.archive_path, ARCHIVE_SCHEMA) if r["round"] < n]
-        width = space.n_matrices * 5
+        width = space.n_matrices * len(KNOBS)
         for k in range(n):
             rows = [r for r in archive if r["round"] == k]
             if not rows:
@@ -241,9 +141,7 @@ class RunStore:
             if not path.is_file():
                 raise RunDirError(f"{path}: missing (round {k} is complete)")
             try:
-                saved = json.loads(path.read_text())
-                for c in list(saved["trainset"]) + list(saved["candidates"]):
-                    space.from_json(c)
+                read_trainset(path, space)
             except (CoaloraError, ValueError, KeyError, TypeError) as e:  # JSON, shape or knob errors of a damaged file
                 raise RunDirError(f"{path}: not a training set of this run ({type(e).__name__}: {e})") from None
         self._check_checkpoint(n - 1)

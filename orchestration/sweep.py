@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from coalora.errors import ConfigError  # noqa: E402
 from coalora.pipeline.config import _build, parse_yaml  # noqa: E402
+from coalora.pipeline.rundir import SWEEP_PLOT, SWEEP_TABLE, TUNE_DIR  # noqa: E402
 
 
 @dataclass
@@ -105,9 +106,8 @@ def run_trial(params: dict[str, Any]) -> None:
     from ray import tune
 
     from coalora.pipeline.config import load_config
-    from coalora.pipeline.evaluate import evaluate
-    from coalora.pipeline.experiment import budget_configs, error_table_for, load_data, random_configs
-    from coalora.pipeline.methods import load_adapted, per_config_checkpoints, train_method
+    from coalora.pipeline.experiment import budget_configs, error_table_for, random_configs
+    from coalora.pipeline.methods import evaluate_served, train_method
 
     from orchestration.devices import local_device
 
@@ -116,26 +116,19 @@ def run_trial(params: dict[str, Any]) -> None:
     # A trial that reserved a GPU computes on it (CPU only where torch there has no CUDA).
     where = local_device()
     device = where.device
+
+    def budgets_and_random(model: Any, meta: dict[str, Any], exp: Any) -> np.ndarray:
+        """coa and shared: the allocations at ``eval.budgets`` and ``eval.random`` random configurations."""
+        err = error_table_for(exp, model.model, model.space, progress=False)
+        return np.concatenate([budget_configs(exp, model.space, err), random_configs(exp, model.space)])
+
     with tempfile.TemporaryDirectory() as tmp:
         summary = train_method(cfg, Path(tmp) / "ck", progress=False, say=lambda s: None, device=device)
         method = cfg.train.method
-        rows: list[dict[str, Any]] = []
-        if method == "per-config":
-            for ck in per_config_checkpoints(Path(tmp) / "ck"):
-                model, meta, _, loaded = load_adapted(ck, cfg=cfg, device=device)
-                batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, "test")
-                rows += evaluate(model, np.stack([model.space.from_json(meta["trainset"][0])]), batches, loaded.task)
-        else:
-            model, meta, _, loaded = load_adapted(Path(tmp) / "ck", cfg=cfg, device=device)
-            batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, "test")
-            if method == "fp-lora":
-                configs: Any = [None]
-            else:
-                err = error_table_for(cfg, model.model, model.space, progress=False)
-                configs = np.concatenate([budget_configs(cfg, model.space, err), random_configs(cfg, model.space)])
-            rows = evaluate(model, configs, batches, loaded.task)
-    metric = "accuracy" if loaded.task == "classification" else "perplexity"
+        rows, task = evaluate_served(Path(tmp) / "ck", budgets_and_random, cfg=cfg, device=device)
+    metric = "accuracy" if task == "classification" else "perplexity"
     for r in rows:
+        r.pop("checkpoint", None)  # a per-config adapter's directory: temporary, gone with the trial
         r.update(method=method, device=device, gpu_ids=",".join(str(g) for g in where.gpu_ids),
                  **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
     tune.report({"mean_metric": float(np.mean([r[metric] for r in rows])), "metric_name": metric,
@@ -168,7 +161,7 @@ def run_sweep(cfg: SweepConfig, base_path: str) -> Path:
                                       metric=cfg.optuna.metric, mode=cfg.optuna.mode)
     trainable = tune.with_resources(run_trial, {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config,
-                       run_config=tune.RunConfig(name=cfg.name, storage_path=str((out / "_tune").resolve()),
+                       run_config=tune.RunConfig(name=cfg.name, storage_path=str((out / TUNE_DIR).resolve()),
                                                  verbose=1))
     results = tuner.fit()
     rows: list[dict[str, Any]] = []
@@ -182,8 +175,8 @@ def run_sweep(cfg: SweepConfig, base_path: str) -> Path:
         raise RuntimeError(f"every trial failed: {errors[:3]}")
     cols = list(dict.fromkeys(k for r in rows for k in r))
     table = pa.table({c: [r.get(c) for r in rows] for c in cols})
-    pq.write_table(table, out / "sweep.parquet")
-    plot_sweep(rows, out / "sweep.png")
+    pq.write_table(table, out / SWEEP_TABLE)
+    plot_sweep(rows, out / SWEEP_PLOT)
     if errors:
         print(f"{len(errors)} trial(s) failed: {errors[:3]}", file=sys.stderr)
     return out
@@ -231,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     connect()
     base = cfg.base if Path(cfg.base).is_file() else str(ROOT / cfg.base)
     out = run_sweep(cfg, str(Path(base).resolve()))
-    print(f"done: {out / 'sweep.parquet'}, {out / 'sweep.png'}")
+    print(f"done: {out / SWEEP_TABLE}, {out / SWEEP_PLOT}")
     return 0
 
 

@@ -26,6 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from coalora.pipeline.config import ExperimentConfig
+from coalora.pipeline.rundir import ray_train_name
 from coalora.storage import Location
 from orchestration.console import MARK
 
@@ -40,7 +41,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: experiment dict, trainset, steps, previous checkpoint ref."""
     import torch
 
-    from coalora.pipeline.checkpoint import load_optimizer, load_trainable, save_checkpoint
+    from coalora.pipeline.checkpoint import load_optimizer, load_trainable, save_checkpoint, training_meta
     from coalora.pipeline.config import config_from_dict
     from coalora.pipeline.experiment import build_adapted, load_base, load_data
     from coalora.model.memory import host_share
@@ -103,15 +104,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                "skipped_steps": res.skipped_steps, "device": str(device)}
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            meta = {
-                "method": "coa",
-                "model": {"name": cfg.model.name, "task": loaded.task, "num_labels": cfg.model.num_labels},
-                "experiment": config["experiment"],
-                "step": start + steps,
-                "round": config["round"],
-                "train_loss": metrics["train_loss"],
-                "trainset": [model.space.to_json(c) for c in trainset],
-            }
+            meta = training_meta(cfg, loaded.task, "coa", model.space, trainset, step=start + steps,
+                                 train_loss=metrics["train_loss"], round=config["round"])
             path = save_checkpoint(Path(tmp) / "ckpt", model, meta, optimizer=opt, scaler=scaler)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)))
     else:
@@ -147,7 +141,7 @@ def train_round(
     if previous_checkpoint is not None:
         prev_ref = [ray.put(previous_checkpoint.read_files())]
     r = cfg.ray
-    attempts = storage / f"{run_name}-round{round_k}" / "coalora_attempts"
+    attempts = storage / ray_train_name(run_name, round_k) / "coalora_attempts"
     attempts.rmtree()  # a killed earlier try of this round is not this round's restart
     resources = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
@@ -169,7 +163,7 @@ def train_round(
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=f"{run_name}-round{round_k}",
+            name=ray_train_name(run_name, round_k),
             # A local path goes as a path (Ray Train then treats it as local); anything else with its
             # file system object, which carries settings such as an S3 endpoint to every worker.
             storage_path=storage.path,
@@ -178,7 +172,6 @@ def train_round(
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
-    t0 = time.perf_counter()
     result = trainer.fit() if on_tick is None else _fit_ticking(trainer, on_tick)
     metrics_extra = {"train_attempts": max(1, len(list(attempts.iterdir())))}
     ckpt = result.checkpoint
@@ -189,7 +182,6 @@ def train_round(
     pafs.copy_files(ckpt.path, out.path, source_filesystem=ckpt.filesystem, destination_filesystem=out.fs)
     metrics = dict(result.metrics or {})
     metrics.update(metrics_extra)
-    metrics["train_wall_seconds"] = time.perf_counter() - t0
     return metrics
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from coalora.core import quant as _quant
 from coalora.core.space import QuantSpace
 from coalora.errors import SpaceError
-from coalora.io import _atomic_write
+from coalora.io import atomic_write, atomic_write_text, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,15 @@ def _quantizer_id() -> str:
 class ErrorTableCache:
     """Error tables on disk: ``<root>/<model>-<space fingerprint>-<weighting>.npy`` + a JSON sidecar.
 
-    ``root`` defaults to ``$COALORA_CACHE/errors`` or ``~/.cache/coalora/errors``. The sidecar records
+    ``root`` defaults to ``<cache_root()>/errors`` (:func:`coalora.io.cache_root`). The sidecar records
     model key, space fingerprint, weighting, shape, the quantizer's source hash and the array's
     checksum; a table whose sidecar disagrees with any of them (another space, a changed quantizer, a
-    half-written or mismatched pair) is recomputed, never trusted. Writes go to a temporary file that
-    ``os.replace`` moves into place, so a reader never sees a partial file.
+    half-written or mismatched pair) is recomputed, never trusted. Writes are
+    :func:`coalora.io.atomic_write`, so a reader never sees a partial file.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        if root is None:
-            base = os.environ.get("COALORA_CACHE")
-            root = Path(base) / "errors" if base else Path.home() / ".cache" / "coalora" / "errors"
-        self.root = Path(root)
+        self.root = cache_root() / "errors" if root is None else Path(root)
 
     @staticmethod
     def _weighting(fisher: bool | str) -> str:
@@ -162,8 +159,8 @@ class ErrorTableCache:
         path = self.path(model_key, space, fisher)
         self.root.mkdir(parents=True, exist_ok=True)
         meta = self._meta(model_key, space, fisher) | {"sha1": hashlib.sha1(err.tobytes()).hexdigest()}
-        _atomic_write(path, lambda f: np.save(f, err, allow_pickle=False))
-        _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(path, lambda f: np.save(f, err, allow_pickle=False))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
         return path
 
     def get_or_compute(

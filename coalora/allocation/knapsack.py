@@ -1,4 +1,4 @@
-"""Allocation: from a bit budget to a configuration (DESIGN §2.6).
+"""Allocation: from a bit budget to a configuration (docs/architecture.md §2.6).
 
 Per target matrix ``i`` and option ``k`` an *error table* holds ``err[i, k] = ‖W_i − Q_k(W_i)‖²_F``,
 or its Fisher-weighted form ``Σ F_i ⊙ (W_i − Q_k(W_i))²``. Given a budget ``b`` (average bits per

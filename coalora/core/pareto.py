@@ -1,4 +1,4 @@
-"""Pareto fronts, exact 2-D hypervolume and the segment-wise Pareto filter (DESIGN §2.5).
+"""Pareto fronts, exact 2-D hypervolume and the segment-wise Pareto filter (docs/architecture.md §2.5).
 
 Conventions (used everywhere in the project):
 

@@ -1,4 +1,4 @@
-"""Block-wise NormalFloat / integer quantizer with double-quantized scales (DESIGN §2.2).
+"""Block-wise NormalFloat / integer quantizer with double-quantized scales (docs/architecture.md §2.2).
 
 One weight matrix ``W`` of shape ``(out, in)`` and one :class:`~coalora.core.space.QuantOption`
 ``(bits, scale_bits, scale2_dtype, block, block2)`` give:

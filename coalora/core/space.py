@@ -1,4 +1,4 @@
-"""The quantization configuration space of a model (DESIGN §2.1).
+"""The quantization configuration space of a model (docs/architecture.md §2.1).
 
 A *configuration* assigns one option to every target matrix of a model. An option is five knobs:
 

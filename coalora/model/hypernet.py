@@ -1,4 +1,4 @@
-"""The configuration-aware network U_θ (DESIGN §2.3).
+"""The configuration-aware network U_θ (docs/architecture.md §2.3).
 
 One small network, shared by every target matrix, maps a matrix's quantization knobs (plus its layer
 index and module type, and optionally a summary of the whole configuration) to an r×r core:
@@ -15,32 +15,12 @@ M = I + s·U must keep its small adjustment before the adapted layer casts M to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn as nn
 
 from coalora.core.space import KNOBS, QuantSpace
-
-
-@dataclass
-class HypernetConfig:
-    """Shape of U_θ.
-
-    Attributes:
-        embed_dim: width of each embedding (knob, layer, module type, context).
-        hidden: width of the hidden layer.
-        context: feed a global summary of the configuration (its average bits and the share of
-            parameters at each weight bit width) to every matrix. The paper's model sees only each
-            matrix's own knobs (context off).
-        init_std: std of the last layer's weights (bias 0), so M ≈ I at the start.
-    """
-
-    embed_dim: int = 8
-    hidden: int = 128
-    context: bool = False
-    init_std: float = 1e-3
+from coalora.model.settings import HypernetConfig  # the `hypernet:` section; also imported from here
 
 
 class ConfigHypernet(nn.Module):

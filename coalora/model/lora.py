@@ -1,6 +1,6 @@
 """The adapted model: quantized frozen base + one shared LoRA per matrix + per-configuration cores.
 
-Per target matrix i under configuration C (DESIGN §2.3):
+Per target matrix i under configuration C (docs/architecture.md §2.3):
 
     y = x Ŵ_i(C)ᵀ + bias + (α/r) · ((dropout(x) A_iᵀ) M_i(C)ᵀ) B_iᵀ
 
@@ -8,7 +8,7 @@ Per target matrix i under configuration C (DESIGN §2.3):
 batched call per forward (or ``None`` in plain-LoRA mode, used by the ``shared`` and ``per-config``
 baselines). ``set_config(None)`` runs the unquantized base (the ``fp-lora`` ceiling).
 
-Precision (DESIGN §5): the frozen base weights and the cached dequantized weights stay in the base's
+Precision (docs/architecture.md §5): the frozen base weights and the cached dequantized weights stay in the base's
 dtype (the *compute dtype*: float32, bfloat16 or float16); everything trainable (LoRA A/B, U_θ and its
 scale, the task head) is float32, so optimizer states are float32 too. With a bf16/fp16 base,
 :meth:`CoaModel.forward` runs the wrapped model under ``torch.autocast`` in the compute dtype, and each
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Any, ContextManager, Sequence
 
 import numpy as np
@@ -32,6 +31,7 @@ from coalora.model.weight_cache import WeightCache
 from coalora.errors import ConfigError
 from coalora.model.hypernet import ConfigHypernet, HypernetConfig, as_index_tensor
 from coalora.model.memory import MemoryPlan
+from coalora.model.settings import LoraSettings  # the `lora:` section; also imported from here
 from coalora.core.quant import fake_quantize
 from coalora.core.space import QuantSpace
 from coalora.errors import CheckpointMismatchError
@@ -53,23 +53,6 @@ def autocast_for(device: torch.device | str, dtype: torch.dtype) -> ContextManag
     if dtype in LOW_PRECISION:
         return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
     return contextlib.nullcontext()
-
-
-@dataclass
-class LoraSettings:
-    """LoRA shape. ``alpha / rank`` scales the update, as in PEFT."""
-
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank <= 0:
-            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank}")
-        if self.alpha <= 0:
-            raise ConfigError(f"lora.alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
 def check_rank(rank: int, space: QuantSpace) -> None:

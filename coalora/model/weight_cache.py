@@ -2,7 +2,7 @@
 
 Quantizing a matrix costs milliseconds to seconds; a training run visits the same few hundred
 (matrix, option) pairs over and over. Paying the quantizer once per distinct pair, not once per step,
-is what makes switching configuration nearly free (DESIGN §2.3).
+is what makes switching configuration nearly free (docs/architecture.md §2.3).
 """
 
 from __future__ import annotations

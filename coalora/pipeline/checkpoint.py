@@ -8,7 +8,7 @@ Layout of a checkpoint directory::
     optimizer.safetensors     AdamW moments (optional; for resuming), float32
     optimizer.json            AdamW step counts and the fp16 gradient scaler's state (optional)
 
-Trainables and moments are float32 whatever the base's dtype (DESIGN §5), so a checkpoint of a bf16
+Trainables and moments are float32 whatever the base's dtype (docs/architecture.md §5), so a checkpoint of a bf16
 run loads into a float32, bf16 or fp16 base alike.
 
 A checkpoint is written into a temporary sibling directory and renamed into place, so a crash never
@@ -25,18 +25,19 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
-from coalora.pipeline.config import METHODS
+from coalora.pipeline.config import METHODS, ExperimentConfig
 from coalora.errors import CheckpointMismatchError
 from coalora.model.lora import CoaModel
 from coalora.core.space import QuantSpace
+from coalora.io import atomic_dir
 from coalora.errors import CheckpointError, CoaloraError
 
 FORMAT_VERSION = 1
@@ -61,16 +62,39 @@ def versions() -> dict[str, str]:
     }
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing an older checkpoint there only after the new one is complete."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+def training_meta(
+    cfg: ExperimentConfig,
+    task: str,
+    method: str,
+    space: QuantSpace,
+    trainset: np.ndarray | None,
+    *,
+    step: int,
+    train_loss: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What ``meta.json`` records about a training, for :func:`save_checkpoint`'s ``meta`` (which adds
+    the model's own facts: space, LoRA and U_θ settings, dtype, versions, checksums).
+
+    Args:
+        cfg: the experiment (recorded whole, so that loading rebuilds the same model).
+        task: ``"classification"`` or ``"causal_lm"`` (the loaded model's).
+        method: one of :data:`coalora.pipeline.config.METHODS`.
+        space: the configuration space ``trainset`` lives in.
+        trainset: ``(T, N, 5)`` configurations trained on; None for ``fp-lora`` (the unquantized base).
+        step: optimizer steps done in all (a resumed run counts the earlier rounds' too).
+        train_loss: the final training loss.
+        extra: further fields, recorded as given (``train_seconds``, ``round``, ``budget``).
+    """
+    return {
+        "method": method,
+        "model": {"name": cfg.model.name, "task": task, "num_labels": cfg.model.num_labels},
+        "experiment": cfg.to_dict(),
+        "step": step,
+        "train_loss": train_loss,
+        "trainset": None if trainset is None else [space.to_json(c) for c in trainset],
+        **extra,
+    }
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
@@ -89,14 +113,10 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """Write ``model``'s trainable state, ``meta`` and optionally the optimizer (with the fp16 gradient
-    scaler's state, when given); atomic per directory."""
+    scaler's state, when given); atomic per directory (an older checkpoint at ``out_dir`` is replaced
+    only once the new one is complete: :func:`coalora.io.atomic_dir`)."""
     final = Path(out_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:
         state = {k: _fp32(v) for k, v in model.trainable_state().items()}
         save_file(state, str(tmp / TRAINABLE))
         if optimizer is not None:
@@ -120,10 +140,6 @@ def save_checkpoint(
             "checksums": checksums,
         }
         (tmp / META).write_text(json.dumps(full_meta, indent=1))
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

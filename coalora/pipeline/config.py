@@ -3,6 +3,9 @@
 Sections: ``model``, ``data``, ``space``, ``lora``, ``hypernet``, ``train``, ``eval`` (the library), and
 ``search``, ``run``, ``ray`` (read by the orchestrator; plain data here, no Ray import). One YAML serves
 both ``coalora train`` and ``orchestration/run.py``. :func:`load_config` validates any root dataclass.
+Three sections are the library's own settings, defaults and checks included: ``lora`` is
+:class:`~coalora.model.settings.LoraSettings`, ``hypernet`` is :class:`~coalora.model.settings.HypernetConfig`
+and ``search`` is :class:`~coalora.search.settings.SearchSettings`; the loader builds them.
 Every problem is one :class:`ConfigError` naming the key, e.g. ``train.steps: expected an integer, got 'ten'``.
 
 YAML is read by :class:`ConfigLoader`: a key given twice is an error (with both lines), ``1e-3`` is a
@@ -25,8 +28,9 @@ from typing import Any, Mapping, Sequence, TypeVar
 import yaml
 
 from coalora.core.space import BITS_ONLY_OPTIONS, DEFAULT_OPTIONS, FAMILIES, KNOBS, QuantSpace, TargetMatrix
-from coalora.errors import SpaceError
-from coalora.errors import ConfigError
+from coalora.errors import ConfigError, SpaceError
+from coalora.model.settings import HypernetConfig, LoraSettings
+from coalora.search.settings import SearchSettings
 
 METHODS: tuple[str, ...] = ("coa", "shared", "per-config", "fp-lora")
 TASKS: tuple[str, ...] = ("classification", "causal-lm")
@@ -223,31 +227,6 @@ class SpaceSection:
 
 
 @dataclass
-class LoraSection:
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-
-    def validate(self) -> None:
-        _check(self.rank > 0, "lora.rank", f"must be a positive integer, got {self.rank}")
-        _check(self.alpha > 0, "lora.alpha", "must be positive")
-        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
-
-
-@dataclass
-class HypernetSection:
-    embed_dim: int = 8
-    hidden: int = 128
-    context: bool = False
-    init_std: float = 1e-3
-
-    def validate(self) -> None:
-        _check(self.embed_dim > 0, "hypernet.embed_dim", "must be positive")
-        _check(self.hidden > 0, "hypernet.hidden", "must be positive")
-        _check(self.init_std >= 0, "hypernet.init_std", "must be >= 0")
-
-
-@dataclass
 class TrainSection:
     """Single-process training settings (also used inside each Ray Train worker)."""
 
@@ -297,43 +276,6 @@ class EvalSection:
             "must be [low, high] with low <= high",
         )
         _check(self.max_batches is None or self.max_batches > 0, "eval.max_batches", "must be positive or null")
-
-
-@dataclass
-class SearchSection:
-    """The configuration search (``coalora.search``): method, generator, segments, proposals per round."""
-
-    method: str = "gp"
-    generator: str = "pool"
-    encoding: str = "bits"
-    kernel: str = "additive"  # GP covariance: additive | rbf | additive+rbf (see coalora.search.gp)
-    candidates: int = 8  # new configurations proposed per round
-    n_segments: int = 40
-    bits_range: list[float] | None = None  # segments and hypervolume axis; null = attainable range
-    loss_range: list[float] | None = None  # hypervolume normalisation; null = frozen from the first round
-    seed: int = 0
-    max_gp_points: int = 256
-
-    def validate(self) -> None:
-        from coalora.errors import SearchError
-
-        _check(self.candidates >= 0, "search.candidates", "must be >= 0")
-        try:
-            self.settings()
-        except SearchError as e:
-            raise ConfigError(f"search: {e}") from None
-
-    def settings(self) -> Any:
-        """The :class:`coalora.search.settings.SearchSettings` of this section (validated)."""
-        from coalora.search.settings import SearchSettings
-
-        return SearchSettings(
-            method=self.method, generator=self.generator, encoding=self.encoding, kernel=self.kernel,
-            n_segments=self.n_segments,
-            bits_range=None if self.bits_range is None else tuple(self.bits_range),
-            loss_range=None if self.loss_range is None else tuple(self.loss_range),
-            seed=self.seed, max_gp_points=self.max_gp_points,
-        ).validate()
 
 
 @dataclass
@@ -404,11 +346,11 @@ class ExperimentConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     space: SpaceSection = field(default_factory=SpaceSection)
-    lora: LoraSection = field(default_factory=LoraSection)
-    hypernet: HypernetSection = field(default_factory=HypernetSection)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    hypernet: HypernetConfig = field(default_factory=HypernetConfig)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
-    search: SearchSection = field(default_factory=SearchSection)
+    search: SearchSettings = field(default_factory=SearchSettings)
     run: RunSection = field(default_factory=RunSection)
     ray: RaySection = field(default_factory=RaySection)
 
@@ -483,11 +425,19 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "list"
     if origin is not None:
         return getattr(origin, "__name__", str(origin))
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
+
+
+def _yaml_type(tp: Any) -> type | None:
+    """The YAML container that holds a value of annotation ``tp`` (a tuple is written as a list)."""
+    origin = typing.get_origin(tp)
+    return list if origin is tuple else origin
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -497,15 +447,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
+            except ConfigError:
                 # A list (or mapping) where one is allowed: the element at fault says more than the union.
-                if isinstance(value, (list, dict)) and typing.get_origin(arg) is type(value):
+                if isinstance(value, (list, dict)) and _yaml_type(arg) is type(value):
                     raise
-                errors.append(e)
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:
@@ -518,6 +466,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (arg,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # a fixed-length tuple, e.g. (lo, hi): a YAML list of that many items
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, arg, f"{key}[{i}]") for i, (v, arg) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

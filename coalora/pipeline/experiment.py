@@ -6,7 +6,6 @@ process builds the same model, space and splits from the same YAML.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -15,14 +14,13 @@ import numpy as np
 import torch
 
 from coalora.allocation.error_tables import ErrorTableCache, error_table
-from coalora.allocation.knapsack import budget_grid, initial_set
+from coalora.allocation.knapsack import initial_set
 from coalora.allocation.sensitivity import target_weights
 from coalora.pipeline.config import ExperimentConfig, check_bits_settings  # also importable from here
 from coalora.data.batching import Batchable, TrainBatches, eval_batches, tokenize_classification, tokenize_lm
 from coalora.data.corpora import load_dataset
 from coalora.data.splits import split
-from coalora.model.hypernet import HypernetConfig
-from coalora.model.lora import CoaModel, LoraSettings
+from coalora.model.lora import CoaModel
 from coalora.model.memory import plan_memory
 from coalora.model.loading import LoadedModel, load_model
 from coalora.core.space import QuantSpace
@@ -59,11 +57,10 @@ def build_adapted(cfg: ExperimentConfig, loaded: LoadedModel, method: str | None
     """
     method = method or cfg.train.method
     space = build_space(cfg, loaded.model)
-    hyper = HypernetConfig(**dataclasses.asdict(cfg.hypernet)) if method == "coa" else None
-    lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
+    hyper = cfg.hypernet if method == "coa" else None
     # Seeded initialisation: every data-parallel worker must start from identical LoRA and U_θ weights.
     torch.manual_seed(cfg.train.seed)
-    model = CoaModel(loaded.model, space, lora, hyper, cache_bytes=0)
+    model = CoaModel(loaded.model, space, cfg.lora, hyper, cache_bytes=0)
     model.memory_plan = plan_memory(model, model.device, fraction=cfg.model.cache_fraction,
                                     cap_gib=cfg.model.cache_gib, share=share, training=training)
     model.cache.max_bytes = model.memory_plan.cache
@@ -183,8 +180,3 @@ def random_configs(cfg: ExperimentConfig, space: QuantSpace, n: int | None = Non
                 out.append(c)
                 break
     return np.stack(out)
-
-
-def spread_budgets(space: QuantSpace, n: int, lo: float = 2.25, hi: float = 7.0) -> list[float]:
-    """``n`` budgets spread over ``[lo, hi]`` within the attainable range."""
-    return [float(b) for b in budget_grid(space, n, lo, hi)]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from coalora.model.lora import DEFAULT_HEAD_MODULES, CoaLinear, CoaModel
 from coalora.model.loading import LoadedModel
 from coalora.core.quant import quantize
 from coalora.errors import ExportError
+from coalora.io import atomic_dir
 
 PEFT_TASK = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
@@ -82,11 +82,8 @@ def export_adapter(
     final = Path(out)
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise ExportError(f"output directory {final} exists and is not empty (pass --overwrite to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # All-or-nothing: an export that fails half-way leaves ``out`` as it was.
+    with atomic_dir(final) as tmp:
         folded = coa.folded_lora(idx)
         base = dequantized_base(coa, fresh, idx)
         heads = _head_names(base) if fresh.task == "classification" else []
@@ -138,12 +135,6 @@ def export_adapter(
             **(source or {}),
         }
         (tmp / "export.json").write_text(json.dumps(summary, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -1,6 +1,6 @@
-"""Train one method end to end in a single process, and reload what it wrote.
+"""Train one method end to end in a single process, reload what it wrote, and score what it serves.
 
-Methods (DESIGN §2.4), all in the same framework so that comparisons are fair:
+Methods (docs/architecture.md §2.4), all in the same framework so that comparisons are fair:
 
 - ``coa``: U_θ + one shared LoRA, configurations sampled from the training set (allocations at
   ``train.init_budgets``);
@@ -21,13 +21,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from coalora.pipeline.checkpoint import META, check_checkpoint, load_trainable, save_checkpoint
+from coalora.pipeline.checkpoint import META, check_checkpoint, load_trainable, save_checkpoint, training_meta
 from coalora.errors import CheckpointError
 from coalora.errors import ConfigError
 from coalora.pipeline.config import ExperimentConfig, config_from_dict
 from coalora.errors import DataError
 from coalora.data.batching import check_label_range
 from coalora.pipeline.experiment import DataBundle, budget_configs, build_adapted, build_space, error_table_for, initial_trainset, load_base, load_data
+from coalora.core.space import QuantSpace
+from coalora.pipeline.evaluate import evaluate
 from coalora.model.lora import CoaModel, check_rank
 from coalora.model.loading import LoadedModel
 from coalora.pipeline.train import TrainResult, train
@@ -36,16 +38,9 @@ PER_CONFIG_INDEX = "per_config.json"
 
 
 def _meta(cfg: ExperimentConfig, loaded: LoadedModel, method: str, res: TrainResult,
-          trainset: np.ndarray | None, space: Any) -> dict[str, Any]:
-    return {
-        "method": method,
-        "model": {"name": cfg.model.name, "task": loaded.task, "num_labels": cfg.model.num_labels},
-        "experiment": cfg.to_dict(),
-        "step": res.steps,
-        "train_loss": res.final_loss,
-        "train_seconds": res.seconds,
-        "trainset": None if trainset is None else [space.to_json(c) for c in trainset],
-    }
+          trainset: np.ndarray | None, space: QuantSpace, **extra: Any) -> dict[str, Any]:
+    return training_meta(cfg, loaded.task, method, space, trainset, step=res.steps, train_loss=res.final_loss,
+                         train_seconds=res.seconds, **extra)
 
 
 def train_method(
@@ -139,9 +134,7 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
                     description=f"per-config {bits:.3f} bits")
         tag = f"budget-{budget:g}" if budget is not None else f"bits-{bits:.3f}"
         path = out / f"{tag}-{space.config_id(c)}"
-        meta = _meta(cfg, fresh, "per-config", res, c[None], space)
-        meta["budget"] = budget
-        save_checkpoint(path, model, meta)
+        save_checkpoint(path, model, _meta(cfg, fresh, "per-config", res, c[None], space, budget=budget))
         paths.append(str(path))
         seconds += res.seconds
         losses.append(res.final_loss)
@@ -196,3 +189,69 @@ def per_config_checkpoints(path: str | os.PathLike) -> list[Path]:
     if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
         raise CheckpointError(f"{index} is corrupt: 'checkpoints' must be a list of directory names")
     return [p / c for c in names]
+
+
+# Which configurations a coa/shared model is scored on: ``(model, meta, cfg)`` → ``(B, N, 5)``.
+PickConfigs = Callable[[CoaModel, dict[str, Any], ExperimentConfig], np.ndarray]
+
+
+def evaluate_served(
+    path: str | os.PathLike,
+    pick: PickConfigs | None = None,
+    *,
+    cfg: ExperimentConfig | None = None,
+    split: str = "test",
+    device: str | torch.device = "cpu",
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], str]:
+    """Score what the method trained into ``path`` (by :func:`train_method`) serves, on ``split``.
+
+    - a ``per-config`` output directory: each adapter on the configuration it was trained for, its
+      rows carrying the adapter's ``budget`` and ``checkpoint``;
+    - an ``fp-lora`` checkpoint: the unquantized base with its adapter (one row, ``config_id`` ``fp``);
+    - a ``coa`` or ``shared`` checkpoint: the configurations ``pick(model, meta, cfg)`` returns
+      (default: the checkpoint's training set).
+
+    Args:
+        cfg: the experiment to load into (default: each checkpoint's own; see :func:`load_adapted`).
+        device: where a checkpoint's base model is loaded.
+        max_batches, progress: as for :func:`coalora.pipeline.evaluate.evaluate`.
+    Returns:
+        ``(rows, task)``: one row of :func:`coalora.pipeline.evaluate.evaluate` per configuration, and
+        the model's task (which says whether the rows hold ``accuracy`` or ``perplexity``).
+
+    Raises:
+        CheckpointError: a checkpoint that names no configuration where one is needed (empty ``trainset``).
+    """
+    if (Path(path) / PER_CONFIG_INDEX).is_file():
+        rows: list[dict[str, Any]] = []
+        batches = None
+        for ck in per_config_checkpoints(path):
+            # A fresh base per adapter (wrapping replaces the base's target modules in place).
+            model, meta, ck_cfg, loaded = load_adapted(ck, cfg=cfg, device=device)
+            if batches is None:
+                batches = load_data(ck_cfg, loaded.tokenizer, loaded.task).eval_batches(ck_cfg, split)
+            own = _trainset(ck, meta, model.space, "the adapter's configuration is unknown")[:1]
+            for r in evaluate(model, own, batches, loaded.task, max_batches=max_batches, progress=progress):
+                rows.append({**r, "budget": meta.get("budget"), "checkpoint": str(ck)})
+        if batches is None:
+            raise CheckpointError(f"{path}/{PER_CONFIG_INDEX} lists no adapters")
+        return rows, loaded.task
+    model, meta, cfg, loaded = load_adapted(path, cfg=cfg, device=device)
+    configs: np.ndarray | list[None]
+    if meta["method"] == "fp-lora":
+        configs = [None]
+    elif pick is not None:
+        configs = pick(model, meta, cfg)
+    else:
+        configs = _trainset(path, meta, model.space, "pass the configurations to evaluate")
+    batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, split)
+    return evaluate(model, configs, batches, loaded.task, max_batches=max_batches, progress=progress), loaded.task
+
+
+def _trainset(path: str | os.PathLike, meta: dict[str, Any], space: QuantSpace, remedy: str) -> np.ndarray:
+    """The ``(T, N, 5)`` training set ``meta.json`` records; a :class:`CheckpointError` when it is empty."""
+    if not meta.get("trainset"):
+        raise CheckpointError(f"{path}/{META} names no configuration (empty 'trainset'): {remedy}")
+    return np.stack([space.from_json(c) for c in meta["trainset"]])

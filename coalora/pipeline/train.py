@@ -1,4 +1,4 @@
-"""Single-process training loop for every method (DESIGN §2.3, §2.4).
+"""Single-process training loop for every method (docs/architecture.md §2.3, §2.4).
 
 Each step samples ``configs_per_step`` configurations from the training set, runs the same batch under
 each, averages the losses (one backward per configuration keeps peak memory at one graph), clips the
@@ -9,7 +9,7 @@ The loop is written to run unchanged inside Ray Train's ``train_loop_per_worker`
 iterator's job) and, when ``torch.distributed`` is initialised, gradients are averaged across workers
 before clipping, which is what DDP would do for these few trainable tensors.
 
-Precision (DESIGN §5): the model's forward autocasts itself to the base's dtype (see
+Precision (docs/architecture.md §5): the model's forward autocasts itself to the base's dtype (see
 :class:`coalora.model.lora.CoaModel`); losses are float32; parameters and AdamW moments are float32. An
 fp16 base adds a gradient scaler (:func:`make_grad_scaler`): the loss is scaled before ``backward``,
 gradients are averaged across workers while still scaled (so every worker sees the same inf/nan),

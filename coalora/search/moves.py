@@ -1,7 +1,9 @@
-"""Candidate moves of the configuration search: mutations, the finite-difference walk, spread selection.
+"""Candidate moves of the configuration search: mutations, the finite-difference walk, spread selection,
+random configurations spread over the bit segments.
 
 All work on index arrays of a :class:`~coalora.core.space.QuantSpace`: one configuration is ``(N, 5)``, a batch
-``(B, N, 5)``. Used by :mod:`coalora.search`; no BoTorch here (the walk takes any scoring function).
+``(B, N, 5)``. Used by the proposers (:mod:`coalora.search.proposers`); no BoTorch here (the walk takes any
+scoring function).
 """
 
 from __future__ import annotations
@@ -13,12 +15,7 @@ from typing import Callable
 import numpy as np
 
 from coalora.core.space import KNOBS, QuantSpace
-
-
-def config_keys(idx: np.ndarray) -> list[bytes]:
-    """Exact de-duplication keys of ``(B, N, 5)`` index arrays."""
-    flat = np.ascontiguousarray(np.asarray(idx, dtype=np.int16)).reshape(len(idx), -1)
-    return [row.tobytes() for row in flat]
+from coalora.search.archive import NewConfigs, config_keys
 
 
 def mutation_pool(
@@ -84,7 +81,7 @@ class WalkResult:
         local_optimum: True when the walk stopped because no ±1 move improves the acquisition
             (False: it hit the step cap).
         best_new: ``(N, 5)`` best-scoring configuration seen (end point or a scored neighbour) that is not
-            in ``avoid``, or None; what :meth:`ParetoSearch.propose` takes when the end point is known.
+            in ``avoid``, or None; what the GP proposer takes when the end point is known.
         best_new_value: its acquisition value (−inf if none).
     """
 
@@ -184,3 +181,26 @@ def spread_select(values: np.ndarray, segments: np.ndarray, k: int) -> list[int]
             if len(chosen) == k:
                 break
     return chosen
+
+
+def random_spread(
+    space: QuantSpace, edges: np.ndarray, k: int, rng: np.random.Generator, avoid: set[bytes]
+) -> np.ndarray:
+    """Up to ``k`` random configurations near random targets in distinct segments: ``(m, N, 5)``, ``m ≤ k``.
+
+    Segments (``edges``: ``(U + 1,)`` bit boundaries) are visited in a random order and cycle when
+    ``k > U``; each target is uniform in its segment, clipped to the space's attainable bits. Configurations
+    in ``avoid`` are skipped, and the kept ones are added to it; after ``50 k`` draws it gives up.
+    """
+    U = len(edges) - 1
+    lo_att, hi_att = space.min_bits, space.max_bits
+    new = NewConfigs(space, k, avoid)
+    order = rng.permutation(U)
+    for attempt in range(50 * k):
+        if new.full:
+            break
+        u = int(order[attempt % U])
+        a, c = edges[u], edges[u + 1]
+        target = float(np.clip(rng.uniform(a, c), lo_att, hi_att))
+        new.offer(space.sample_near(target, rng, 1, tol=(c - a) / 2)[0])
+    return new.configs()

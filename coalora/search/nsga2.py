@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from coalora.search.moves import config_keys, mutation_pool
 from coalora.core.space import KNOBS, QuantSpace
+from coalora.search.archive import NewConfigs, Observation
+from coalora.search.moves import mutation_pool
 
 
 # ---------------------------------------------------------------------------------------------- NSGA-II
-class _Nsga2:
+class Nsga2Study:
     """Optuna NSGA-II over one categorical parameter per knob per matrix, driven by ask/tell.
 
     The study is rebuilt from the archive on demand (after a load) by replaying every finite row as an
@@ -44,39 +45,39 @@ class _Nsga2:
     def _config(self, params: dict[str, Any]) -> np.ndarray:
         return np.array([params[n] for n in self.names], dtype=np.int64).reshape(self.space.n_matrices, len(KNOBS))
 
-    def sync(self, rows: list[dict[str, Any]], configs: dict[bytes, np.ndarray]) -> None:
+    def sync(self, rows: Sequence[Observation], configs: dict[bytes, np.ndarray]) -> None:
+        """Tell the study every finite archive row it has not seen (``configs``: key → ``(N, 5)``)."""
         self.study.sampler = self.optuna.samplers.NSGAIISampler(population_size=self.population, seed=0)
         for row in rows[self.told :]:
-            if row["status"] == "ok":
-                self.study.enqueue_trial(self._params(configs[row["key"]]))
+            if row.status == "ok":
+                self.study.enqueue_trial(self._params(configs[row.key]))
                 trial = self.study.ask(self.dists)
                 # An enqueued trial's parameters are all fixed, so Optuna never asks the sampler for it and
                 # NSGA-II never assigns it a generation (it would ignore it as a parent). Asking for the
                 # relative parameters does both, without changing the fixed values.
                 _ = trial.relative_params
-                self.study.tell(trial, [row["loss"], row["bits"]])
+                self.study.tell(trial, [row.loss, row.avg_bits])
         self.told = len(rows)
 
-    def propose(self, k: int, seed: int, avoid: set[bytes], rng: np.random.Generator, fallback: np.ndarray) -> np.ndarray:
+    def propose(
+        self, k: int, seed: int, avoid: set[bytes], rng: np.random.Generator, fallback: np.ndarray
+    ) -> np.ndarray:
+        """Up to ``k`` configurations not in ``avoid`` (added to it): ``(m, N, 5)``.
+
+        ``fallback`` (``(F, N, 5)``) are the parents mutated when NSGA-II keeps asking for known ones.
+        """
         self.study.sampler = self.optuna.samplers.NSGAIISampler(population_size=self.population, seed=seed)
-        out: list[np.ndarray] = []
+        new = NewConfigs(self.space, k, avoid)
         for _ in range(20 * k):
-            if len(out) == k:
+            if new.full:
                 break
             trial = self.study.ask(self.dists)
             cfg = self._config(trial.params)
             self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
-            key = config_keys(cfg[None])[0]
-            if key not in avoid:
-                avoid.add(key)
-                out.append(cfg)
+            new.offer(cfg)
         # NSGA-II kept repeating known configurations (a converged population): mutate archive members.
         tries = 0
-        while len(out) < k and len(fallback) and tries < 50 * k:
+        while not new.full and len(fallback) and tries < 50 * k:
             tries += 1
-            cfg = mutation_pool(self.space, fallback, rng, 1)[0]
-            key = config_keys(cfg[None])[0]
-            if key not in avoid:
-                avoid.add(key)
-                out.append(cfg)
-        return np.stack(out) if out else np.zeros((0, self.space.n_matrices, len(KNOBS)), dtype=np.int64)
+            new.offer(mutation_pool(self.space, fallback, rng, 1)[0])
+        return new.configs()

@@ -100,3 +100,54 @@ def test_baseline_seeds_reports_the_seed_to_seed_range(study, tmp_path, monkeypa
     assert out["per-config"]["mean_accuracy"] == pytest.approx(0.795)
     # The same runs table2 makes: 4 rounds × 50 steps, seeded like it.
     assert calls[0] == ("shared-s0", ["train.seed=0", "search.seed=0", "train.steps=200"])
+
+
+def _write_csv(path: Path, header: str, *rows: str) -> None:
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_report_renders_tables_from_the_result_files(study, tmp_path):
+    # Two seeds of Table 2 and one of the causal LM, in the CSV format the parts write.
+    res = tmp_path / "results"
+    res.mkdir()
+    _write_csv(res / "table2-seeds.csv",
+               "seed,method,mean_accuracy,min_accuracy,configs,train_seconds,total_seconds,adapters,"
+               "gap_to_per_config_pt,hypervolume",
+               "0,coa,0.79,0.78,2,500.0,1200.0,1,-0.5,0.67", "0,per-config,0.795,0.79,2,1400.0,1400.0,2,0.0,0.68",
+               "1,coa,0.78,0.77,2,520.0,1300.0,1,-1.5,0.65", "1,per-config,0.795,0.79,2,1500.0,1500.0,2,0.0,0.68")
+    _write_csv(res / "table2.csv",
+               "method,seeds,mean_accuracy,mean_accuracy_std,gap_to_per_config_pt,gap_to_per_config_pt_std,"
+               "hypervolume,hypervolume_std,train_seconds,train_seconds_std",
+               "coa,2,0.785,0.005,-1.0,0.5,0.66,0.01,510.0,10.0", "per-config,2,0.795,0.0,0.0,0.0,0.68,0.0,1450.0,50.0")
+    _write_csv(res / "causal-lm-per-config.csv", "seed,method,budget,config_id,avg_bits,perplexity,loss",
+               "0,per-config,3.0,a,3.0,60.0,4.1", "0,per-config,4.0,b,4.0,30.0,3.4",
+               "0,coa,3.0,a,3.0,120.0,4.8", "0,coa,4.0,b,4.0,36.0,3.58")
+    _write_csv(res / "causal-lm.csv", "method,seeds,mean_perplexity,mean_perplexity_std,ratio_to_per_config,"
+               "ratio_to_per_config_std,train_seconds,train_seconds_std",
+               "per-config,1,45.0,0.0,1.0,0.0,2600.0,0.0", "coa,1,78.0,0.0,1.6,0.0,1500.0,0.0")
+    (res / "table2.png").write_bytes(b"")
+    (res / "report-template.md").write_text("<!-- a note -->\n# R\n{{table2}}\n{{plot:table2}}\n{{causal-lm}}\n"
+                                            "{{seen-unseen}}\n")
+    lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
+    assert lines[0] == "# R"  # the template's comment is gone
+    assert lines[1] == ("| method | adapters | mean accuracy, seed 0 / seed 1 | mean ± std | gap to per-config | HV "
+                        "| training s, seed 0 / seed 1 |")
+    assert lines[3] == ("| coa | 1 | 0.7900 / 0.7800 | 0.785 ± 0.005 | −1.00 ± 0.50 pt | 0.660 ± 0.010 "
+                        "| 500 / 520 (whole run 1,200 / 1,300) |")
+    assert lines[4] == "| per-config | 2 | 0.7950 / 0.7950 | 0.795 ± 0.000 | 0 | 0.680 ± 0.000 | 1,400 / 1,500 |"
+    assert lines[5] == "![table2](../results/table2.png)"  # relative to the report
+    assert "| coa | 1 | 120.0 / 36.0 | 78.0 | 1.60 | 1,500 |" in lines
+    assert "| per-config | 2 | 60.0 / 30.0 | 45.0 | 1 | 2,600 |" in lines
+    assert lines[-1] == "_Not run yet: `python benchmarks/study.py --parts seen-unseen`._"
+
+
+def test_report_only_writes_the_report_and_runs_nothing(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    res = study.results_dir(quick=False)
+    res.mkdir(parents=True)
+    _write_csv(res / "baseline-seeds.csv", "seed,method,mean_accuracy", "0,shared,0.8", "1,shared,0.79")
+    monkeypatch.setattr(study, "Study", None)  # constructing a Study (which starts work) would fail
+    assert study.main(["--report-only"]) == 0
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "| shared | 0.8000 | 0.7900 | 1.00 pt |" in text.splitlines()
+    assert not (tmp_path / "runs").exists()

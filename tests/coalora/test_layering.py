@@ -3,8 +3,8 @@
     cli                                   (the command line)
     pipeline                              (experiment config, train, evaluate, methods, checkpoints, runs)
     model · data · allocation · search    (side by side: none imports another)
-    core                                  (space, quantizer, Pareto fronts)
-    errors · io · storage                 (the foundation)
+    core · storage                        (space, quantizer, Pareto fronts · files every node reaches)
+    errors · io                           (the foundation: error classes, atomic writes, cache root)
 
 ``coalora`` never imports Ray or ``orchestration`` (Ray lives there).
 """
@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "coalora"
 LAYERS: dict[str, int] = {
     "coalora.errors": 0,
     "coalora.io": 1,
-    "coalora.storage": 1,
+    "coalora.storage": 2,  # its local writes are io's atomic writes
     "coalora.core": 2,
     "coalora.model": 3,
     "coalora.data": 3,

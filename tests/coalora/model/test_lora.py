@@ -166,7 +166,7 @@ def test_folded_lora_reproduces_cores():
 def test_rank_must_be_positive():
     from coalora.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="lora.rank must be a positive integer, got 0"):
+    with pytest.raises(ConfigError, match=r"^lora\.rank: must be a positive integer, got 0$"):
         LoraSettings(rank=0)
 
 

@@ -22,7 +22,7 @@ from coalora.core.space import BITS_ONLY_OPTIONS, space_from_shapes
 from coalora.errors import SpaceError
 from tests.coalora._tiny import tiny_bert
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FULL = "[2.0322265625, 8.625]"  # min: 2 + 2/64 + 16/(64·256); max: 8 + 8/16 + 32/(16·16)
 BITS_ONLY = "[2.126953125, 8.126953125]"  # 2 or 8 bits + 8/64 + 32/(64·256)
 

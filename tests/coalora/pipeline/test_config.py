@@ -6,6 +6,8 @@ import pytest
 
 from coalora.errors import ConfigError
 from coalora.pipeline.config import ExperimentConfig, config_from_dict, dump_config, load_config, parse_yaml
+from coalora.model.settings import HypernetConfig, LoraSettings
+from coalora.search.settings import SearchSettings
 
 
 def write(tmp_path, text: str):
@@ -67,11 +69,59 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(None, ["train.stepz=3"])
 
 
-def test_search_section_reaches_the_search_settings(tmp_path):
+def test_search_section_is_the_search_settings(tmp_path):
     cfg = load_config(write(tmp_path, "search:\n  kernel: rbf\n  encoding: full\n  n_segments: 7\n"))
-    settings = cfg.search.settings()
-    assert (settings.kernel, settings.encoding, settings.n_segments) == ("rbf", "full", 7)
-    assert load_config(None).search.settings().kernel == "additive"
+    assert isinstance(cfg.search, SearchSettings)
+    assert (cfg.search.kernel, cfg.search.encoding, cfg.search.n_segments) == ("rbf", "full", 7)
+    assert load_config(None).search.kernel == "additive"
+
+
+def test_library_sections_take_their_defaults_from_the_library(tmp_path):
+    """``lora``, ``hypernet`` and ``search`` are the library's dataclasses: a YAML that omits them gets
+    exactly their defaults, and there is no second copy of a default to drift."""
+    cfg = load_config(write(tmp_path, "model:\n  name: tiny-bert\n"))
+    for got, cls in ((cfg.lora, LoraSettings), (cfg.hypernet, HypernetConfig), (cfg.search, SearchSettings)):
+        assert type(got) is cls and got == cls()
+    assert load_config(None, ["lora.rank=4"]).lora == LoraSettings(rank=4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lora.rank=0", "lora.rank: must be a positive integer, got 0"),
+        ("lora.alpha=0", "lora.alpha: must be positive, got 0.0"),
+        ("lora.dropout=1", "lora.dropout: must be in [0, 1), got 1.0"),
+        ("hypernet.embed_dim=0", "hypernet.embed_dim: must be positive, got 0"),
+        ("hypernet.hidden=-3", "hypernet.hidden: must be positive, got -3"),
+        ("hypernet.init_std=-0.5", "hypernet.init_std: must be >= 0, got -0.5"),
+        ("search.n_segments=0", "search: n_segments must be a positive integer; got 0"),
+        ("search.candidates=-1", "search: candidates must be an integer >= 0; got -1"),
+        ("search.pool_size=0", "search: pool_size must be a positive integer; got 0"),
+        ("search.bits_range=[2.5, 4, 5]", "search.bits_range: expected a list of 2 items, got [2.5, 4, 5]"),
+        ("search.loss_range=[1, 0.5]", "search: loss_range must be (lo, hi) with finite lo < hi; got (1.0, 0.5)"),
+    ],
+)
+def test_a_bad_library_setting_names_its_yaml_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == message
+
+
+def test_search_ranges_round_trip_as_yaml_lists(tmp_path):
+    cfg = load_config(None, ["search.bits_range=[2.5, 4]", "search.loss_range=[0, 3]"])
+    assert (cfg.search.bits_range, cfg.search.loss_range) == ((2.5, 4.0), (0.0, 3.0))
+    text = dump_config(cfg)
+    assert "bits_range:\n  - 2.5\n  - 4.0\n" in text  # a plain YAML list, as before
+    assert load_config(write(tmp_path, text)) == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg  # a checkpoint's copy of the experiment
+
+
+def test_search_section_lists_its_historical_keys_first():
+    """A run's config.yaml keeps the keys (and order) it always had; the settings that became YAML keys
+    when ``search`` turned into SearchSettings follow them."""
+    keys = list(ExperimentConfig().to_dict()["search"])
+    assert keys[:10] == ["method", "generator", "encoding", "kernel", "candidates", "n_segments", "bits_range",
+                         "loss_range", "seed", "max_gp_points"]
 
 
 def test_duplicate_keys_name_the_key_and_both_lines(tmp_path):

@@ -1,4 +1,4 @@
-"""Mixed precision (DESIGN §5): bf16/fp16 frozen base, float32 trainables and optimizer state, autocast
+"""Mixed precision (docs/architecture.md §5): bf16/fp16 frozen base, float32 trainables and optimizer state, autocast
 forward, per-dtype gradient all-reduce (two real gloo processes), fp16 gradient scaling, checkpoints.
 """
 

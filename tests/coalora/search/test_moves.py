@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coalora.search.moves import config_keys, fd_walk, mutation_pool, spread_select
+from coalora.search.archive import config_keys
+from coalora.search.moves import fd_walk, mutation_pool, spread_select
 from coalora.core.space import space_from_shapes
 
 OPTIONS = {"bits": (2, 3, 4, 8), "scale_bits": (8,), "scale2_dtype": ("fp32",), "block": (16, 64), "block2": (256,)}
@@ -15,14 +16,6 @@ OPTIONS = {"bits": (2, 3, 4, 8), "scale_bits": (8,), "scale2_dtype": ("fp32",), 
 def space():
     # 4 matrices × 8 options.
     return space_from_shapes(2, {"a": (32, 32), "b": (64, 32)}, options=OPTIONS)
-
-
-def test_config_keys_are_exact_and_distinct(space):
-    C = space.sample(np.random.default_rng(0), 30)
-    keys = config_keys(C)
-    assert len(keys) == 30
-    assert len(set(keys)) == len({c.tobytes() for c in C})
-    assert config_keys(C[:1].copy()) == keys[:1]
 
 
 def test_mutation_pool_gives_valid_children_near_their_parents(space):

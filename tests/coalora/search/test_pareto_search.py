@@ -10,7 +10,7 @@ import pytest
 
 from coalora.core.pareto import ObjectiveBounds, non_dominated_mask, segment_filter, segment_index
 from coalora.search.pareto_search import ParetoSearch
-from coalora.errors import SearchError
+from coalora.errors import ConfigError, SearchError
 from coalora.search.settings import SearchSettings
 from coalora.errors import SpaceError
 from coalora.core.space import space_from_shapes
@@ -54,11 +54,11 @@ def keys(C):
 
 # ------------------------------------------------------------------ settings
 def test_settings_reject_unknown_values():
-    with pytest.raises(SearchError, match="method='bayes'"):
+    with pytest.raises(ConfigError, match="method='bayes'"):
         SearchSettings(method="bayes").validate()
-    with pytest.raises(SearchError, match="n_segments"):
+    with pytest.raises(ConfigError, match="n_segments"):
         SearchSettings(n_segments=0).validate()
-    with pytest.raises(SearchError, match="loss_range"):
+    with pytest.raises(ConfigError, match="loss_range"):
         SearchSettings(loss_range=(1.0, 0.5)).validate()
 
 
@@ -68,7 +68,7 @@ def test_observe_records_exact_bits_rounds_and_history_rows(space):
     C = initial(space, 3)
     assert s.observe(C, [3.0, 2.0, 1.0]) == 3
     rows = s.archive_rows()
-    assert [r["bits"] for r in rows] == pytest.approx(space.average_bits(C).tolist())
+    assert [r["avg_bits"] for r in rows] == pytest.approx(space.average_bits(C).tolist())
     assert [r["round"] for r in rows] == [0, 0, 0]
     s.select_training_set()
     # Re-scored next round: a new history row; the latest value is the one used.
@@ -108,11 +108,11 @@ def test_observe_rejects_bad_input(space):
 def test_archive_table_is_parquet_ready(space, tmp_path):
     s = started(space)
     t = s.archive_table()
-    assert t.column_names == ["row", "round", "config_id", "loss", "bits", "status", "proposed", "config"]
+    assert t.column_names == ["row", "round", "config_id", "loss", "avg_bits", "status", "proposed", "knobs"]
     pq.write_table(t, tmp_path / "a.parquet")
     back = pq.read_table(tmp_path / "a.parquet").to_pylist()
-    assert back[0]["config"] == s.archive_rows()[0]["config"][0] + s.archive_rows()[0]["config"][1] + [
-        x for row in s.archive_rows()[0]["config"][2:] for x in row
+    assert back[0]["knobs"] == s.archive_rows()[0]["knobs"][0] + s.archive_rows()[0]["knobs"][1] + [
+        x for row in s.archive_rows()[0]["knobs"][2:] for x in row
     ]
 
 

@@ -1,0 +1,69 @@
+"""The adapted model's settings: the ``lora:`` and ``hypernet:`` sections of the experiment YAML.
+
+These dataclasses are the one definition of each setting: :mod:`coalora.pipeline.config` builds them
+from the YAML, :class:`~coalora.model.lora.CoaModel` and :class:`~coalora.model.hypernet.ConfigHypernet`
+read them. They live apart from those modules so that reading a configuration does not import torch.
+Every check runs on construction and names the YAML key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from coalora.errors import ConfigError
+
+
+@dataclass
+class LoraSettings:
+    """LoRA shape (the ``lora:`` section). ``alpha / rank`` scales the update, as in PEFT.
+
+    Attributes:
+        rank: r, the inner width of each matrix's ``B (out, r) · A (r, in)``.
+        alpha: the update is scaled by ``alpha / rank``.
+        dropout: dropout on the LoRA branch's input, in [0, 1).
+
+    Raises:
+        ConfigError: on construction, naming the key, e.g. ``lora.rank: must be a positive integer, got 0``.
+    """
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank <= 0:
+            raise ConfigError(f"lora.rank: must be a positive integer, got {self.rank}")
+        if not self.alpha > 0:  # `not >` also refuses NaN
+            raise ConfigError(f"lora.alpha: must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class HypernetConfig:
+    """Shape of U_θ (the ``hypernet:`` section).
+
+    Attributes:
+        embed_dim: width of each embedding (knob, layer, module type, context).
+        hidden: width of the hidden layer.
+        context: feed a global summary of the configuration (its average bits and the share of
+            parameters at each weight bit width) to every matrix. The paper's model sees only each
+            matrix's own knobs (context off).
+        init_std: std of the last layer's weights (bias 0), so M ≈ I at the start.
+
+    Raises:
+        ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
+    """
+
+    embed_dim: int = 8
+    hidden: int = 128
+    context: bool = False
+    init_std: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for key in ("embed_dim", "hidden"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"hypernet.{key}: must be positive, got {getattr(self, key)}")
+        if not (math.isfinite(self.init_std) and self.init_std >= 0):
+            raise ConfigError(f"hypernet.init_std: must be >= 0, got {self.init_std}")
