@@ -59,9 +59,15 @@ from coalora.pipeline.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 TEMPLATE = "report-template.md"  # in the results directory: the prose around the generated tables
-PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds")
+PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom")
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
+LOWBIT = "configs/study/smollm2-lowbit.yaml"  # the headroom testbed (issue #15)
+# coa's variants on the testbed: name -> the --set values that make it (the baselines take none).
+HEADROOM_VARIANTS: dict[str, list[str]] = {"coa": [], "coa-warm": ["hypernet.warm_start=0.5"]}
+HEADROOM_UNSEEN_PER_CONFIG = 3  # unseen configurations that per-config also trains an adapter for
+# --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).
+QUICK_HEADROOM = ["train.steps=12", "train.warmup_steps=2", "data.max_eval=16", "data.max_train=256", "eval.random=4"]
 SEARCH_METHODS = ("gp", "nsga2", "random-extend", "frozen")
 UNSEEN_SEED = 4321  # seed of the random held-out configurations (never a training configuration)
 QUICK = ["train.steps=4", "run.rounds=2", "data.max_eval=64", "data.max_train=512", "eval.random=3",
@@ -525,6 +531,130 @@ def causal_lm(st: Study, seeds: list[int]) -> dict[str, Any]:
     return {"causal_lm": agg}
 
 
+def gap_closed(shared: float, coa: float, per_config: float) -> float | None:
+    """G = (L_shared − L_coa) / (L_shared − L_per-config): the share of the shared → per-config gap that coa
+    closes (1: as good as per-config; 0: no better than shared; < 0: worse). None without a gap."""
+    gap = shared - per_config
+    return None if gap <= 0 else (shared - coa) / gap
+
+
+def headroom_rows(seed: int, losses: dict[str, dict[str, dict[str, Any]]], seen: list[str],
+                  budgets: list[float], unseen: list[str]) -> list[dict[str, Any]]:
+    """One row per method and evaluated configuration of one seed (``headroom.csv``).
+
+    Args:
+        losses: method → config id → evaluation row (``loss``, ``avg_bits``); per-config has only the
+            configurations it trained an adapter for.
+        seen: the ids of the allocations at ``budgets`` (in that order); unseen: the random held-out ids.
+    """
+    rows = []
+    for method, mine in losses.items():
+        for set_name, ids in (("seen", seen), ("unseen", unseen)):
+            for i, cid in enumerate(ids):
+                if cid not in mine:
+                    continue
+                r = mine[cid]
+                g = None
+                if method not in ("shared", "per-config") and cid in losses["per-config"]:
+                    g = gap_closed(losses["shared"][cid]["loss"], r["loss"], losses["per-config"][cid]["loss"])
+                rows.append({"method": method, "seed": seed, "set": set_name,
+                             "budget": budgets[i] if set_name == "seen" else None, "config_id": cid,
+                             "avg_bits": r["avg_bits"], "loss": r["loss"], "gap_closed": g})
+    return rows
+
+
+def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and set: mean loss over the set, mean G where per-config was trained, training seconds."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for set_name in ("seen", "unseen"):
+            mine = [r for r in rows if r["method"] == method and r["set"] == set_name]
+            if not mine:
+                continue
+            gs = [r["gap_closed"] for r in mine if r["gap_closed"] is not None]
+            seeds = sorted({r["seed"] for r in mine})
+            per_seed_g = [float(np.mean([r["gap_closed"] for r in mine if r["seed"] == s and r["gap_closed"] is not None]))
+                          for s in seeds if any(r["seed"] == s and r["gap_closed"] is not None for r in mine)]
+            out.append({"method": method, "set": set_name, "seeds": len(seeds), "configs": len(mine) // len(seeds),
+                        "mean_loss": float(np.mean([r["loss"] for r in mine])),
+                        "gap_closed": float(np.mean(gs)) if gs else None,
+                        "gap_closed_std": float(np.std(per_seed_g)) if per_seed_g else None})
+    return out
+
+
+def _unseen_configs(st: Study, overrides: list[str]) -> Path:
+    """The testbed's random held-out configurations (``eval.random`` of them, every matrix at
+    ``eval.random_min_bits`` weight bits or more, seeded by ``eval.seed``) as a JSON list of configurations:
+    ``runs/<study>/headroom-unseen.json``. The same for every seed and method; never trained on except by
+    per-config, which trains one adapter for each of the first few."""
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.experiment import build_space, load_base, random_configs
+
+    path = st.runs / "headroom-unseen.json"
+    if not path.is_file():
+        cfg = load_config(ROOT / LOWBIT, overrides)
+        space = build_space(cfg, load_base(cfg).model)
+        path.write_text(json.dumps([space.to_json(c) for c in random_configs(cfg, space)]))
+    return path
+
+
+def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """The testbed where quantization hurts (issue #15): shared, per-config and coa's variants on SmolLM2 at
+    2.75–3.5 bits; the gap closed per budget and on random unseen configurations."""
+    from coalora.pipeline.config import load_config
+
+    quick = QUICK_HEADROOM if st.quick else []
+    overrides = st.overrides_for(lm=True) + quick
+    cfg = load_config(ROOT / LOWBIT, overrides)
+    unseen_path = _unseen_configs(st, overrides)
+    unseen_some = st.runs / "headroom-unseen-per-config.json"
+    unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
+    rows: list[dict[str, Any]] = []
+    seconds: list[dict[str, Any]] = []
+    for seed in seeds:
+        base = quick + [f"train.seed={seed}"]
+        outs = {m: st.trained(f"hr-{m}-s{seed}", LOWBIT, "coa" if m in HEADROOM_VARIANTS else m,
+                              base + HEADROOM_VARIANTS.get(m, []), lm=True)
+                for m in ("shared", "per-config", *HEADROOM_VARIANTS)}
+        pc_unseen = st.runs / f"hr-per-config-unseen-s{seed}"
+        if not (pc_unseen / "per_config.json").is_file():
+            st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(unseen_some),
+                       "--out", str(pc_unseen), "--overwrite", "--json", *st.sets(base, lm=True),
+                       log=f"train-hr-per-config-unseen-s{seed}.log", echo=True)
+        else:
+            st.reuse(f"train-hr-per-config-unseen-s{seed}.log")
+        seen_path = _per_config_configs(outs["per-config"])  # the allocations at eval.budgets, in order
+        per_config = st.evaluate(f"hr-per-config-s{seed}", "--checkpoint", str(outs["per-config"]))
+        per_config += st.evaluate(f"hr-per-config-unseen-s{seed}", "--checkpoint", str(pc_unseen))
+        losses = {"per-config": {r["config_id"]: r for r in per_config}}
+        ids: dict[str, list[str]] = {}
+        for m in ("shared", *HEADROOM_VARIANTS):
+            losses[m] = {}
+            for set_name, path in (("seen", seen_path), ("unseen", unseen_path)):
+                got = st.evaluate(f"hr-{m}-s{seed}-{set_name}", "--checkpoint", str(outs[m]), "--config", str(path))
+                ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
+                losses[m].update({r["config_id"]: r for r in got})
+        seen_ids, unseen_ids = ids["seen"], ids["unseen"]
+        rows += headroom_rows(seed, losses, seen_ids, list(cfg.eval.budgets), unseen_ids)
+        for m, out in outs.items():
+            meta = out / ("per_config.json" if m == "per-config" else "meta.json")
+            seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
+        seconds.append({"method": "per-config-unseen", "seed": seed,
+                        "train_seconds": json.loads((pc_unseen / "per_config.json").read_text())["train_seconds"]})
+    st.write_csv("headroom.csv", rows)
+    summary = headroom_summary(rows)
+    st.write_csv("headroom-summary.csv", summary)
+    st.write_csv("headroom-seconds.csv", _aggregate(seconds, "method", ["train_seconds"]))
+    first = [r for r in rows if r["seed"] == seeds[0]]
+    series = {m: (np.array([r["avg_bits"] for r in first if r["method"] == m]),
+                  np.array([r["loss"] for r in first if r["method"] == m]))
+              for m in dict.fromkeys(r["method"] for r in first)}
+    _plot(st.results / "headroom.png", series, "average bits", "test loss (nats)",
+          f"SmolLM2-135M / Wikipedia sample, {cfg.train.steps} steps, seen and unseen (seed {seeds[0]})",
+          markers={m: "o" for m in series})
+    return {"headroom": summary}
+
+
 # ---------------------------------------------------------------------- the report
 def results_dir(quick: bool) -> Path:
     """Where a study's tables, plots and manifest go."""
@@ -571,7 +701,7 @@ _DEFAULT_TEMPLATE = """# Study results
 
 {{baseline-seeds}}
 """
-_METHOD_ORDER = ("coa", "shared", "per-config", "fp-lora", "gp", "nsga2", "random-extend", "frozen", "random")
+_METHOD_ORDER = ("coa", "coa-warm", "shared", "per-config", "fp-lora", "gp", "nsga2", "random-extend", "frozen", "random")
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
@@ -748,12 +878,33 @@ def _report_provenance(results: Path) -> str:
             f"`{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}/manifest.json`).")
 
 
+def _report_headroom(results: Path) -> str:
+    """Per method: mean test loss on the evaluated budgets and on the unseen configurations, the gap closed
+    G on each (mean over seeds ± std across seeds), and the training seconds."""
+    summary = _read_csv(results / "headroom-summary.csv")
+    secs = {r["method"]: r for r in _read_csv(results / "headroom-seconds.csv")}
+    rows = []
+    for method, mine in _by_method(summary).items():
+        by_set = {r["set"]: r for r in mine}
+        cells = []
+        for set_name in ("seen", "unseen"):
+            r = by_set.get(set_name)
+            cells.append("" if r is None else _num(r["mean_loss"], 3))
+            cells.append("" if r is None or r.get("gap_closed") is None else
+                         f"{_num(r['gap_closed'], 2)} ± {_num(r['gap_closed_std'], 2)}")
+        t = secs.get(method)
+        rows.append([method, *cells, "" if t is None else _num(t["train_seconds"], 0)])
+    return _table(["method", "loss at the budgets", "G at the budgets", "loss on unseen", "G on unseen",
+                   "training s"], rows)
+
+
 _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "table2-budgets": (_report_table2_budgets, ("table2-per-config.csv",)),
            "seen-unseen": (_report_seen_unseen, ("seen-unseen-summary.csv",)),
            "search-ablation": (_report_search_ablation, ("search-ablation-seeds.csv", "search-ablation.csv")),
            "causal-lm": (_report_causal_lm, ("causal-lm-per-config.csv", "causal-lm.csv")),
            "baseline-seeds": (_report_baseline_seeds, ("baseline-seeds.csv",)),
+           "headroom": (_report_headroom, ("headroom-summary.csv", "headroom-seconds.csv")),
            "provenance": (_report_provenance, ("manifest.json",))}
 
 
@@ -813,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     st = Study(args.quick, args.set)
     fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
-           "baseline-seeds": baseline_seeds}
+           "baseline-seeds": baseline_seeds, "headroom": headroom}
     for part in parts:
         t0 = time.perf_counter()
         print(f"== {part} (seeds {seeds})", flush=True)

@@ -112,9 +112,9 @@ def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None
 
 # ---------------------------------------------------------------------- space
 def cmd_space(args: argparse.Namespace) -> int:
-    from coalora.pipeline.config import SpaceSection
-    from coalora.model.loading import load_model
     from coalora.core.space import QuantSpace
+    from coalora.model.loading import load_model
+    from coalora.pipeline.config import SpaceSection
 
     sec = SpaceSection(preset=args.preset, family=args.family)
     sec.validate()
@@ -148,10 +148,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"{args.config} is not UTF-8 text ({e.reason} at byte {e.start + 1}); save it as UTF-8"
                           ) from None
-    out = _check_out(args.out, args.overwrite, reads=[args.config, cfg.data.name])
+    configs = None
+    if args.configs is not None:
+        if cfg.train.method != "per-config":
+            raise UsageError(f"--configs trains one adapter per configuration: it needs --method per-config, "
+                             f"not {cfg.train.method}")
+        if not Path(args.configs).is_file():  # before the model loads, not after
+            raise FileNotFoundError(f"configuration file not found: {args.configs}")
+        configs = lambda space: _read_config_json(args.configs, space, many=True)  # noqa: E731
+    out = _check_out(args.out, args.overwrite, reads=[args.config, cfg.data.name, args.configs])
     # With --json, stdout carries only the JSON summary; progress notes go to stderr.
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    summary = train_method(cfg, out, progress=not args.quiet, say=say)
+    summary = train_method(cfg, out, progress=not args.quiet, say=say, configs=configs)
     print(json.dumps(summary, indent=1) if args.json else f"wrote {', '.join(summary['checkpoints'])}")
     return 0
 
@@ -325,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=METHODS)
     t.add_argument("--out", required=True, help="checkpoint directory to write")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a YAML key, e.g. train.steps=50")
+    t.add_argument("--configs", metavar="JSON", help="per-config only: train one adapter for each configuration "
+                                                      "in this file (default: the allocations at eval.budgets)")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--json", action="store_true")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow.fs as pafs
+
 from coalora.errors import StorageError
 from coalora.io import atomic_write_bytes
 

@@ -33,10 +33,9 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
-from coalora.core.space import QuantSpace
-from coalora.errors import SpaceError
 from coalora.allocation.error_tables import _check_table, total_error
-from coalora.errors import AllocationError
+from coalora.core.space import QuantSpace
+from coalora.errors import AllocationError, SpaceError
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
 from coalora.errors import SpaceError
 
 KNOBS: tuple[str, ...] = ("bits", "scale_bits", "scale2_dtype", "block", "block2")
@@ -382,25 +383,45 @@ class QuantSpace:
         """Uniformly random configurations: ``(n, N, 5)``."""
         return rng.integers(0, self.cardinalities, size=(n, self.n_matrices, len(KNOBS)))
 
+    def floor_mask(self, min_weight_bits: float | None) -> np.ndarray:
+        """``(K,)`` bool: the options whose weight bit width is at least ``min_weight_bits`` (all for None)."""
+        if min_weight_bits is None:
+            return np.ones(self.n_options, dtype=bool)
+        weight_bits = np.asarray(self.options["bits"], dtype=np.float64)[self.option_table[:, 0]]
+        return weight_bits >= float(min_weight_bits)
+
     def sample_near(
-        self, target_bits: float, rng: np.random.Generator, n: int = 1, tol: float = 0.05
+        self, target_bits: float, rng: np.random.Generator, n: int = 1, tol: float = 0.05,
+        min_weight_bits: float | None = None,
     ) -> np.ndarray:
         """Random configurations whose average bits lie within ``tol`` of ``target_bits``: ``(n, N, 5)``.
 
         Options are drawn per matrix from a tilted distribution ``p_k ∝ exp(-λ·bits_k)`` whose mean
         equals the target (λ by bisection), then single-matrix moves repair the remaining gap. The
-        knobs that do not move bits much (dtype, block2) stay uniformly spread.
+        knobs that do not move bits much (dtype, block2) stay uniformly spread. ``min_weight_bits``
+        keeps every matrix at that weight bit width or more (no matrix gets the 2 bits that destroy a
+        small model), so the draws are damaged but not destroyed.
         """
         target = float(target_bits)
-        if not self.min_bits <= target <= self.max_bits:
-            raise SpaceError(
-                f"target {target!r} bits is outside this space's attainable range {self.attainable_range()}"
-            )
+        allowed = self.floor_mask(min_weight_bits)
+        if not allowed.any():
+            raise SpaceError(f"no option has {min_weight_bits} or more weight bits "
+                             f"(bits options: {list(self.options['bits'])})")
         b = self.option_bits
+        lowest = float(b[allowed].min())
+        if not lowest <= target <= self.max_bits:
+            floor = "" if min_weight_bits is None else f" with every matrix at >= {min_weight_bits} weight bits"
+            raise SpaceError(
+                f"target {target!r} bits is outside this space's attainable range{floor} "
+                f"{[lowest, self.max_bits] if min_weight_bits is not None else self.attainable_range()}"
+            )
+
+        def tilted(lam: float) -> np.ndarray:
+            z = -lam * (b - b.mean())
+            return np.where(allowed, np.exp(z - z[allowed].max()), 0.0)
 
         def mean_bits(lam: float) -> float:
-            z = -lam * (b - b.mean())
-            p = np.exp(z - z.max())
+            p = tilted(lam)
             return float((p * b).sum() / p.sum())
 
         lo, hi = -60.0, 60.0
@@ -410,22 +431,20 @@ class QuantSpace:
                 lo = mid
             else:
                 hi = mid
-        z = -0.5 * (lo + hi) * (b - b.mean())
-        p = np.exp(z - z.max())
+        p = tilted(0.5 * (lo + hi))
         p /= p.sum()
         out = np.empty((n, self.n_matrices, len(KNOBS)), dtype=np.int64)
-        order = np.argsort(b)
         for s in range(n):
             flat = rng.choice(self.n_options, size=self.n_matrices, p=p)
-            flat = self._repair(flat, target, tol, rng, order)
+            flat = self._repair(flat, target, tol, rng, allowed)
             out[s] = self.option_table[flat]
         return out
 
     def _repair(
-        self, flat: np.ndarray, target: float, tol: float, rng: np.random.Generator, order: np.ndarray
+        self, flat: np.ndarray, target: float, tol: float, rng: np.random.Generator, allowed: np.ndarray
     ) -> np.ndarray:
-        """Move single matrices to other options until the average bits is within ``tol`` of target."""
-        b = self.option_bits
+        """Move single matrices to other ``allowed`` options until the average bits is within ``tol`` of target."""
+        b = np.where(allowed, self.option_bits, np.inf)  # an option below the floor is never the nearest
         w = self._weights
         flat = flat.copy()
         for _ in range(20 * self.n_matrices + 100):

@@ -27,13 +27,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 from coalora.data.example import Example, deduplicate
-from coalora.data.registry import DATASET_REGISTRY, dataset_path
 from coalora.data.hub import _is_repo_dir, _load_hub_dataset
+from coalora.data.registry import DATASET_REGISTRY, dataset_path
 from coalora.data.tables import _COMPRESSION, _TEXT_FORMATS, load_table
 from coalora.errors import DataError
-
 
 _RT_LABELS = {"fresh": 1, "rotten": 0}
 

@@ -6,13 +6,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
-from coalora.io import install_command
-from coalora.data.registry import DATASET_REGISTRY
 from coalora.data.example import Example
+from coalora.data.registry import DATASET_REGISTRY
 from coalora.data.tables import _rows_to_examples
 from coalora.errors import DataError
-
+from coalora.io import install_command
 
 # ---------------------------------------------------------------------- hub data sets
 # The `datasets` version verified with this project's pins (pyarrow 26, huggingface_hub 2.4, pandas 3.1);

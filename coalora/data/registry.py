@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from coalora.io import asset_dir, install_command
 from coalora.errors import DataError
+from coalora.io import asset_dir, install_command
 
 
 @dataclass(frozen=True)

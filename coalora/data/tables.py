@@ -17,7 +17,6 @@ import numpy as np
 from coalora.data.example import Example
 from coalora.errors import DataError
 
-
 # ---------------------------------------------------------------------- user tables
 _TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 _COMPRESSION = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}

@@ -69,6 +69,10 @@ class ConfigHypernet(nn.Module):
         self.fc2 = nn.Linear(cfg.hidden, rank * rank)
         nn.init.normal_(self.fc2.weight, std=cfg.init_std)
         nn.init.zeros_(self.fc2.bias)
+        if cfg.warm_start > 0:
+            # Warm start: U = 0 exactly, so M = I exactly until training switches U_θ on. Drawn first
+            # and then zeroed, so that the random stream (and every later initialisation) is unchanged.
+            nn.init.zeros_(self.fc2.weight)
         # Learnable scale s on the adjustment (init 1).
         self.scale = nn.Parameter(torch.ones(()))
         self.register_buffer("eye", torch.eye(rank), persistent=False)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
 from coalora.errors import AssetMissingError, ModelError
 from coalora.io import asset_dir, cache_root, cached_dir, install_command
 from coalora.model.registry import MODEL_REGISTRY, TASKS, ModelSpec, _check_task

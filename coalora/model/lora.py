@@ -27,14 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coalora.model.weight_cache import WeightCache
-from coalora.errors import ConfigError
+from coalora.core.quant import fake_quantize
+from coalora.core.space import QuantSpace
+from coalora.errors import CheckpointMismatchError, ConfigError
 from coalora.model.hypernet import ConfigHypernet, HypernetConfig, as_index_tensor
 from coalora.model.memory import MemoryPlan
 from coalora.model.settings import LoraSettings  # the `lora:` section; also imported from here
-from coalora.core.quant import fake_quantize
-from coalora.core.space import QuantSpace
-from coalora.errors import CheckpointMismatchError
+from coalora.model.weight_cache import WeightCache
 
 # Task heads created fresh for fine-tuning (transformers' names); trained alongside the LoRA.
 DEFAULT_HEAD_MODULES: tuple[str, ...] = ("classifier", "score")
@@ -173,6 +172,9 @@ class CoaModel(nn.Module):
         self.config: np.ndarray | None = None
         self._config_t: torch.Tensor | None = None
         self._eval_cores: torch.Tensor | None = None
+        # Warm start (``hypernet.warm_start``): while True, U_θ runs without gradients, so it stays at
+        # its exact-identity start and only the shared LoRA (and head) train. The training loop sets it.
+        self.hypernet_frozen = False
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -223,7 +225,16 @@ class CoaModel(nn.Module):
             return None
         if self._config_t is None:
             raise RuntimeError("call set_config(...) before running a configuration-aware model")
+        if self.hypernet_frozen:
+            with torch.no_grad():
+                return self.hypernet(self._config_t)
         return self.hypernet(self._config_t)
+
+    def warm_switch_step(self, total_steps: int) -> int:
+        """The step of a ``total_steps`` schedule at which U_θ starts training (0: from the start)."""
+        if self.hypernet is None:
+            return 0
+        return int(round(self.hypernet.cfg.warm_start * total_steps))
 
     def _install_cores(self) -> None:
         if self.hypernet is None:

@@ -51,6 +51,10 @@ class HypernetConfig:
             parameters at each weight bit width) to every matrix. The paper's model sees only each
             matrix's own knobs (context off).
         init_std: std of the last layer's weights (bias 0), so M ≈ I at the start.
+        warm_start: share of the training schedule (in [0, 1]) that trains the shared LoRA alone before
+            U_θ switches on. U_θ's last layer starts at exactly zero then, so every core is exactly
+            the identity during the warm phase and at the switch: coa starts where shared stands.
+            0 (the default) trains U_θ from the first step, as the paper does.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
@@ -60,6 +64,7 @@ class HypernetConfig:
     hidden: int = 128
     context: bool = False
     init_std: float = 1e-3
+    warm_start: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("embed_dim", "hidden"):
@@ -67,3 +72,5 @@ class HypernetConfig:
                 raise ConfigError(f"hypernet.{key}: must be positive, got {getattr(self, key)}")
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ConfigError(f"hypernet.init_std: must be >= 0, got {self.init_std}")
+        if isinstance(self.warm_start, bool) or not 0.0 <= self.warm_start <= 1.0:  # `not <=` refuses NaN
+            raise ConfigError(f"hypernet.warm_start: must be a share of the schedule in [0, 1], got {self.warm_start}")

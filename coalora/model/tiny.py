@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from coalora.errors import ModelError
 from coalora.model.registry import MODEL_REGISTRY, _check_task
+
 TINY_KINDS: tuple[str, ...] = ("bert", "llama", "gpt2")
 # Multiple of 64 and larger than the 261 ids the tiny byte-level tokenizer uses.
 TINY_VOCAB_SIZE = 1024

@@ -33,12 +33,11 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
-from coalora.pipeline.config import METHODS, ExperimentConfig
-from coalora.errors import CheckpointMismatchError
-from coalora.model.lora import CoaModel
 from coalora.core.space import QuantSpace
+from coalora.errors import CheckpointError, CheckpointMismatchError, CoaloraError
 from coalora.io import atomic_dir
-from coalora.errors import CheckpointError, CoaloraError
+from coalora.model.lora import CoaModel
+from coalora.pipeline.config import METHODS, ExperimentConfig
 
 FORMAT_VERSION = 1
 META = "meta.json"

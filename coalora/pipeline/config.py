@@ -265,6 +265,10 @@ class EvalSection:
     budgets: list[float] = field(default_factory=lambda: [2.5, 3.0, 3.5, 4.0])
     random: int = 8
     random_bits: list[float] = field(default_factory=lambda: [2.5, 4.0])
+    # Every matrix of a random held-out configuration keeps at least this weight bit width (None: any).
+    # A uniformly random configuration puts 2 bits where they destroy a small LM; a floor of 3 keeps the
+    # held-out set damaged but recoverable.
+    random_min_bits: float | None = None
     seed: int = 1234
     max_batches: int | None = None
 
@@ -401,8 +405,22 @@ def check_bits_settings(cfg: ExperimentConfig, space: QuantSpace | None = None) 
     # Random held-out configurations are drawn only when eval.random > 0, but the range is checked
     # anyway: `coalora evaluate --random N` reads it later from the checkpoint's configuration.
     space.check_bits_range(cfg.eval.random_bits, key="eval.random_bits")
+    if cfg.eval.random_min_bits is not None:
+        _check_floor(space, cfg.eval.random_min_bits, cfg.eval.random_bits)
     if cfg.search.bits_range is not None:
         space.check_bits_range(cfg.search.bits_range, key="search.bits_range")
+
+
+def _check_floor(space: QuantSpace, floor: float, bits_range: Sequence[float]) -> None:
+    """``eval.random_min_bits`` leaves options, and the low end of ``eval.random_bits`` is reachable with them."""
+    allowed = space.floor_mask(floor)
+    if not allowed.any():
+        raise SpaceError(f"eval.random_min_bits: no option has {floor} or more weight bits "
+                         f"(bits options: {list(space.options['bits'])})")
+    lowest = float(space.option_bits[allowed].min())
+    if bits_range[0] < lowest:
+        raise SpaceError(f"eval.random_bits: low end {bits_range[0]} bits is below {lowest}, the fewest bits a "
+                         f"configuration with every matrix at >= {floor} weight bits (eval.random_min_bits) can have")
 
 
 C = TypeVar("C")

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from coalora.errors import DataError
 from coalora.data.batching import check_label_range
+from coalora.errors import DataError
 from coalora.model.lora import CoaModel
 
 

@@ -16,14 +16,14 @@ import torch
 from coalora.allocation.error_tables import ErrorTableCache, error_table
 from coalora.allocation.knapsack import initial_set
 from coalora.allocation.sensitivity import target_weights
-from coalora.pipeline.config import ExperimentConfig, check_bits_settings  # also importable from here
+from coalora.core.space import QuantSpace
 from coalora.data.batching import Batchable, TrainBatches, eval_batches, tokenize_classification, tokenize_lm
 from coalora.data.corpora import load_dataset
 from coalora.data.splits import split
+from coalora.model.loading import LoadedModel, load_model
 from coalora.model.lora import CoaModel
 from coalora.model.memory import plan_memory
-from coalora.model.loading import LoadedModel, load_model
-from coalora.core.space import QuantSpace
+from coalora.pipeline.config import ExperimentConfig, check_bits_settings  # also importable from here
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def budget_configs(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) ->
 def random_configs(cfg: ExperimentConfig, space: QuantSpace, n: int | None = None,
                    exclude: np.ndarray | None = None) -> np.ndarray:
     """``n`` random configurations spread evenly over ``cfg.eval.random_bits``, none in ``exclude``:
-    ``(n, N, 5)``. Seeded by ``cfg.eval.seed``: every method sees the same held-out set."""
+    ``(n, N, 5)``, every matrix at ``cfg.eval.random_min_bits`` weight bits or more when that is set.
+    Seeded by ``cfg.eval.seed``: every method sees the same held-out set."""
     n = cfg.eval.random if n is None else n
     if n == 0:
         return np.zeros((0, space.n_matrices, 5), dtype=np.int64)
@@ -173,7 +174,7 @@ def random_configs(cfg: ExperimentConfig, space: QuantSpace, n: int | None = Non
     out = []
     for target in np.linspace(lo, hi, n):
         while True:
-            c = space.sample_near(float(target), rng, 1, tol=0.05)[0]
+            c = space.sample_near(float(target), rng, 1, tol=0.05, min_weight_bits=cfg.eval.random_min_bits)[0]
             cid = space.config_id(c)
             if cid not in taken:
                 taken.add(cid)

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from coalora.model.lora import DEFAULT_HEAD_MODULES, CoaLinear, CoaModel
-from coalora.model.loading import LoadedModel
 from coalora.core.quant import quantize
 from coalora.errors import ExportError
 from coalora.io import atomic_dir
+from coalora.model.loading import LoadedModel
+from coalora.model.lora import DEFAULT_HEAD_MODULES, CoaLinear, CoaModel
 
 PEFT_TASK = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 

@@ -16,22 +16,29 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
 
-from coalora.pipeline.checkpoint import META, check_checkpoint, load_trainable, save_checkpoint, training_meta
-from coalora.errors import CheckpointError
-from coalora.errors import ConfigError
-from coalora.pipeline.config import ExperimentConfig, config_from_dict
-from coalora.errors import DataError
-from coalora.data.batching import check_label_range
-from coalora.pipeline.experiment import DataBundle, budget_configs, build_adapted, build_space, error_table_for, initial_trainset, load_base, load_data
 from coalora.core.space import QuantSpace
-from coalora.pipeline.evaluate import evaluate
-from coalora.model.lora import CoaModel, check_rank
+from coalora.data.batching import check_label_range
+from coalora.errors import CheckpointError, ConfigError, DataError
 from coalora.model.loading import LoadedModel
+from coalora.model.lora import CoaModel, check_rank
+from coalora.pipeline.checkpoint import META, check_checkpoint, load_trainable, save_checkpoint, training_meta
+from coalora.pipeline.config import ExperimentConfig, config_from_dict
+from coalora.pipeline.evaluate import evaluate
+from coalora.pipeline.experiment import (
+    DataBundle,
+    budget_configs,
+    build_adapted,
+    build_space,
+    error_table_for,
+    initial_trainset,
+    load_base,
+    load_data,
+)
 from coalora.pipeline.train import TrainResult, train
 
 PER_CONFIG_INDEX = "per_config.json"
@@ -43,20 +50,25 @@ def _meta(cfg: ExperimentConfig, loaded: LoadedModel, method: str, res: TrainRes
                          train_seconds=res.seconds, **extra)
 
 
+# Configurations for per-config: ``(B, N, 5)``, a function of the model's space giving them, or None.
+Configs = Union[np.ndarray, Callable[[QuantSpace], np.ndarray], None]
+
+
 def train_method(
     cfg: ExperimentConfig,
     out: str | os.PathLike,
     method: str | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
-    configs: np.ndarray | None = None,
+    configs: Configs = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train ``method`` (default ``cfg.train.method``) and write its checkpoint(s) to ``out``.
 
     Args:
         configs: ``per-config`` only: the ``(B, N, 5)`` configurations to train one adapter each
-            for (default: allocations at ``cfg.eval.budgets``).
+            for, or a function of the model's space that returns them (default: allocations at
+            ``cfg.eval.budgets``).
         device: where the model computes (a sweep trial passes the GPU Ray gave it).
     Returns a summary: method, steps, seconds, final training loss, checkpoint paths.
     """
@@ -115,8 +127,10 @@ def _on(loaded: LoadedModel, device: str | torch.device) -> LoadedModel:
 
 def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, data: DataBundle,
                       progress: bool, say: Callable[[str], None], t0: float,
-                      configs: np.ndarray | None, device: str | torch.device = "cpu") -> dict[str, Any]:
+                      configs: Configs, device: str | torch.device = "cpu") -> dict[str, Any]:
     space = build_space(cfg, loaded.model)
+    if callable(configs):  # read against the model's space (e.g. a JSON file of configurations)
+        configs = configs(space)
     if configs is None:
         err = error_table_for(cfg, loaded.model, space, progress=progress)
         configs = budget_configs(cfg, space, err)

@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from coalora.pipeline.config import TrainSection
 from coalora.data.batching import check_label_range
 from coalora.model.lora import CoaModel
+from coalora.pipeline.config import TrainSection
 
 
 @dataclass
@@ -194,7 +194,12 @@ def train(
     opt = optimizer or make_optimizer(model, cfg)
     if scaler is None:
         scaler = make_grad_scaler(model)
-    sched = make_scheduler(opt, cfg, total_steps or start_step + n_steps, start_step)
+    schedule = total_steps or start_step + n_steps
+    sched = make_scheduler(opt, cfg, schedule, start_step)
+    # Warm start: the shared LoRA trains alone until this step of the whole schedule, then U_θ joins.
+    switch = model.warm_switch_step(schedule)
+    frozen_ids = {id(q) for q in model.hypernet.parameters()} if switch > start_step else set()
+    warm_params = [q for q in params if id(q) not in frozen_ids]  # what trains before the switch
     # One stream per (seed, rank), advanced past the steps already taken so a resumed run continues
     # the same sequence of configurations an uninterrupted run would have drawn.
     rng = np.random.default_rng([cfg.seed, rank, start_step])
@@ -221,6 +226,7 @@ def train(
             check_label_range(host["labels"], int(classes), f"the training batch of step {step}")
         batch = _to_device(host, device)
         opt.zero_grad(set_to_none=True)
+        model.hypernet_frozen = step < switch
         total = 0.0
         chosen = [None] if trainset is None else rng.choice(len(trainset), size=k, replace=False)
         for j in chosen:
@@ -231,12 +237,15 @@ def train(
             loss = model(**batch).loss.float() / k
             (loss if scaler is None else scaler.scale(loss)).backward()
             total += float(loss.detach())
-        sync_gradients(params)
+        # A frozen U_θ has no gradients: leave it out of the all-reduce (which would hand it zeros, and
+        # AdamW would then decay it and count its steps on one worker count but not another).
+        live = warm_params if model.hypernet_frozen else params
+        sync_gradients(live)
         if scaler is None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(live, cfg.grad_clip)
             opt.step()
             sched.step()
-        elif not _scaled_step(scaler, opt, params, cfg.grad_clip):
+        elif not _scaled_step(scaler, opt, live, cfg.grad_clip):
             result.skipped_steps += 1
             with warnings.catch_warnings():
                 # The schedule is a function of the global step, so it advances on a skipped step too;
@@ -253,6 +262,7 @@ def train(
             bar.set_postfix(loss=f"{np.mean(result.losses[-cfg.log_every:]):.4f}")
         bar.update(1)
     bar.close()
+    model.hypernet_frozen = False
     result.seconds = time.perf_counter() - t0
     model.eval()
     return result

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coalora.search.gp import ENCODINGS, KERNELS
 from coalora.errors import ConfigError
+from coalora.search.gp import ENCODINGS, KERNELS
 
 METHODS: tuple[str, ...] = ("gp", "random", "nsga2", "frozen", "random-extend")
 GENERATORS: tuple[str, ...] = ("pool", "fd-walk")

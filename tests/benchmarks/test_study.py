@@ -151,3 +151,25 @@ def test_report_only_writes_the_report_and_runs_nothing(study, tmp_path, monkeyp
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "| shared | 0.8000 | 0.7900 | 1.00 pt |" in text.splitlines()
     assert not (tmp_path / "runs").exists()
+
+
+def test_gap_closed_and_the_headroom_rows_have_exact_answers(study):
+    assert study.gap_closed(shared=5.0, coa=4.5, per_config=4.0) == 0.5
+    assert study.gap_closed(shared=5.0, coa=5.5, per_config=4.0) == -0.5  # worse than shared
+    assert study.gap_closed(shared=4.0, coa=3.9, per_config=4.0) is None  # no gap to close
+    row = lambda loss, bits: {"loss": loss, "avg_bits": bits}  # noqa: E731
+    losses = {"per-config": {"a": row(4.0, 3.0), "u1": row(4.2, 3.2)},
+              "shared": {"a": row(5.0, 3.0), "u1": row(5.2, 3.2), "u2": row(5.4, 3.4)},
+              "coa": {"a": row(4.25, 3.0), "u1": row(5.0, 3.2), "u2": row(5.0, 3.4)}}
+    rows = study.headroom_rows(7, losses, seen=["a"], budgets=[3.0], unseen=["u1", "u2"])
+    coa = {r["config_id"]: r for r in rows if r["method"] == "coa"}
+    assert coa["a"] == {"method": "coa", "seed": 7, "set": "seen", "budget": 3.0, "config_id": "a",
+                        "avg_bits": 3.0, "loss": 4.25, "gap_closed": 0.75}
+    assert coa["u1"]["gap_closed"] == pytest.approx(0.2) and coa["u1"]["budget"] is None
+    assert coa["u2"]["gap_closed"] is None  # per-config has no adapter for u2
+    assert all(r["gap_closed"] is None for r in rows if r["method"] != "coa")
+    assert len(rows) == 2 + 3 + 3
+    summary = {(r["method"], r["set"]): r for r in study.headroom_summary(rows)}
+    assert summary[("coa", "seen")]["gap_closed"] == 0.75 and summary[("coa", "seen")]["configs"] == 1
+    assert summary[("coa", "unseen")]["mean_loss"] == 5.0 and summary[("coa", "unseen")]["gap_closed"] == pytest.approx(0.2)
+    assert summary[("shared", "unseen")]["gap_closed"] is None and summary[("per-config", "unseen")]["configs"] == 1

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -454,3 +455,27 @@ def test_a_bare_value_error_is_a_bug_with_its_traceback(monkeypatch):
     monkeypatch.setattr(cli, "cmd_space", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["space", "--model", "tiny-bert"])
+
+
+def test_train_per_config_for_the_configurations_of_a_file(workdir, tmp_path, capsys):
+    """``--configs``: one per-config adapter for each configuration in a JSON file (e.g. held-out ones),
+    each trained on exactly that configuration."""
+    coa_meta = json.loads((workdir / "coa" / "meta.json").read_text())
+    wanted = coa_meta["trainset"][:2]
+    (tmp_path / "two.json").write_text(json.dumps(wanted))
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--method", "per-config", "--configs",
+                 str(tmp_path / "two.json"), "--set", "train.steps=1", "--out", str(tmp_path / "per"), "--quiet"]) == 0
+    paths = per_config_checkpoints(tmp_path / "per")
+    metas = [json.loads((Path(p) / "meta.json").read_text()) for p in paths]
+    assert [m["trainset"] for m in metas] == [[c] for c in wanted]
+    assert all(m["budget"] is None and Path(p).name.startswith("bits-") for m, p in zip(metas, paths))
+    capsys.readouterr()
+    # Another method, or a file that is not there: one line, exit 2, nothing written.
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--method", "coa", "--configs",
+                 str(tmp_path / "two.json"), "--out", str(tmp_path / "x")]) == 2
+    assert _err(capsys) == ("coalora: error: --configs trains one adapter per configuration: it needs --method "
+                            "per-config, not coa")
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--method", "per-config", "--configs",
+                 str(tmp_path / "none.json"), "--out", str(tmp_path / "x")]) == 2
+    assert _err(capsys) == f"coalora: error: configuration file not found: {tmp_path / 'none.json'}"
+    assert not (tmp_path / "x").exists()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coalora.storage import Location, is_uri, local_copy, open_location
 from coalora.errors import StorageError
+from coalora.storage import Location, is_uri, local_copy, open_location
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coalora.cli import main as cli_main
-from coalora.pipeline.config import ExperimentConfig
 from coalora.core.space import DEFAULT_OPTIONS, KNOBS
+from coalora.pipeline.config import ExperimentConfig
 from orchestration.run import main as run_main
 from tests.fuzz.conftest import (
     FUZZ,

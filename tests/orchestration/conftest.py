@@ -7,7 +7,6 @@ The reference smoke run that other runs must reproduce (``reference``, ``smoke_c
 from __future__ import annotations
 
 
-
 class ClusterOnThisMachine:
     """A ``ray.cluster_utils.Cluster`` (a head with no CPUs plus worker nodes, all on this machine) and
     the environment a driver process needs to join it.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from coalora.errors import PlanError
 from coalora.pipeline.config import load_config
 from coalora.storage import open_location
 from orchestration.loop import check_storage
-from coalora.errors import PlanError
 from orchestration.resources import Bundle, Capacity, ResourcePlan, check_plan, local_cluster_cpus
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from coalora.core import quant
 from coalora.allocation.error_tables import ErrorTableCache, error_table, total_error
 from coalora.allocation.knapsack import allocate, budget_grid, initial_set, pareto_options
 from coalora.allocation.sensitivity import fisher_diagonal, target_weights
+from coalora.core import quant
 from coalora.core.space import BITS_ONLY_OPTIONS, MINILM_L6_SHAPES, QuantSpace, space_from_shapes
 from coalora.errors import AllocationError, SpaceError
 
@@ -146,8 +146,9 @@ def test_bad_inputs_are_one_clear_error(small_case):
 
 
 def test_solver_failures_are_reported(small_case, monkeypatch, caplog):
-    import coalora.allocation.knapsack as al
     from scipy.optimize import OptimizeResult
+
+    import coalora.allocation.knapsack as al
 
     space, err = small_case
     real = al.milp

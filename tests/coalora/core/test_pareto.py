@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from coalora.core.pareto import ObjectiveBounds, hypervolume_2d, infer_reference_point, non_dominated_mask, segment_edges, segment_filter, segment_hypervolumes, segment_index
+from coalora.core.pareto import (
+    ObjectiveBounds,
+    hypervolume_2d,
+    infer_reference_point,
+    non_dominated_mask,
+    segment_edges,
+    segment_filter,
+    segment_hypervolumes,
+    segment_index,
+)
 from coalora.errors import ParetoError
 
 

@@ -8,9 +8,21 @@ import os
 import pytest
 import torch
 
-from coalora.errors import QuantError
-from coalora.core.quant import QuantizedMatrix, _grid, _nearest_codes, codebook, fake_quantize, int_codebook, nf_codebook, pack_codes, quantization_error, quantize, unpack_codes
+from coalora.core.quant import (
+    QuantizedMatrix,
+    _grid,
+    _nearest_codes,
+    codebook,
+    fake_quantize,
+    int_codebook,
+    nf_codebook,
+    pack_codes,
+    quantization_error,
+    quantize,
+    unpack_codes,
+)
 from coalora.core.space import QuantOption
+from coalora.errors import QuantError
 
 NF4_DEFAULT = QuantOption(4, 8, "fp32", 64, 256)  # QLoRA-like: 4.127 bits
 

@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from coalora.core.space import BITS_ONLY_OPTIONS, MINILM_L6_SHAPES, ROBERTA_LARGE_SHAPES, QuantOption, QuantSpace, TargetMatrix, find_target_matrices, option_storage_bits, parse_layer_index, space_from_shapes
+from coalora.core.space import (
+    BITS_ONLY_OPTIONS,
+    MINILM_L6_SHAPES,
+    ROBERTA_LARGE_SHAPES,
+    QuantOption,
+    QuantSpace,
+    TargetMatrix,
+    find_target_matrices,
+    option_storage_bits,
+    parse_layer_index,
+    space_from_shapes,
+)
 from coalora.errors import SpaceError
 
 NF4_DQ = dict(bits=4, scale_bits=8, scale2_dtype="fp32", block=64, block2=256)
@@ -157,6 +168,32 @@ def test_sample_near_hits_target():
     with pytest.raises(SpaceError, match=r"^target 9\.0 bits is outside this space's attainable range "
                                          r"\[2\.0322265625, 8\.625\]$"):
         s.sample_near(9.0, rng)
+
+
+def test_sample_near_with_a_weight_bits_floor_keeps_every_matrix_at_or_above_it():
+    s = minilm_like_space()
+    rng = np.random.default_rng(0)
+    bits_of = np.asarray(s.options["bits"])
+    for target in (3.25, 3.5, 4.0):
+        cfgs = s.sample_near(target, rng, n=4, tol=0.05, min_weight_bits=3)
+        assert np.all(np.abs(s.average_bits(cfgs) - target) <= 0.05)
+        assert bits_of[cfgs[..., 0]].min() >= 3  # no matrix at 2 bits
+    # Without the floor, the same targets do put some matrices at 2 bits (what the floor is for).
+    free = s.sample_near(3.25, np.random.default_rng(0), n=4, tol=0.05)
+    assert bits_of[free[..., 0]].min() == 2
+    # The floor raises the attainable low end to 3 + 2/64 + 16/(64·256) bits; the message gives it.
+    with pytest.raises(SpaceError, match=r"^target 3\.0 bits is outside this space's attainable range with every "
+                                         r"matrix at >= 3 weight bits \[3\.0322265625, 8\.625\]$"):
+        s.sample_near(3.0, rng, min_weight_bits=3)
+    with pytest.raises(SpaceError, match=r"^no option has 16 or more weight bits \(bits options: \[2, 3, 4, 8\]\)$"):
+        s.sample_near(5.0, rng, min_weight_bits=16)
+
+
+def test_a_floor_below_every_option_changes_nothing():
+    s = minilm_like_space()
+    a = s.sample_near(3.0, np.random.default_rng(7), n=3)
+    b = s.sample_near(3.0, np.random.default_rng(7), n=3, min_weight_bits=2)
+    np.testing.assert_array_equal(a, b)
 
 
 def test_sampling_is_seeded():

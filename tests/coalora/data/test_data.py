@@ -17,14 +17,20 @@ import pytest
 import torch
 
 from coalora.data import corpora, example, hub, registry
-from coalora.data.batching import ClassificationData, LMData, TrainBatches, eval_batches, tokenize_classification, tokenize_lm
-from coalora.errors import DataError
-from coalora.data.example import Example
+from coalora.data.batching import (
+    ClassificationData,
+    LMData,
+    TrainBatches,
+    eval_batches,
+    tokenize_classification,
+    tokenize_lm,
+)
 from coalora.data.corpora import load_dataset
-from coalora.data.tables import load_table
+from coalora.data.example import Example
 from coalora.data.splits import split
+from coalora.data.tables import load_table
+from coalora.errors import AssetMissingError, DataError
 from coalora.model.tiny import TINY_BOS_ID, TINY_EOS_ID, TINY_PAD_ID, build_tiny_tokenizer
-from coalora.errors import AssetMissingError
 
 A, B, C, E = 102, 103, 104, 106  # tiny tokenizer ids of "a", "b", "c", "e" (5 + byte)
 
@@ -340,8 +346,8 @@ def test_load_dataset_hub_name_without_datasets_package(monkeypatch):
 
 def test_text_pairs_are_tokenised_as_pairs(tmp_path):
     """Pair tasks (QNLI-style): two text columns become one tokenizer pair."""
-    from coalora.data.tables import load_table
     from coalora.data.batching import tokenize_classification
+    from coalora.data.tables import load_table
     from coalora.model.loading import load_model
 
     p = tmp_path / "pairs.csv"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from coalora.model.hypernet import ConfigHypernet, HypernetConfig, as_index_tensor
 from coalora.core.space import space_from_shapes
+from coalora.model.hypernet import ConfigHypernet, HypernetConfig, as_index_tensor
 
 
 def _space(layers: int = 3):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from coalora import io as coalora_io
-from coalora.model import loading, registry, tiny
+from coalora.core.space import QuantSpace
 from coalora.errors import AssetMissingError, CoaloraError, ModelError
+from coalora.model import loading, registry, tiny
 from coalora.model.loading import LoadedModel, load_model
 from coalora.model.tiny import build_tiny_model, build_tiny_tokenizer
-from coalora.core.space import QuantSpace
 
 # kind → (default class, number of target matrices: 2 blocks × matrices per block)
 TINY = {

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from coalora.model.hypernet import HypernetConfig
-from coalora.errors import CheckpointMismatchError
-from coalora.model.lora import CoaLinear, CoaModel, LoraSettings
 from coalora.core.quant import fake_quantize
 from coalora.core.space import QuantSpace
-
+from coalora.errors import CheckpointMismatchError
+from coalora.model.hypernet import HypernetConfig
+from coalora.model.lora import CoaLinear, CoaModel, LoraSettings
 from tests.coalora._tiny import tiny_bert, tiny_llama
 
 
@@ -172,8 +171,8 @@ def test_rank_must_be_positive():
 
 def test_rank_above_a_matrix_side_fails_before_allocating():
     """Rank 10⁹ would ask for gigabytes per factor: the check comes first and names the tightest matrix."""
-    from coalora.errors import ConfigError
     from coalora.core.space import TargetMatrix
+    from coalora.errors import ConfigError
 
     base = tiny_llama()
     space = QuantSpace.from_model(base)

@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 
 from coalora.cli import main
-from coalora.errors import ConfigError
-from coalora.pipeline.config import ExperimentConfig, config_from_dict, load_config, options_space
-from coalora.pipeline.experiment import build_space, initial_trainset, random_configs
-from coalora.pipeline.config import check_bits_settings
-from coalora.search.pareto_search import ParetoSearch
-from coalora.errors import SearchError
-from coalora.search.settings import SearchSettings
 from coalora.core.space import BITS_ONLY_OPTIONS, space_from_shapes
-from coalora.errors import SpaceError
+from coalora.errors import ConfigError, SearchError, SpaceError
+from coalora.pipeline.config import ExperimentConfig, check_bits_settings, config_from_dict, load_config, options_space
+from coalora.pipeline.experiment import build_space, initial_trainset, random_configs
+from coalora.search.pareto_search import ParetoSearch
+from coalora.search.settings import SearchSettings
 from tests.coalora._tiny import tiny_bert
 
 REPO = Path(__file__).resolve().parents[3]
@@ -197,3 +194,19 @@ def test_cli_budget_uses_the_same_rule(reviews, tmp_path, capsys):
         assert err.startswith("coalora: error: ") and "Traceback" not in err
         assert err.endswith(f"1.0 bits is below this space's attainable range {FULL}")
     assert not (tmp_path / "a").exists()
+
+
+def test_random_min_bits_floor_is_checked_against_the_range_and_used_for_the_held_out_set():
+    cfg = config_from_dict({"eval": {"random": 4, "random_bits": [3.25, 4.0], "random_min_bits": 3}})
+    check_bits_settings(cfg, small_space())
+    cfgs = random_configs(cfg, small_space())
+    space = small_space()
+    assert np.asarray(space.options["bits"])[cfgs[..., 0]].min() >= 3
+    assert np.all(np.abs(space.average_bits(cfgs) - np.linspace(3.25, 4.0, 4)) <= 0.05)
+    # Loading the configuration checks it (against the options' range): one message naming both keys.
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"eval": {"random_bits": [2.5, 4.0], "random_min_bits": 3}})
+    assert str(e.value) == ("eval.random_bits: low end 2.5 bits is below 3.0322265625, the fewest bits a configuration "
+                            "with every matrix at >= 3.0 weight bits (eval.random_min_bits) can have")
+    with pytest.raises(ConfigError, match=r"^eval\.random_min_bits: no option has 16\.0 or more weight bits"):
+        config_from_dict({"eval": {"random_min_bits": 16}})

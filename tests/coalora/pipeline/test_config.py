@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from coalora.errors import ConfigError
-from coalora.pipeline.config import ExperimentConfig, config_from_dict, dump_config, load_config, parse_yaml
 from coalora.model.settings import HypernetConfig, LoraSettings
+from coalora.pipeline.config import ExperimentConfig, config_from_dict, dump_config, load_config, parse_yaml
 from coalora.search.settings import SearchSettings
 
 
@@ -196,8 +196,8 @@ def test_plain_run_names_pass(name):
 
 def test_num_labels_is_bounded_before_a_head_of_that_size_is_built():
     """2**31 - 1 labels once filled 24 GB building the classifier head before anything objected."""
-    from coalora.pipeline.config import MAX_NUM_LABELS, load_config
     from coalora.errors import ConfigError
+    from coalora.pipeline.config import MAX_NUM_LABELS, load_config
 
     with pytest.raises(ConfigError, match=rf"model.num_labels: must be between 2 and {MAX_NUM_LABELS}"):
         load_config(None, ["model.num_labels=2147483647"])

@@ -13,14 +13,13 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from coalora.core.space import QuantSpace
+from coalora.model.hypernet import HypernetConfig
+from coalora.model.lora import CoaLinear, CoaModel, LoraSettings
 from coalora.pipeline.checkpoint import load_optimizer, load_trainable, read_meta, save_checkpoint
 from coalora.pipeline.config import TrainSection
 from coalora.pipeline.evaluate import evaluate
-from coalora.model.hypernet import HypernetConfig
-from coalora.model.lora import CoaLinear, CoaModel, LoraSettings
-from coalora.core.space import QuantSpace
 from coalora.pipeline.train import make_grad_scaler, make_optimizer, sync_gradients, train
-
 from tests.coalora._tiny import fixed_batches, separable_batches, tiny_bert, tiny_llama
 
 BF16, FP16 = torch.bfloat16, torch.float16

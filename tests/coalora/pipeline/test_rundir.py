@@ -12,9 +12,23 @@ import pytest
 
 from coalora.core.space import BITS_ONLY_OPTIONS, QuantSpace, TargetMatrix
 from coalora.errors import CheckpointError
-from coalora.pipeline.rundir import (ARCHIVE_SCHEMA, KNOWN_ENTRIES, OPTIONAL_COLUMNS, ROUNDS_SCHEMA, ArchiveRow,
-                                     RoundRow, RunDir, TrainsetFile, best_under_budget, last_round, ray_train_name,
-                                     ray_train_round, read_trainset, round_of, run_checkpoint)
+from coalora.pipeline.rundir import (
+    ARCHIVE_SCHEMA,
+    KNOWN_ENTRIES,
+    OPTIONAL_COLUMNS,
+    ROUNDS_SCHEMA,
+    ArchiveRow,
+    RoundRow,
+    RunDir,
+    TrainsetFile,
+    best_under_budget,
+    last_round,
+    ray_train_name,
+    ray_train_round,
+    read_trainset,
+    round_of,
+    run_checkpoint,
+)
 
 
 def _space() -> QuantSpace:

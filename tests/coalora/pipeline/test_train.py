@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from coalora.core.space import QuantSpace
 from coalora.errors import CheckpointError
+from coalora.model.hypernet import HypernetConfig
+from coalora.model.lora import CoaModel, LoraSettings
 from coalora.pipeline.checkpoint import load_optimizer, load_trainable, read_meta, save_checkpoint
 from coalora.pipeline.config import TrainSection
 from coalora.pipeline.evaluate import evaluate
-from coalora.model.hypernet import HypernetConfig
-from coalora.model.lora import CoaModel, LoraSettings
-from coalora.core.space import QuantSpace
 from coalora.pipeline.train import make_optimizer, make_scheduler, train
-
 from tests.coalora._tiny import fixed_batches, separable_batches, tiny_bert, tiny_llama
 
 
@@ -184,3 +183,46 @@ def test_hypernet_gets_its_own_learning_rate():
     opt.step()
     sched.step()  # the schedule scales both groups alike: factor 0.75 after one of four steps
     assert (lora_group["lr"], hyper_group["lr"]) == pytest.approx((0.0075, 0.0375))
+
+
+def test_warm_start_trains_the_shared_lora_exactly_then_switches_on_at_the_identity():
+    """``hypernet.warm_start``: until the switch, coa is bit for bit the shared baseline (U_θ frozen at an
+    exact-identity core); at the switch every core is exactly I; after it U_θ trains."""
+    cfg = TrainSection(steps=4, lr=2e-3, warmup_steps=0, schedule="constant")
+    torch.manual_seed(0)
+    shared = coa_model(hyper=False)
+    torch.manual_seed(0)
+    base = tiny_bert(0)
+    warm = CoaModel(base, QuantSpace.from_model(base), LoraSettings(rank=4, alpha=8), HypernetConfig(warm_start=0.5))
+    assert warm.warm_switch_step(8) == 4 and shared.warm_switch_step(8) == 0
+    trainset = warm.space.sample_near(3.0, np.random.default_rng(0), 4)
+    hyper_before = {k: v.clone() for k, v in warm.hypernet.state_dict().items()}
+    eye = torch.eye(4).expand(warm.space.n_matrices, 4, 4)
+
+    opt_w, opt_s = make_optimizer(warm, cfg), make_optimizer(shared, cfg)
+    train(warm, separable_batches(), trainset, cfg, total_steps=8, optimizer=opt_w, progress=False)
+    train(shared, separable_batches(), trainset, cfg, total_steps=8, optimizer=opt_s, progress=False)
+    lora_w = {k: v for k, v in warm.trainable_state().items() if not k.startswith("hypernet.")}
+    assert lora_w.keys() == shared.trainable_state().keys()
+    for k, v in shared.trainable_state().items():
+        torch.testing.assert_close(lora_w[k], v, rtol=0, atol=0)  # the warm phase is the shared baseline
+    for k, v in warm.hypernet.state_dict().items():
+        torch.testing.assert_close(v, hyper_before[k], rtol=0, atol=0)  # U_θ untouched...
+    for c in trainset:
+        warm.set_config(c)
+        assert torch.equal(warm.cores(), eye)  # ...and every core exactly the identity at the switch
+
+    train(warm, separable_batches(1), trainset, cfg, start_step=4, total_steps=8, optimizer=opt_w, progress=False)
+    assert not torch.equal(warm.hypernet.fc2.weight, hyper_before["fc2.weight"])  # U_θ trains after it
+    warm.set_config(trainset[0])
+    assert not torch.equal(warm.cores(), eye[:1].expand_as(warm.cores()))
+    assert warm.hypernet_frozen is False
+
+
+def test_warm_start_must_be_a_share_of_the_schedule():
+    from coalora.errors import ConfigError
+
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ConfigError, match=r"^hypernet\.warm_start: must be a share of the schedule in \[0, 1\]"):
+            HypernetConfig(warm_start=bad)
+    assert HypernetConfig(warm_start=1.0).warm_start == 1.0

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from coalora.core.pareto import ObjectiveBounds
-from coalora.search.gp import ConfigEncoder, GPAcquisition, GPInputs, additive_bits_kernel, bits_basis
-from coalora.errors import SearchError
 from coalora.core.space import space_from_shapes
+from coalora.errors import SearchError
+from coalora.search.gp import ConfigEncoder, GPAcquisition, GPInputs, additive_bits_kernel, bits_basis
 
 OPTIONS = {"bits": (2, 3, 4, 8), "scale_bits": (8,), "scale2_dtype": ("fp32",), "block": (16, 64), "block2": (256,)}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from coalora.core.space import space_from_shapes
 from coalora.search.archive import config_keys
 from coalora.search.moves import fd_walk, mutation_pool, spread_select
-from coalora.core.space import space_from_shapes
 
 OPTIONS = {"bits": (2, 3, 4, 8), "scale_bits": (8,), "scale2_dtype": ("fp32",), "block": (16, 64), "block2": (256,)}
 

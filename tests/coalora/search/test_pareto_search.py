@@ -9,11 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from coalora.core.pareto import ObjectiveBounds, non_dominated_mask, segment_filter, segment_index
-from coalora.search.pareto_search import ParetoSearch
-from coalora.errors import ConfigError, SearchError
-from coalora.search.settings import SearchSettings
-from coalora.errors import SpaceError
 from coalora.core.space import space_from_shapes
+from coalora.errors import ConfigError, SearchError, SpaceError
+from coalora.search.pareto_search import ParetoSearch
+from coalora.search.settings import SearchSettings
 
 OPTIONS = {"bits": (2, 3, 4, 8), "scale_bits": (8,), "scale2_dtype": ("fp32",), "block": (16, 64), "block2": (256,)}
 # Small and fast: pool of 64, few fit iterations, few MC samples.
