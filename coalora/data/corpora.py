@@ -1,4 +1,4 @@
-"""Data: real corpora shipped inside PyPI packages, user tables, splits, tokenisation and batching.
+"""Loading a data set by name: the corpora shipped inside PyPI packages, a user table, or a hub data set.
 
 Short names (``DATASET_REGISTRY``):
 
@@ -8,14 +8,9 @@ Short names (``DATASET_REGISTRY``):
 - ``wiki``: the English Wikipedia sample in gensim's test data, 106 articles of plain text
   (see :func:`load_wiki_text`), for causal-LM fine-tuning and perplexity.
 
-User files: CSV/TSV, JSONL (optionally ``.gz``/``.bz2``/``.xz`` compressed) and Parquet.
-
-Pipelines (plain torch tensors, tokenised once, batching is indexing):
-
-- classification: :func:`tokenize_classification` → :class:`ClassificationData`;
-- causal LM: :func:`tokenize_lm` → :class:`LMData` (texts joined with EOS, cut into blocks);
-- :class:`TrainBatches` (seeded, reshuffled per epoch, sharded by rank) and :func:`eval_batches`
-  (deterministic, every example once) turn either into ``dict(input_ids, attention_mask, labels)``.
+:func:`load_dataset` takes one of those names, a user file (CSV/TSV, JSONL, optionally ``.gz``/``.bz2``/
+``.xz`` compressed, or Parquet: :mod:`coalora.data.tables`) or a Hugging Face data set
+(:mod:`coalora.data.hub`). Tokenisation and batching: :mod:`coalora.data.batching`.
 """
 
 from __future__ import annotations
