@@ -390,6 +390,19 @@ class QuantSpace:
         weight_bits = np.asarray(self.options["bits"], dtype=np.float64)[self.option_table[:, 0]]
         return weight_bits >= float(min_weight_bits)
 
+    def floor_min_bits(self, min_weight_bits: float | None, key: str | None = None) -> float:
+        """The fewest average bits of a configuration with every matrix at ``min_weight_bits`` weight bits or
+        more (``min_bits`` for None). ``key`` (the setting's name) starts the message of the error.
+
+        Raises:
+            SpaceError: no option has that many weight bits.
+        """
+        allowed = self.floor_mask(min_weight_bits)
+        if not allowed.any():
+            raise SpaceError(f"{key + ': ' if key else ''}no option has {min_weight_bits} or more weight bits "
+                             f"(bits options: {list(self.options['bits'])})")
+        return float(self.option_bits[allowed].min())
+
     def sample_near(
         self, target_bits: float, rng: np.random.Generator, n: int = 1, tol: float = 0.05,
         min_weight_bits: float | None = None,
@@ -403,12 +416,9 @@ class QuantSpace:
         small model), so the draws are damaged but not destroyed.
         """
         target = float(target_bits)
+        lowest = self.floor_min_bits(min_weight_bits)
         allowed = self.floor_mask(min_weight_bits)
-        if not allowed.any():
-            raise SpaceError(f"no option has {min_weight_bits} or more weight bits "
-                             f"(bits options: {list(self.options['bits'])})")
         b = self.option_bits
-        lowest = float(b[allowed].min())
         if not lowest <= target <= self.max_bits:
             floor = "" if min_weight_bits is None else f" with every matrix at >= {min_weight_bits} weight bits"
             raise SpaceError(

@@ -413,11 +413,7 @@ def check_bits_settings(cfg: ExperimentConfig, space: QuantSpace | None = None) 
 
 def _check_floor(space: QuantSpace, floor: float, bits_range: Sequence[float]) -> None:
     """``eval.random_min_bits`` leaves options, and the low end of ``eval.random_bits`` is reachable with them."""
-    allowed = space.floor_mask(floor)
-    if not allowed.any():
-        raise SpaceError(f"eval.random_min_bits: no option has {floor} or more weight bits "
-                         f"(bits options: {list(space.options['bits'])})")
-    lowest = float(space.option_bits[allowed].min())
+    lowest = space.floor_min_bits(floor, key="eval.random_min_bits")
     if bits_range[0] < lowest:
         raise SpaceError(f"eval.random_bits: low end {bits_range[0]} bits is below {lowest}, the fewest bits a "
                          f"configuration with every matrix at >= {floor} weight bits (eval.random_min_bits) can have")
