@@ -43,7 +43,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from coalora.pipeline.checkpoint import load_optimizer, load_trainable, save_checkpoint, training_meta
     from coalora.pipeline.config import config_from_dict
-    from coalora.pipeline.experiment import build_adapted, load_base, load_data
+    from coalora.pipeline.experiment import build_adapted, init_lora, load_base, load_data
     from coalora.model.memory import host_share
     from coalora.pipeline.train import make_grad_scaler, make_optimizer, train
     from orchestration.devices import local_device
@@ -87,6 +87,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start, steps = int(config["start_step"]), int(config["steps"])
     batches = data.train_batches(cfg, rank=rank, world_size=world, start_step=start)
     trainset = np.asarray(config["trainset"], dtype=np.int64)
+    if prev is None:
+        # The first round starts from lora.init (every worker computes the same factors from the same
+        # configurations); later rounds continue from the previous round's checkpoint.
+        init_lora(cfg, model, trainset)
     log_every = max(1, cfg.train.log_every)
 
     def on_step(step: int, loss: float) -> None:

@@ -122,6 +122,9 @@ class CoaModel(nn.Module):
         cache_bytes: bound of the dequantized-weight cache.
         head_modules: module names (last path component) trained alongside the LoRA; their parameters
             are converted to float32 (the rest of the base keeps its dtype).
+        errors: ``(N, K)`` quantization-error table ``‖W_i − Q_k(W_i)‖²`` of this space (the allocation's,
+            :func:`coalora.allocation.error_tables.error_table`); needed only by ``hypernet.damage``,
+            which reads it relative to each matrix's ``‖W_i‖²``.
 
     Attributes:
         memory_plan: the process's memory plan, set by whoever sized the cache (None otherwise).
@@ -135,6 +138,7 @@ class CoaModel(nn.Module):
         hypernet: HypernetConfig | None = None,
         cache_bytes: int = 2 * 1024**3,
         head_modules: Sequence[str] = DEFAULT_HEAD_MODULES,
+        errors: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         check_rank(lora.rank, space)  # before any factor is allocated
@@ -166,7 +170,15 @@ class CoaModel(nn.Module):
                     if p.is_floating_point() and p.dtype != torch.float32:
                         p.data = p.data.float()
                     p.requires_grad_(True)
-        self.hypernet = ConfigHypernet(space, lora.rank, hypernet) if hypernet is not None else None
+        self.hypernet = None
+        if hypernet is not None:
+            rel = norms = None
+            if hypernet.damage:
+                if errors is None:
+                    raise ValueError("hypernet.damage needs the error table (errors=...)")
+                norms = np.array([float(layer.weight.float().square().sum()) for layer in layers])
+                rel = np.asarray(errors, dtype=np.float64) / norms[:, None]
+            self.hypernet = ConfigHypernet(space, lora.rank, hypernet, rel_errors=rel, norms_sq=norms)
         self.cache = WeightCache(cache_bytes)
         self.memory_plan: MemoryPlan | None = None
         self.config: np.ndarray | None = None
@@ -280,6 +292,31 @@ class CoaModel(nn.Module):
                     )
                 p.copy_(t.to(p.dtype))
 
+    def init_lora_from_residual(self, configs: np.ndarray) -> None:
+        """``lora.init: residual``: set every matrix's A and B from the mean quantization residual.
+
+        For matrix i, ``R_i = W_i − mean_c Q_c(W_i)`` over ``configs`` ``(S, N, 5)`` (each distinct option
+        quantized once, weighted by how many configurations use it); then ``(α/r)·B_i·A_i`` is the top-r
+        part of ``R_i`` (:func:`residual_factors`). Computed in float32 whatever the base's dtype. Every
+        data-parallel worker computes the same factors from the same configurations.
+        """
+        configs = np.asarray(configs)
+        if configs.ndim != 3 or len(configs) == 0:
+            raise ValueError(f"configs must be a non-empty (S, N, 5) array, got shape {configs.shape}")
+        flat = np.stack([self.space.flat_option(self.space.validate(c)) for c in configs])  # (S, N)
+        family = self.space.family
+        with torch.no_grad():
+            for i, layer in enumerate(self._layers):
+                w = layer.weight.float()
+                options, counts = np.unique(flat[:, i], return_counts=True)
+                mean_q = torch.zeros_like(w)
+                for k, n in zip(options, counts):
+                    option = self.space.option(self.space.option_table[k])
+                    mean_q += _quantize(layer.weight, option, family).float() * (n / len(configs))
+                a, b = residual_factors(w - mean_q, layer.lora_A.shape[0], layer.scaling)
+                layer.lora_A.copy_(a)
+                layer.lora_B.copy_(b)
+
     def folded_lora(self, idx: np.ndarray | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Plain LoRA factors for one configuration: ``{name: (A (r,in), B·M (out,r))}``, float32.
 
@@ -297,6 +334,19 @@ class CoaModel(nn.Module):
                 b = b @ cores[i]
             out[m.name] = (layer.lora_A.detach().clone(), b.clone())
         return out
+
+
+def residual_factors(residual: torch.Tensor, rank: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA factors whose update is the top-``rank`` part of ``residual`` ``(out, in)``.
+
+    With ``R = U S Vᵀ`` (singular values in decreasing order): ``B = U_r √(S_r/scaling)`` ``(out, r)`` and
+    ``A = √(S_r/scaling) V_rᵀ`` ``(r, in)``, so ``scaling · B · A = U_r S_r V_rᵀ``, the best rank-r
+    approximation of ``R`` (Eckart–Young); the square roots split the scale evenly between the factors,
+    as LoftQ does, so neither starts tiny. float32.
+    """
+    u, s, vh = torch.linalg.svd(residual.float(), full_matrices=False)
+    root = (s[:rank] / scaling).sqrt()
+    return root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
 
 
 def _quantize(w: torch.Tensor, option: Any, family: str) -> torch.Tensor:

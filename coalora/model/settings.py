@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from coalora.errors import ConfigError
 
+LORA_INITS = ("default", "residual")  # lora.init: see LoraSettings
+
 
 @dataclass
 class LoraSettings:
@@ -22,6 +24,11 @@ class LoraSettings:
         rank: r, the inner width of each matrix's ``B (out, r) · A (r, in)``.
         alpha: the update is scaled by ``alpha / rank``.
         dropout: dropout on the LoRA branch's input, in [0, 1).
+        init: ``default`` (PEFT's: Kaiming-uniform A, zero B, so training starts at the quantized base)
+            or ``residual`` (LoftQ-style, the paper's choice): A and B from the top-r SVD of the mean
+            quantization residual ``W − Q_c(W)`` over the training configurations, so that
+            ``(α/r)·B·A`` starts as the best rank-r correction of the average quantization error.
+            ``fp-lora`` (no quantization, no residual) keeps the default.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``lora.rank: must be a positive integer, got 0``.
@@ -30,6 +37,7 @@ class LoraSettings:
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.0
+    init: str = "default"
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank <= 0:
@@ -38,6 +46,8 @@ class LoraSettings:
             raise ConfigError(f"lora.alpha: must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if self.init not in LORA_INITS:
+            raise ConfigError(f"lora.init: must be one of {', '.join(LORA_INITS)}, got {self.init!r}")
 
 
 @dataclass
@@ -55,6 +65,11 @@ class HypernetConfig:
             U_θ switches on. U_θ's last layer starts at exactly zero then, so every core is exactly
             the identity during the warm phase and at the switch: coa starts where shared stands.
             0 (the default) trains U_θ from the first step, as the paper does.
+        damage: also feed U_θ what each configuration does to the weights, read from the error table
+            the allocation computes: the relative quantization error ‖W_i − Q(W_i)‖²/‖W_i‖² of the
+            matrix under its option, that of the whole configuration, and that of every matrix in the
+            layers up to and including this one (the damage the signal has gathered there). Two options
+            with the same bits can differ by half in error; the knobs alone cannot tell them apart.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
@@ -65,6 +80,7 @@ class HypernetConfig:
     context: bool = False
     init_std: float = 1e-3
     warm_start: float = 0.0
+    damage: bool = False
 
     def __post_init__(self) -> None:
         for key in ("embed_dim", "hidden"):

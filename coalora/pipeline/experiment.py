@@ -49,22 +49,34 @@ def build_space(cfg: ExperimentConfig, model: torch.nn.Module) -> QuantSpace:
 
 
 def build_adapted(cfg: ExperimentConfig, loaded: LoadedModel, method: str | None = None, *,
-                  share: float = 1.0, training: bool = False) -> CoaModel:
+                  share: float = 1.0, training: bool = False, errors: np.ndarray | None = None) -> CoaModel:
     """Wrap the base model for ``method`` (default ``cfg.train.method``): U_θ only for ``coa``.
 
     The base must already be on its compute device: the weight cache is sized from that device's free
     memory (``share`` of it, room for the optimizer when ``training``); ``model.memory_plan`` says how.
+    ``errors``: the ``(N, K)`` error table, which ``hypernet.damage`` reads; looked up in (or added to) the
+    on-disk cache when not given.
     """
     method = method or cfg.train.method
     space = build_space(cfg, loaded.model)
     hyper = cfg.hypernet if method == "coa" else None
+    if hyper is not None and hyper.damage and errors is None:
+        errors = error_table_for(cfg, loaded.model, space, progress=False)
     # Seeded initialisation: every data-parallel worker must start from identical LoRA and U_θ weights.
     torch.manual_seed(cfg.train.seed)
-    model = CoaModel(loaded.model, space, cfg.lora, hyper, cache_bytes=0)
+    model = CoaModel(loaded.model, space, cfg.lora, hyper, cache_bytes=0, errors=errors)
     model.memory_plan = plan_memory(model, model.device, fraction=cfg.model.cache_fraction,
                                     cap_gib=cfg.model.cache_gib, share=share, training=training)
     model.cache.max_bytes = model.memory_plan.cache
     return model
+
+
+def init_lora(cfg: ExperimentConfig, model: CoaModel, trainset: np.ndarray) -> None:
+    """Apply ``lora.init`` before the first step: ``residual`` sets A and B from the mean quantization
+    residual over ``trainset`` ``(S, N, 5)``; ``default`` keeps PEFT's initialisation."""
+    if cfg.lora.init == "residual":
+        model.init_lora_from_residual(trainset)
+
 
 
 @dataclass

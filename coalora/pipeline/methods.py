@@ -35,6 +35,7 @@ from coalora.pipeline.experiment import (
     build_adapted,
     build_space,
     error_table_for,
+    init_lora,
     initial_trainset,
     load_base,
     load_data,
@@ -90,6 +91,7 @@ def train_method(
         trainset = initial_trainset(cfg, model.space, err)
         bits = model.space.average_bits(trainset)
         say(f"training set: {len(trainset)} configurations, {bits.min():.2f}-{bits.max():.2f} bits")
+        init_lora(cfg, model, trainset)
     res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method)
     save_checkpoint(out, model, _meta(cfg, loaded, method, res, trainset, model.space))
     say(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f} -> {out}")
@@ -144,6 +146,7 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
         # A fresh base per adapter: nothing learned for one configuration leaks into the next.
         fresh = _on(load_base(cfg), device) if paths else loaded
         model = build_adapted(cfg, fresh, "per-config")
+        init_lora(cfg, model, c[None])
         res = train(model, data.train_batches(cfg), c[None], cfg.train, progress=progress,
                     description=f"per-config {bits:.3f} bits")
         tag = f"budget-{budget:g}" if budget is not None else f"bits-{bits:.3f}"

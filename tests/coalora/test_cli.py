@@ -479,3 +479,51 @@ def test_train_per_config_for_the_configurations_of_a_file(workdir, tmp_path, ca
                  str(tmp_path / "none.json"), "--out", str(tmp_path / "x")]) == 2
     assert _err(capsys) == f"coalora: error: configuration file not found: {tmp_path / 'none.json'}"
     assert not (tmp_path / "x").exists()
+
+
+def test_damage_inputs_train_load_back_and_adapt(workdir, tmp_path):
+    """``hypernet.damage``: U_θ reads each matrix's error from the allocation's error table, relative to
+    its ‖W‖²; the checkpoint loads back (its damage projection trained) and exports an adapter."""
+    from coalora.allocation.sensitivity import target_weights
+    from coalora.pipeline.experiment import build_adapted, error_table_for, load_base
+
+    out = tmp_path / "damage"
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(out), "--quiet",
+                 "--set", "hypernet.damage=true"]) == 0
+    coa, meta, cfg, _ = load_adapted(out)
+    assert meta["experiment"]["hypernet"]["damage"] is True
+    base = load_base(cfg).model
+    err = error_table_for(cfg, base, coa.space, progress=False)
+    norms = np.array([float(w.float().square().sum()) for w in target_weights(base, coa.space)])
+    np.testing.assert_allclose(coa.hypernet.rel_errors.numpy(), err / norms[:, None], rtol=1e-6)
+    trained = coa.trainable_state()["hypernet.damage_proj.weight"]
+    start = build_adapted(cfg, load_base(cfg), "coa").trainable_state()["hypernet.damage_proj.weight"]
+    assert trained.shape == start.shape == (cfg.hypernet.embed_dim, 3)
+    assert not torch.equal(trained, start)  # training moved it: the damage inputs reach the loss
+    assert main(["adapt", "--checkpoint", str(out), "--budget", "3.0", "--out", str(tmp_path / "adapter")]) == 0
+    assert (tmp_path / "adapter" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["shared", "per-config"])
+def test_residual_init_starts_each_method_from_its_training_configurations(workdir, tmp_path, method):
+    """``lora.init=residual``: after one step at a negligible learning rate, (α/r)·B·A is still the top-r
+    part of the mean quantization residual over the checkpoint's own training configurations."""
+    from coalora.core.quant import fake_quantize
+
+    out = tmp_path / method
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--method", method, "--out", str(out), "--quiet",
+                 "--set", "lora.init=residual", "--set", "train.steps=1", "--set", "train.lr=1e-12"]) == 0
+    paths = per_config_checkpoints(out) if method == "per-config" else [out]
+    assert len(paths) == (2 if method == "per-config" else 1)
+    for path in paths:
+        model, meta, _, _ = load_adapted(path)
+        space = model.space
+        trainset = np.stack([space.from_json(c) for c in meta["trainset"]])
+        assert len(trainset) == (1 if method == "per-config" else 3)
+        for i in (0, len(model.layers) - 1):
+            layer = model.layers[i]
+            q = sum(fake_quantize(layer.weight, space.option(c[i]), family=space.family) for c in trainset)
+            u, s, vh = torch.linalg.svd(layer.weight - q / len(trainset))
+            r = layer.lora_A.shape[0]
+            torch.testing.assert_close(layer.scaling * layer.lora_B @ layer.lora_A, (u[:, :r] * s[:r]) @ vh[:r],
+                                       atol=1e-5, rtol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from coalora.core.space import space_from_shapes
@@ -86,3 +87,58 @@ def test_cores_stay_float32_inside_a_callers_autocast():
         assert net.fc1(torch.randn(2, net.fc1.in_features)).dtype == torch.bfloat16
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------- hypernet.damage
+def _damage_net(s, rel, sq, **kw):
+    return ConfigHypernet(s, rank=4, cfg=HypernetConfig(damage=True, **kw), rel_errors=rel, norms_sq=sq)
+
+
+def test_damage_features_are_read_from_the_error_table():
+    """Own error, whole-configuration error and error up to the matrix's layer, exactly as the table says."""
+    s = space_from_shapes(2, {"q": (64, 64)})  # 2 matrices, one per layer
+    k = s.n_options
+    rel = np.full((2, k), 0.01)
+    rel[0, 3], rel[1, 5] = 0.04, 0.09
+    sq = np.array([1.0, 3.0])  # ‖W‖²: the second matrix weighs three times the first
+    net = _damage_net(s, rel, sq)
+    cfg = np.stack([s.option_table[3], s.option_table[5]])  # matrix 0 at flat option 3, matrix 1 at 5
+    assert list(s.flat_option(cfg)) == [3, 5]
+    feats = net.damage(as_index_tensor(cfg)[None]) * net._log_sd + net._log_mu  # undo the standardisation
+    total = (0.04 * 1 + 0.09 * 3) / 4
+    want = np.log([[[0.04, total, 0.04], [0.09, total, total]]])  # layer 0 sees only itself; layer 1 both
+    np.testing.assert_allclose(feats.numpy(), want, rtol=1e-5)
+
+
+def test_damage_tells_apart_options_with_the_same_knobs_elsewhere():
+    """Two configurations differing only in matrix 0's error (same knobs everywhere else) give every
+    later matrix different inputs: the accumulated and total errors move."""
+    s = _space(layers=2)
+    rng = np.random.default_rng(0)
+    rel = rng.uniform(0.001, 0.1, size=(4, s.n_options))
+    net = _damage_net(s, rel, np.ones(4))
+    a = s.sample(np.random.default_rng(1), 1)[0]
+    b = a.copy()
+    b[0] = s.option_table[(s.flat_option(a)[0] + 1) % s.n_options]
+    fa, fb = net.damage(as_index_tensor(np.stack([a, b])))
+    assert not torch.allclose(fa[3], fb[3])  # matrix 3 (layer 1) has the same knobs in both
+    torch.testing.assert_close(fa[3, 0], fb[3, 0])  # ... and the same own error
+
+
+def test_damage_input_shapes_and_identity_at_zero_init():
+    s = _space()
+    net = _damage_net(s, np.full((6, s.n_options), 0.02), np.ones(6), init_std=0.0)
+    cfgs = as_index_tensor(s.sample(np.random.default_rng(0), 3))
+    out = net(cfgs)
+    assert out.shape == (3, 6, 4, 4)
+    torch.testing.assert_close(out, torch.eye(4).expand_as(out), rtol=0, atol=0)
+
+
+def test_damage_needs_well_formed_tables():
+    s = _space()
+    with pytest.raises(ValueError, match="needs the relative error table"):
+        ConfigHypernet(s, rank=4, cfg=HypernetConfig(damage=True))
+    with pytest.raises(ValueError, match=r"must be \(6, \d+\) and \(6,\)"):
+        _damage_net(s, np.ones((5, s.n_options)), np.ones(6))
+    with pytest.raises(ValueError, match="finite non-negative"):
+        _damage_net(s, np.full((6, s.n_options), np.nan), np.ones(6))

@@ -184,3 +184,63 @@ def test_rank_above_a_matrix_side_fails_before_allocating():
                             "(shape 32 x 64, out x in); set lora.rank to at most 32")
     assert not any(isinstance(m, CoaLinear) for m in base.modules())  # the base was left as it was
     CoaModel(base, space, LoraSettings(rank=32))  # the largest rank every matrix holds
+
+
+# ---------------------------------------------------------------------- lora.init: residual
+def test_residual_factors_are_the_top_r_part():
+    """scaling·B·A is the best rank-r approximation: on diag(3, 2, 1) at r = 2, exactly diag(3, 2, 0)."""
+    from coalora.model.lora import residual_factors
+
+    a, b = residual_factors(torch.diag(torch.tensor([3.0, 2.0, 1.0])), rank=2, scaling=2.0)
+    assert a.shape == (2, 3) and b.shape == (3, 2)
+    torch.testing.assert_close(2.0 * b @ a, torch.diag(torch.tensor([3.0, 2.0, 0.0])), atol=1e-6, rtol=0)
+    # The scale is split evenly: both factors have the same norm.
+    torch.testing.assert_close(a.norm(dim=1), b.norm(dim=0))
+
+
+def test_residual_init_reconstructs_the_mean_residuals_top_r_part():
+    from coalora.model.lora import residual_factors
+
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    configs = space.sample(np.random.default_rng(3), 3)
+    configs[1] = configs[0]  # a repeated configuration weighs twice in the mean
+    model = CoaModel(base, space, LoraSettings(rank=4, alpha=8, init="residual"))
+    model.init_lora_from_residual(configs)
+    for i, layer in enumerate(model.layers):
+        w = layer.weight
+        q = [fake_quantize(w, space.option(c[i]), family=space.family, dtype=w.dtype) for c in configs]
+        residual = w - (q[0] + q[1] + q[2]) / 3
+        u, s, vh = torch.linalg.svd(residual)
+        top = (u[:, :4] * s[:4]) @ vh[:4]
+        torch.testing.assert_close(layer.scaling * layer.lora_B @ layer.lora_A, top, atol=1e-5, rtol=1e-4)
+        # ... so the corrected weight is closer to W than the average quantized one.
+        assert (residual - layer.scaling * layer.lora_B @ layer.lora_A).norm() < residual.norm()
+    a, b = residual_factors(residual, 4, model.layers[-1].scaling)
+    torch.testing.assert_close(model.layers[-1].lora_A, a)
+
+
+def test_residual_init_lowers_the_quantized_models_distance_to_the_base():
+    """Under a training configuration the residual-initialised model's logits are closer to the
+    unquantized base's than the default initialisation's (which starts at the quantized base)."""
+    fp = tiny_llama()
+    space = QuantSpace.from_model(fp)
+    c = space.sample(np.random.default_rng(0), 1)
+    with torch.no_grad():
+        want = fp(**batch()).logits
+    gaps = {}
+    for init in ("default", "residual"):
+        model = CoaModel(tiny_llama(), space, LoraSettings(rank=8, alpha=16, init=init))
+        if init == "residual":
+            model.init_lora_from_residual(c)
+        model.set_config(c[0])
+        with torch.no_grad():
+            gaps[init] = float((model(**batch()).logits - want).norm())
+    assert gaps["residual"] < gaps["default"]
+
+
+def test_lora_init_must_be_known():
+    from coalora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^lora\.init: must be one of default, residual, got 'loftq'$"):
+        LoraSettings(init="loftq")
