@@ -63,8 +63,15 @@ PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seed
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
 LOWBIT = "configs/study/smollm2-lowbit.yaml"  # the headroom testbed (issue #15)
-# coa's variants on the testbed: name -> the --set values that make it (the baselines take none).
-HEADROOM_VARIANTS: dict[str, list[str]] = {"coa": [], "coa-warm": ["hypernet.warm_start=0.5"]}
+# The variants on the testbed beside the plain shared and per-config baselines: name -> (method, the --set
+# values that make it). shared-residual asks whether the residual initialisation helps coa more than shared.
+HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "coa": ("coa", []),
+    "coa-warm": ("coa", ["hypernet.warm_start=0.5"]),
+    "coa-damage": ("coa", ["hypernet.damage=true"]),
+    "coa-residual": ("coa", ["lora.init=residual"]),
+    "shared-residual": ("shared", ["lora.init=residual"]),
+}
 HEADROOM_UNSEEN_PER_CONFIG = 3  # unseen configurations that per-config also trains an adapter for
 # --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).
 QUICK_HEADROOM = ["train.steps=12", "train.warmup_steps=2", "data.max_eval=16", "data.max_train=256", "eval.random=4"]
@@ -613,9 +620,9 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     seconds: list[dict[str, Any]] = []
     for seed in seeds:
         base = quick + [f"train.seed={seed}"]
-        outs = {m: st.trained(f"hr-{m}-s{seed}", LOWBIT, "coa" if m in HEADROOM_VARIANTS else m,
-                              base + HEADROOM_VARIANTS.get(m, []), lm=True)
-                for m in ("shared", "per-config", *HEADROOM_VARIANTS)}
+        plan = {"shared": ("shared", []), "per-config": ("per-config", []), **HEADROOM_VARIANTS}
+        outs = {m: st.trained(f"hr-{m}-s{seed}", LOWBIT, method, base + sets, lm=True)
+                for m, (method, sets) in plan.items()}
         pc_unseen = st.runs / f"hr-per-config-unseen-s{seed}"
         if not (pc_unseen / "per_config.json").is_file():
             st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(unseen_some),
