@@ -131,11 +131,12 @@ def prepare(config: str | None, overrides: Sequence[str], *, resume: str | None 
                     if marked else "it is not a coalora run: choose another run.name or run.out_dir"))
             store.check_replaceable()
 
-    from coalora.pipeline.experiment import build_space, load_base
+    from coalora.pipeline.experiment import build_space, check_training_task, load_base
 
     loaded = load_base(cfg)
     space = build_space(cfg, loaded.model)  # checks every bits setting against the space
     check_rank(cfg.lora.rank, space)  # LoRA's rank must fit every target matrix
+    check_training_task(cfg, loaded.task)
     completed = store.validate(space) if resume else 0
     if resume and completed > cfg.run.rounds:
         raise InputError(f"run.rounds={cfg.run.rounds} is less than the {completed} round(s) this run completed")

@@ -43,7 +43,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from coalora.pipeline.checkpoint import load_optimizer, load_trainable, save_checkpoint, training_meta
     from coalora.pipeline.config import config_from_dict
-    from coalora.pipeline.experiment import build_adapted, init_lora, load_base, load_data
+    from coalora.pipeline.experiment import build_adapted, init_lora, load_base, load_data, training_sampler
     from coalora.model.memory import host_share
     from coalora.pipeline.train import make_grad_scaler, make_optimizer, train
     from orchestration.devices import local_device
@@ -98,7 +98,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"{MARK}{label} step {step - start}/{steps} loss {loss:.4f}", flush=True)
 
     res = train(model, batches, trainset, cfg.train, steps=steps, total_steps=int(config["total_steps"]),
-                optimizer=opt, scaler=scaler, rank=rank, start_step=start, progress=False, on_step=on_step)
+                optimizer=opt, scaler=scaler, rank=rank, start_step=start, progress=False, on_step=on_step,
+                sampler=training_sampler(cfg, model.space))
     # Average the reported loss over workers so the number does not depend on who reports it.
     loss = torch.tensor([res.final_loss], device=device)
     if world > 1:

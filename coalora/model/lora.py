@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, ContextManager, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -95,9 +95,12 @@ class CoaLinear(nn.Module):
         self.dropout = nn.Dropout(lora.dropout) if lora.dropout > 0 else nn.Identity()
         self.qweight: torch.Tensor = self.weight
         self.core: torch.Tensor | None = None
+        self.adapter_on = True  # False inside CoaModel.unadapted(): the plain base layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.qweight, self.bias)
+        if not self.adapter_on:
+            return y
         # The LoRA product and the core run in the activation dtype. The casts are differentiable, so
         # gradients land in float32 on the parameters; for float32 activations they are no-ops (the same
         # tensors), which keeps the float32 path unchanged. Under autocast F.linear casts once more to
@@ -259,6 +262,24 @@ class CoaModel(nn.Module):
             cores = self._eval_cores
         for layer, core in zip(self._layers, cores):
             layer.core = core
+
+    @contextlib.contextmanager
+    def unadapted(self) -> Iterator[None]:
+        """Run the unquantized base with no LoRA and no core inside this block (the distillation
+        teacher); the configuration and adapters come back on exit."""
+        saved = [(layer.qweight, layer.adapter_on) for layer in self._layers]
+        for layer in self._layers:
+            layer.qweight, layer.adapter_on = layer.weight, False
+        try:
+            yield
+        finally:
+            for layer, (q, on) in zip(self._layers, saved):
+                layer.qweight, layer.adapter_on = q, on
+
+    def base_output(self, **batch: Any) -> Any:
+        """The unquantized base's output on ``batch``, without gradients (the distillation teacher)."""
+        with torch.no_grad(), self.unadapted(), self.autocast():
+            return self.model(**batch)
 
     def forward(self, **batch: Any) -> Any:
         """The wrapped model's output under the current configuration, computed in :attr:`compute_dtype`.

@@ -243,6 +243,14 @@ class TrainSection:
     # Budgets of the initial training set (one allocation per budget); see coalora.allocation.
     init_budgets: list[float] = field(default_factory=lambda: [2.25 + 0.25 * i for i in range(20)])
     log_every: int = 10
+    # Extra configurations per step drawn fresh at random across the deployed range (eval.random_bits,
+    # every matrix at eval.random_min_bits or more), never one of the held-out eval.random ones: the
+    # training set's allocations alone leave most of that range unseen (issue #15, option 6).
+    random_configs: int = 0
+    # Weight λ of a distillation term: loss = (1 − λ)·task loss + λ·KL(unquantized base ‖ adapted model),
+    # the teacher's outputs computed once per batch and shared by that step's configurations (causal LMs
+    # only: a classifier's head is trained from scratch, so the base has no outputs worth matching).
+    distill: float = 0.0
 
     def validate(self) -> None:
         _check(self.method in METHODS, "train.method", f"unknown method {self.method!r}; one of {list(METHODS)}")
@@ -256,6 +264,8 @@ class TrainSection:
         _check(self.grad_clip > 0, "train.grad_clip", "must be positive")
         _check(len(self.init_budgets) > 0, "train.init_budgets", "must name at least one budget")
         _check(self.log_every > 0, "train.log_every", "must be positive")
+        _check(self.random_configs >= 0, "train.random_configs", "must be >= 0")
+        _check(0.0 <= self.distill <= 1.0, "train.distill", "must be a weight in [0, 1]")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from coalora.data.splits import split
 from coalora.model.loading import LoadedModel, load_model
 from coalora.model.lora import CoaModel
 from coalora.model.memory import plan_memory
+from coalora.errors import ConfigError
 from coalora.pipeline.config import ExperimentConfig, check_bits_settings  # also importable from here
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ def _cap(items: list[Any], n: int | None) -> list[Any]:
 def load_data(cfg: ExperimentConfig, tokenizer: Any, task: str) -> DataBundle:
     """Load, split (deterministic by ``cfg.data.seed``), cap and tokenise the experiment's data."""
     d = cfg.data
-    examples = load_dataset(d.name, text_column=d.text_column, label_column=d.label_column, split=d.split,
+    # A language model reads text only: a file of plain text needs no label column.
+    label_column = d.label_column if task == "classification" else None
+    examples = load_dataset(d.name, text_column=d.text_column, label_column=label_column, split=d.split,
                             text_pair_column=d.text_pair_column, data_files=d.data_files, streaming=d.streaming,
                             max_rows=d.max_rows,
                             # a user's label outside the classifier's range is named with its file and row
@@ -193,3 +196,38 @@ def random_configs(cfg: ExperimentConfig, space: QuantSpace, n: int | None = Non
                 out.append(c)
                 break
     return np.stack(out)
+
+
+def training_sampler(cfg: ExperimentConfig, space: QuantSpace) -> Callable[[np.random.Generator], np.ndarray] | None:
+    """``train.random_configs``: a function that draws that many fresh configurations ``(n, N, 5)`` per call
+    from the training loop's generator, each near a bit width drawn uniformly over ``eval.random_bits``,
+    every matrix at ``eval.random_min_bits`` or more, none of them a held-out evaluation configuration.
+    None when ``train.random_configs`` is 0."""
+    n = cfg.train.random_configs
+    if n == 0:
+        return None
+    lo, hi = space.check_bits_range(cfg.eval.random_bits, key="eval.random_bits")
+    held_out = {space.config_id(c) for c in random_configs(cfg, space)}
+    floor = cfg.eval.random_min_bits
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        out: list[np.ndarray] = []
+        while len(out) < n:
+            c = space.sample_near(float(rng.uniform(lo, hi)), rng, 1, tol=0.05, min_weight_bits=floor)[0]
+            if space.config_id(c) not in held_out:
+                out.append(c)
+        return np.stack(out)
+
+    return draw
+
+
+def check_training_task(cfg: ExperimentConfig, task: str) -> None:
+    """Training settings that depend on the model's task, checked before anything trains.
+
+    Raises:
+        ConfigError: ``train.distill`` on a classifier (its head starts untrained: the base has no
+            outputs worth matching).
+    """
+    if cfg.train.distill > 0 and task != "causal-lm":
+        raise ConfigError(f"train.distill: distillation matches the unquantized base's outputs, which only a "
+                          f"causal LM has before training ({cfg.model.name} is a {task} model); set it to 0")

@@ -34,11 +34,13 @@ from coalora.pipeline.experiment import (
     budget_configs,
     build_adapted,
     build_space,
+    check_training_task,
     error_table_for,
     init_lora,
     initial_trainset,
     load_base,
     load_data,
+    training_sampler,
 )
 from coalora.pipeline.train import TrainResult, train
 
@@ -79,20 +81,23 @@ def train_method(
     loaded = _on(load_base(cfg), device)
     # Settings that depend on the model's shapes fail before the data is read or anything is allocated.
     check_rank(cfg.lora.rank, build_space(cfg, loaded.model))
+    check_training_task(cfg, loaded.task)
     data = load_data(cfg, loaded.tokenizer, loaded.task)
     _check_training_classes(cfg, data)
     say(f"{method}: {cfg.model.name} ({loaded.task}), {len(data.train)} training examples on {device}")
     if method == "per-config":
         return _train_per_config(cfg, out, loaded, data, progress, say, t0, configs, device)
     model = build_adapted(cfg, loaded, method)
-    trainset = None
+    trainset, sampler = None, None
     if method != "fp-lora":
         err = error_table_for(cfg, loaded.model, model.space, progress=progress)
         trainset = initial_trainset(cfg, model.space, err)
         bits = model.space.average_bits(trainset)
         say(f"training set: {len(trainset)} configurations, {bits.min():.2f}-{bits.max():.2f} bits")
         init_lora(cfg, model, trainset)
-    res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method)
+        sampler = training_sampler(cfg, model.space)
+    res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method,
+                sampler=sampler)
     save_checkpoint(out, model, _meta(cfg, loaded, method, res, trainset, model.space))
     say(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f} -> {out}")
     return {"method": method, "steps": res.steps, "train_seconds": res.seconds,

@@ -152,6 +152,19 @@ def _scaled_step(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer,
     return scaler.get_scale() >= before
 
 
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher ‖ student) per position, averaged over the positions ``mask`` keeps (all without one).
+
+    Shapes: ``logits`` and ``teacher`` ``(B, T, V)`` (or ``(B, V)``), ``mask`` ``(B, T)`` of 0/1. float32.
+    """
+    log_p = torch.log_softmax(teacher, dim=-1)
+    kl = (log_p.exp() * (log_p - torch.log_softmax(logits, dim=-1))).sum(-1)  # (B, T) or (B,)
+    if mask is None or kl.dim() != mask.dim():
+        return kl.mean()
+    m = mask.to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1.0)
+
+
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -171,6 +184,7 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     description: str = "train",
     scaler: torch.amp.GradScaler | None = None,
+    sampler: Callable[[np.random.Generator], np.ndarray] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``steps`` steps (default ``cfg.steps``).
 
@@ -188,6 +202,12 @@ def train(
         on_step: called as ``on_step(step, loss)`` after every step.
         scaler: fp16 only: the gradient scaler to continue with (its scale carries over between calls
             and checkpoints); made fresh by :func:`make_grad_scaler` when None.
+        sampler: ``train.random_configs``: draws extra ``(n, N, 5)`` configurations for each step from
+            the loop's generator (:func:`coalora.pipeline.experiment.training_sampler`), trained on
+            beside the ``configs_per_step`` ones from ``trainset``.
+
+    ``cfg.distill`` > 0 mixes in a distillation term: the unquantized base's outputs on each batch are
+    computed once (no gradients) and every configuration of the step matches them (:func:`distill_loss`).
     """
     n_steps = cfg.steps if steps is None else steps
     params = trainable_parameters(model)
@@ -228,13 +248,23 @@ def train(
         opt.zero_grad(set_to_none=True)
         model.hypernet_frozen = step < switch
         total = 0.0
-        chosen = [None] if trainset is None else rng.choice(len(trainset), size=k, replace=False)
-        for j in chosen:
-            if j is not None:
-                model.set_config(trainset[j])
+        chosen: list[np.ndarray | None] = [None]
+        if trainset is not None:
+            chosen = list(trainset[rng.choice(len(trainset), size=k, replace=False)])
+            if sampler is not None:
+                chosen += list(sampler(rng))
+        teacher = model.base_output(**batch).logits.float() if cfg.distill > 0 else None
+        for c in chosen:
+            if c is not None:
+                model.set_config(c)
+            out = model(**batch)
             # float(): the loss of a low-precision forward is float32 already (transformers upcasts the
             # logits); a no-op then and for a float32 model.
-            loss = model(**batch).loss.float() / k
+            loss = out.loss.float()
+            if teacher is not None:
+                kl = distill_loss(out.logits.float(), teacher, batch.get("attention_mask"))
+                loss = (1.0 - cfg.distill) * loss + cfg.distill * kl
+            loss = loss / len(chosen)
             (loss if scaler is None else scaler.scale(loss)).backward()
             total += float(loss.detach())
         # A frozen U_θ has no gradients: leave it out of the all-reduce (which would hand it zeros, and

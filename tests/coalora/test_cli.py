@@ -527,3 +527,32 @@ def test_residual_init_starts_each_method_from_its_training_configurations(workd
             r = layer.lora_A.shape[0]
             torch.testing.assert_close(layer.scaling * layer.lora_B @ layer.lora_A, (u[:, :r] * s[:r]) @ vh[:r],
                                        atol=1e-5, rtol=1e-4)
+
+
+def test_distill_and_random_configs_train_a_causal_lm_and_refuse_a_classifier(workdir, tmp_path, capsys):
+    """``train.distill`` and ``train.random_configs`` through ``coalora train`` on a tiny causal LM (a CSV of
+    text); distillation on a classifier is one line, exit 2, nothing written."""
+    rnd = random.Random(1)
+    with open(tmp_path / "text.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text"])
+        for _ in range(200):
+            w.writerow([" ".join(rnd.choices(POS + NEG, k=12))])
+    (tmp_path / "lm.yaml").write_text(
+        f"model: {{name: tiny-llama}}\n"
+        f"data: {{name: {tmp_path / 'text.csv'}, block_size: 32, batch_size: 4, eval_batch_size: 8, max_eval: 8}}\n"
+        "lora: {rank: 4, alpha: 8}\n"
+        "train: {steps: 6, lr: 0.005, warmup_steps: 0, init_budgets: [3.0, 4.0], distill: 0.5, random_configs: 1}\n"
+        "eval: {budgets: [3.5], random: 2, random_bits: [3.2, 3.8], random_min_bits: 3}\n"
+    )
+    assert main(["train", "--config", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "lm"), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "lm" / "meta.json").read_text())
+    assert meta["experiment"]["train"]["distill"] == 0.5 and meta["experiment"]["train"]["random_configs"] == 1
+    assert np.isfinite(meta["train_loss"])
+    capsys.readouterr()
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--set", "train.distill=0.5",
+                 "--out", str(tmp_path / "cls")]) == 2
+    assert _err(capsys) == ("coalora: error: train.distill: distillation matches the unquantized base's outputs, "
+                            "which only a causal LM has before training (tiny-bert is a classification model); "
+                            "set it to 0")
+    assert not (tmp_path / "cls").exists()

@@ -226,3 +226,132 @@ def test_warm_start_must_be_a_share_of_the_schedule():
         with pytest.raises(ConfigError, match=r"^hypernet\.warm_start: must be a share of the schedule in \[0, 1\]"):
             HypernetConfig(warm_start=bad)
     assert HypernetConfig(warm_start=1.0).warm_start == 1.0
+
+
+# ---------------------------------------------------------------------- train.distill, train.random_configs
+def lm_batches(seed: int = 0, batch: int = 4, length: int = 12):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(3, 100, (batch, length), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 8:] = 0
+        yield {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def test_distill_loss_is_the_kl_from_the_teacher_over_kept_positions():
+    from coalora.pipeline.train import distill_loss
+
+    teacher = torch.tensor([[[0.0, 0.0], [5.0, 1.0]]])  # (B=1, T=2, V=2)
+    student = torch.tensor([[[float(np.log(3.0)), 0.0], [0.0, 9.0]]])
+    # Position 0: KL([.5, .5] ‖ [.75, .25]) = .5·ln(4/3); position 1 is masked out.
+    got = distill_loss(student, teacher, torch.tensor([[1, 0]]))
+    assert float(got) == pytest.approx(0.5 * np.log(4 / 3), abs=1e-6)
+    assert float(distill_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_unadapted_runs_the_original_base_and_restores_the_configuration():
+    base = tiny_llama()
+    x = next(lm_batches())
+    with torch.no_grad():
+        want = base(**x).logits
+    model = CoaModel(base, QuantSpace.from_model(base), LoraSettings(rank=4, alpha=8), HypernetConfig())
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.lora_B.normal_()
+    c = model.space.sample(np.random.default_rng(0), 1)[0]
+    model.set_config(c)
+    with torch.no_grad():
+        adapted = model(**x).logits
+    torch.testing.assert_close(model.base_output(**x).logits, want, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, adapted, rtol=0, atol=0)  # config and LoRA are back
+
+
+def test_distill_step_loss_mixes_the_task_loss_and_the_kl_to_the_base():
+    """One step's recorded loss is (1 − λ)·CE + λ·KL(base ‖ adapted), averaged over the step's configurations."""
+    from coalora.pipeline.train import distill_loss
+
+    base = tiny_llama()
+    model = CoaModel(base, QuantSpace.from_model(base), LoraSettings(rank=4, alpha=8), None)
+    trainset = model.space.sample_near(3.0, np.random.default_rng(0), 2)
+    x = next(lm_batches())
+    teacher = model.base_output(**x).logits
+    want = []
+    with torch.no_grad():
+        for c in trainset:
+            model.set_config(c)
+            out = model(**x)
+            want.append(0.7 * float(out.loss) + 0.3 * float(distill_loss(out.logits, teacher, x["attention_mask"])))
+    cfg = TrainSection(steps=1, lr=1e-3, warmup_steps=0, configs_per_step=2, distill=0.3)
+    res = train(model, lm_batches(), trainset, cfg, progress=False)
+    assert res.losses[0] == pytest.approx(float(np.mean(want)), rel=1e-5)
+
+
+def test_a_sampler_adds_its_configurations_to_every_step():
+    model = coa_model(hyper=False)
+    trainset = model.space.sample_near(3.0, np.random.default_rng(0), 1)
+    extra = model.space.sample_near(4.0, np.random.default_rng(1), 2)
+    x = next(separable_batches())
+    with torch.no_grad():
+        want = []
+        for c in (trainset[0], *extra):
+            model.set_config(c)
+            want.append(float(model(**x).loss))
+    draws = []
+
+    def sampler(rng):
+        draws.append(rng.random())  # drawn from the loop's own generator
+        return extra
+
+    cfg = TrainSection(steps=2, lr=1e-3, warmup_steps=0, configs_per_step=1)
+    res = train(model, separable_batches(), trainset, cfg, progress=False, sampler=sampler)
+    assert len(draws) == 2 and draws[0] != draws[1]
+    assert res.losses[0] == pytest.approx(float(np.mean(want)), rel=1e-5)
+
+
+def test_training_sampler_draws_across_the_deployed_range_and_never_a_held_out_configuration():
+    from coalora.pipeline.config import ExperimentConfig
+    from coalora.pipeline.experiment import random_configs, training_sampler
+
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    cfg = ExperimentConfig()
+    cfg.eval.random_bits, cfg.eval.random_min_bits, cfg.eval.random = [3.1, 3.6], 3, 2
+    assert training_sampler(cfg, space) is None  # train.random_configs = 0: no sampler
+    cfg.train.random_configs = 3
+    draw = training_sampler(cfg, space)
+    got = np.concatenate([draw(np.random.default_rng(s)) for s in range(20)])
+    assert got.shape == (60, space.n_matrices, 5)
+    bits = space.average_bits(got)
+    assert bits.min() >= 3.1 - 0.05 and bits.max() <= 3.6 + 0.05 and bits.max() - bits.min() > 0.2
+    assert np.asarray(space.options["bits"])[got[..., 0]].min() >= 3
+    held_out = {space.config_id(c) for c in random_configs(cfg, space)}
+    assert held_out.isdisjoint(space.config_id(c) for c in got)
+    np.testing.assert_array_equal(draw(np.random.default_rng(5)), draw(np.random.default_rng(5)))
+
+
+def test_new_training_settings_are_checked():
+    from coalora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^train\.random_configs: must be >= 0$"):
+        TrainSection(random_configs=-1).validate()
+    with pytest.raises(ConfigError, match=r"^train\.distill: must be a weight in \[0, 1\]$"):
+        TrainSection(distill=1.5).validate()
+
+
+def test_training_sampler_skips_held_out_configurations_where_collisions_are_likely():
+    """One matrix, a narrow range: plain draws hit the held-out configurations often; the sampler's never do."""
+    from coalora.core.space import space_from_shapes
+    from coalora.pipeline.config import ExperimentConfig
+    from coalora.pipeline.experiment import random_configs, training_sampler
+
+    space = space_from_shapes(1, {"q": (64, 64)})
+    cfg = ExperimentConfig()
+    cfg.eval.random_bits, cfg.eval.random_min_bits, cfg.eval.random = [4.1, 4.2], None, 3
+    cfg.train.random_configs = 50
+    held_out = {space.config_id(c) for c in random_configs(cfg, space)}
+    rng = np.random.default_rng(0)
+    plain = [space.config_id(space.sample_near(float(rng.uniform(4.1, 4.2)), rng, 1)[0]) for _ in range(50)]
+    assert held_out & set(plain)  # the draws do collide here ...
+    got = training_sampler(cfg, space)(np.random.default_rng(0))
+    assert held_out.isdisjoint(space.config_id(c) for c in got)  # ... and the sampler leaves them out
