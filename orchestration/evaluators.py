@@ -42,7 +42,8 @@ class EvaluatorActor:
     A plain class so that it can be subclassed; :data:`Evaluator` is its Ray actor.
     """
 
-    def __init__(self, experiment: dict[str, Any], name: str, threads: int = 1, announce: bool = True) -> None:
+    def __init__(self, experiment: dict[str, Any], name: str, threads: int = 1, announce: bool = True,
+                 errors: np.ndarray | None = None) -> None:
         import torch
 
         from coalora.pipeline.config import config_from_dict
@@ -60,7 +61,7 @@ class EvaluatorActor:
         self.task = loaded.task
         r = self.cfg.ray
         share = min(1.0, r.gpus_per_evaluator) if self.device.type == "cuda" else host_share(r.cpus_per_evaluator)
-        self.model = build_adapted(self.cfg, loaded, "coa", share=share)
+        self.model = build_adapted(self.cfg, loaded, "coa", share=share, errors=errors)
         self.model.to(self.device)
         plan = f"{name}: batch {self.cfg.data.eval_batch_size}, {self.model.memory_plan.describe()}"
         print(f"{MARK}{plan}" if announce else plan, flush=True)
@@ -114,8 +115,10 @@ class EvaluatorPool:
     """
 
     def __init__(self, cfg: ExperimentConfig, n: int | None = None, say: Callable[[str], None] | None = None,
-                 actor_class: Any = Evaluator) -> None:
+                 actor_class: Any = Evaluator, errors: np.ndarray | None = None) -> None:
         self.cfg = cfg
+        # hypernet.damage: the driver's error table, once in the object store for every actor.
+        self.errors = None if errors is None else ray.put(np.asarray(errors))
         self.actor_class = actor_class
         r = cfg.ray
         self.n = n or r.evaluators
@@ -136,7 +139,8 @@ class EvaluatorPool:
         # Each evaluator prints its memory plan to the console the first time the pool starts.
         announce = self.spawned < self.n
         self.spawned += 1
-        return self.actor_class.options(**self.options).remote(experiment, name, self.threads, announce), name
+        actor = self.actor_class.options(**self.options).remote(experiment, name, self.threads, announce, self.errors)
+        return actor, name
 
     def start(self) -> None:
         """Start the actors (a no-op while they run) and wait until each has its model loaded."""

@@ -193,10 +193,13 @@ class Orchestrator:
             return self._summary(space)
         else:
             trainset, candidates = read_trainset(store.trainset_path(start - 1), space)
+            err = error_table_parallel(cfg.model.name, loaded.model, space) if cfg.hypernet.damage else None
             search = SearchActor.options(num_cpus=cfg.ray.search_cpus, scheduling_strategy=on_this_node()).remote(
                 space.signature(), cfg.search, store.search_dir(start - 1).read_files())
         del loaded  # the driver only needed the shapes and the error table
-        self.pool = EvaluatorPool(cfg, say=self.say)
+        # hypernet.damage reads the error table: the workers get the driver's rather than computing it.
+        self.errors = err if cfg.hypernet.damage else None
+        self.pool = EvaluatorPool(cfg, say=self.say, errors=self.errors)
         if self.keep_evaluators:
             self.pool.start()
             self._record_processes()
@@ -240,7 +243,8 @@ class Orchestrator:
             self.pool.shutdown()  # their resources go to the training workers
         metrics = train_round(cfg, k, trainset, prev, store.checkpoint_dir(k), self.storage, cfg.run.name,
                               backend=self.backend, announce=first,
-                              on_tick=self._record_processes if self.record is not None else None)
+                              on_tick=self._record_processes if self.record is not None else None,
+                              errors=self.errors)
         t_train = time.perf_counter() - t0
         attempts = int(metrics.get("train_attempts", 1))
         if attempts > 1:

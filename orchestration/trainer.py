@@ -65,7 +65,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loaded.model.to(device)
     r = cfg.ray
     share = min(1.0, r.gpus_per_worker) if device.type == "cuda" else host_share(r.cpus_per_worker)
-    model = build_adapted(cfg, loaded, "coa", share=share, training=True)
+    errors = config.get("errors")  # hypernet.damage: the driver's error table, not recomputed per node
+    model = build_adapted(cfg, loaded, "coa", share=share, training=True,
+                          errors=None if errors is None else ray.get(errors[0]))
     model.to(device)
     label = f"[round {config['round']}] train"
     # The plan goes to the console once per session (the first round it trains), to the log after that.
@@ -129,6 +131,7 @@ def train_round(
     backend: str = "gloo",
     announce: bool = False,
     on_tick: Callable[[], None] | None = None,
+    errors: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit one round and copy its checkpoint to ``out``. Returns the round's training metrics.
 
@@ -137,6 +140,8 @@ def train_round(
         backend: torch.distributed backend of the workers (``orchestration.devices.collective_backend``).
         announce: print each worker's memory plan to the console (else only to the log).
         on_tick: called every few seconds while the round trains (the driver records its processes).
+        errors: the ``(N, K)`` error table, for ``hypernet.damage`` (workers on other nodes would
+            otherwise compute it again).
 
     The metrics include ``train_attempts``: how many times the training function started (1, plus
     one per restart of the worker group after a failure).
@@ -164,6 +169,8 @@ def train_round(
             "threads": max(1, int(r.cpus_per_worker)),
             "announce": announce,
             "attempts_dir": attempts.uri,
+            # In a list, so that Ray hands the worker the reference rather than resolving it first.
+            "errors": None if errors is None else [ray.put(np.asarray(errors))],
         },
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),

@@ -110,14 +110,69 @@ def smoke_runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
+# The two runs of test_concurrent.py, each `python orchestration/run.py --smoke-test` with its own local Ray:
+# name -> extra arguments. The bf16 one also carries the issue-#15 options that reach the orchestrator.
+SMOKE_PAIR = {
+    "fp32": [],
+    "bf16": ["--set", "model.dtype=bfloat16", "--set", "train.steps=8", "--set", "train.lr=0.01",
+             "--set", "hypernet.damage=true", "--set", "lora.init=residual", "--set", "train.random_configs=1"],
+}
+
+
 @pytest.fixture(scope="session")
-def reference(ray_local, smoke_runs):
+def smoke_pair(tmp_path_factory):
+    """Starts the two concurrent smoke runs of ``test_concurrent.py`` (subprocesses, each with its own local
+    Ray) and yields ``wait() -> (runs_dir, {name: (returncode, stdout, stderr)})``.
+
+    :func:`reference` starts them before its own run and waits for them after it, so the three runs share
+    the machine's idle time instead of taking turns (about a minute of suite time); nothing else runs
+    beside them.
+    """
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("two")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["OMP_NUM_THREADS"] = "1"
+    procs = {}
+    for name, extra in SMOKE_PAIR.items():
+        # Files, not pipes: nobody reads the output until the run ends, and a full pipe would block it.
+        out, err = open(tmp / f"{name}.out", "w"), open(tmp / f"{name}.err", "w")
+        procs[name] = (subprocess.Popen(
+            [sys.executable, str(ROOT / "orchestration" / "run.py"), "--smoke-test",
+             "--set", f"run.out_dir={tmp / 'runs'}", "--set", f"run.name={name}", *extra],
+            cwd=tmp, env=env, stdout=out, stderr=err, text=True), out, err)
+    done: dict = {}
+
+    def wait():
+        for name, (p, out, err) in procs.items():
+            if name not in done:
+                p.wait(timeout=900)
+                out.close()
+                err.close()
+                done[name] = (p.returncode, (tmp / f"{name}.out").read_text(), (tmp / f"{name}.err").read_text())
+        return tmp / "runs", done
+
+    try:
+        yield wait
+    finally:
+        for p, out, err in procs.values():
+            if p.poll() is None:  # a failed session: end only what this fixture started
+                p.kill()
+                p.wait()
+            out.close()
+            err.close()
+
+
+@pytest.fixture(scope="session")
+def reference(ray_local, smoke_runs, smoke_pair):
     """The smoke run (2 rounds, 2 Ray Train workers, 2 evaluators) on the local Ray, with a fault: one
     evaluator is killed half-way through round 1's evaluation. Returns ``(run_dir, summary, fault)``.
 
     Everything is seeded, so every other run of this configuration (undisturbed, resumed after a killed
     driver, on several nodes) must end with the same archive; an undisturbed one equal to this is what
-    shows the killed evaluator lost nothing (``test_concurrent.py``).
+    shows the killed evaluator lost nothing (``test_concurrent.py``). The two concurrent runs of
+    ``test_concurrent.py`` run beside it (:func:`smoke_pair`).
     """
     import ray
 
@@ -135,4 +190,5 @@ def reference(ray_local, smoke_runs):
     orch = Orchestrator(cfg, smoke_runs / "ref", say=lambda s: None, on_eval_progress=kill_one)
     summary = orch.run()
     fault["spawned"] = orch.pool.spawned
+    smoke_pair()  # both concurrent runs end here, before any other test runs beside them
     return smoke_runs / "ref", summary, fault

@@ -46,6 +46,8 @@ class ConfigHypernet(nn.Module):
         cfg = cfg or HypernetConfig()
         if rank <= 0:
             raise ValueError(f"rank must be positive, got {rank}")
+        if cfg.gates and rank % cfg.gates:
+            raise ValueError(f"{cfg.gates} gates do not divide rank {rank}")
         self.rank = rank
         self.cfg = cfg
         e = cfg.embed_dim
@@ -82,7 +84,8 @@ class ConfigHypernet(nn.Module):
         self.norm = nn.LayerNorm(n_in)
         self.fc1 = nn.Linear(n_in, cfg.hidden)
         self.act = nn.SiLU()
-        self.fc2 = nn.Linear(cfg.hidden, rank * rank)
+        # A dense core needs r² outputs per matrix; a gated one K (cfg.gates).
+        self.fc2 = nn.Linear(cfg.hidden, cfg.gates or rank * rank)
         nn.init.normal_(self.fc2.weight, std=cfg.init_std)
         nn.init.zeros_(self.fc2.bias)
         if cfg.warm_start > 0:
@@ -170,7 +173,12 @@ class ConfigHypernet(nn.Module):
         if self.cfg.damage:
             parts.append(self.damage_proj(self.damage(idx)))
         h = self.fc2(self.act(self.fc1(self.norm(torch.cat(parts, dim=-1)))))
-        cores = self.eye + self.scale * h.view(b, n, self.rank, self.rank)
+        if self.cfg.gates:
+            # (B, N, K) gates → each repeated over its block of r/K directions → diagonal (B, N, r, r).
+            u = h.repeat_interleave(self.rank // self.cfg.gates, dim=-1)
+            cores = self.eye + torch.diag_embed(self.scale * u)
+        else:
+            cores = self.eye + self.scale * h.view(b, n, self.rank, self.rank)
         return cores[0] if single else cores
 
 

@@ -70,6 +70,10 @@ class HypernetConfig:
             matrix under its option, that of the whole configuration, and that of every matrix in the
             layers up to and including this one (the damage the signal has gathered there). Two options
             with the same bits can differ by half in error; the knobs alone cannot tell them apart.
+        gates: 0 (the default, the paper's) makes each core a dense r×r matrix. K > 0 makes it K gates
+            instead: the LoRA's r directions split into K blocks of r/K, and U_θ scales each block of each
+            matrix, ``M = blockdiag((1 + s·u_1)·I, …, (1 + s·u_K)·I)``. A structured, much smaller
+            adjustment (K numbers per matrix instead of r²) at the same LoRA rank. K must divide lora.rank.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
@@ -81,8 +85,11 @@ class HypernetConfig:
     init_std: float = 1e-3
     warm_start: float = 0.0
     damage: bool = False
+    gates: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.gates, bool) or int(self.gates) != self.gates or self.gates < 0:
+            raise ConfigError(f"hypernet.gates: must be 0 (a dense core) or a positive number of gates, got {self.gates}")
         for key in ("embed_dim", "hidden"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"hypernet.{key}: must be positive, got {getattr(self, key)}")

@@ -373,6 +373,9 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        gates = self.hypernet.gates
+        _check(gates == 0 or self.lora.rank % gates == 0, "hypernet.gates",
+               f"{gates} gates must divide lora.rank ({self.lora.rank}) into equal blocks")
         # Settings in bits against the space's attainable range, which depends only on the option lists:
         # known here, before any model is loaded or any Ray job starts.
         try:

@@ -1,16 +1,15 @@
 """Two runs started at once on one machine, each with its own local Ray, as two users (or a sweep and a
 run) would: both finish, with no traceback; their consoles show the product's progress once per line
 and none of Ray's chatter, which goes to each run's log. The second run trains a bf16 base with two
-DDP workers: its loss falls, its checkpoints load back, and ``coalora adapt`` exports from it.
+DDP workers and the issue-#15 options that touch the orchestrator (U_θ's damage inputs from the driver's
+error table, the residual LoRA initialisation in round 0, a fresh random configuration per step): its loss
+falls, its checkpoints load back, and ``coalora adapt`` exports from it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +24,9 @@ CHATTER = ("Checkpoint successfully created", "Reporting training result", "core
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("two")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["OMP_NUM_THREADS"] = "1"
-    runs = {"fp32": [], "bf16": ["--set", "model.dtype=bfloat16", "--set", "train.steps=8", "--set", "train.lr=0.01"]}
-    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "orchestration" / "run.py"), "--smoke-test",
-                                     "--set", f"run.out_dir={tmp / 'runs'}", "--set", f"run.name={name}", *extra],
-                                    cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, extra in runs.items()}
-    done = {}
-    for name, p in procs.items():
-        out, err = p.communicate(timeout=900)
-        done[name] = (p.returncode, out, err)
-    return tmp / "runs", done
+def two_runs(reference, smoke_pair):
+    """The two runs (started beside the reference run: tests/conftest.py's ``smoke_pair``)."""
+    return smoke_pair()
 
 
 @pytest.mark.parametrize("name", ["fp32", "bf16"])
@@ -83,6 +71,7 @@ def test_bf16_run_trains_loads_back_and_exports(two_runs, tmp_path):
     assert rounds[1]["train_loss"] < rounds[0]["train_loss"]
     model, meta, cfg, loaded = load_adapted(store.checkpoint_dir(1).path)
     assert cfg.model.dtype == "bfloat16" and meta["base_dtype"] == "bfloat16"
+    assert cfg.hypernet.damage and cfg.lora.init == "residual" and cfg.train.random_configs == 1
     assert model.compute_dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     # The evaluator's score of a configuration is what the reloaded checkpoint gives in this process.

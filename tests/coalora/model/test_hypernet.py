@@ -142,3 +142,33 @@ def test_damage_needs_well_formed_tables():
         _damage_net(s, np.ones((5, s.n_options)), np.ones(6))
     with pytest.raises(ValueError, match="finite non-negative"):
         _damage_net(s, np.full((6, s.n_options), np.nan), np.ones(6))
+
+
+# ---------------------------------------------------------------------- hypernet.gates
+def test_gated_cores_are_block_diagonal_scalings():
+    """K = 2 gates on rank 4: each core is diag(g1, g1, g2, g2) with g = 1 + s·u from U_θ's K outputs."""
+    s = _space()
+    torch.manual_seed(0)
+    net = ConfigHypernet(s, rank=4, cfg=HypernetConfig(gates=2, init_std=0.5))
+    assert net.fc2.out_features == 2
+    cfgs = as_index_tensor(s.sample(np.random.default_rng(0), 3))
+    m = net(cfgs)
+    assert m.shape == (3, 6, 4, 4)
+    d = torch.diagonal(m, dim1=-2, dim2=-1)
+    torch.testing.assert_close(m, torch.diag_embed(d), rtol=0, atol=0)  # nothing off the diagonal
+    torch.testing.assert_close(d[..., 0], d[..., 1], rtol=0, atol=0)  # one gate per block of r/K = 2
+    torch.testing.assert_close(d[..., 2], d[..., 3], rtol=0, atol=0)
+    assert not torch.allclose(d[..., 0], d[..., 2])  # the two gates differ
+    assert not torch.allclose(d[0], d[1])  # and depend on the configuration
+
+
+def test_gates_must_divide_the_rank():
+    from coalora.errors import ConfigError
+    from coalora.pipeline.config import load_config
+
+    with pytest.raises(ValueError, match="3 gates do not divide rank 4"):
+        ConfigHypernet(_space(), rank=4, cfg=HypernetConfig(gates=3))
+    with pytest.raises(ConfigError, match=r"^hypernet\.gates: must be 0 \(a dense core\) or a positive number"):
+        HypernetConfig(gates=-1)
+    with pytest.raises(ConfigError, match=r"^hypernet\.gates: 3 gates must divide lora\.rank \(16\) into equal blocks$"):
+        load_config(None, ["hypernet.gates=3"])
