@@ -64,13 +64,21 @@ MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
 LOWBIT = "configs/study/smollm2-lowbit.yaml"  # the headroom testbed (issue #15)
 # The variants on the testbed beside the plain shared and per-config baselines: name -> (method, the --set
-# values that make it). shared-residual asks whether the residual initialisation helps coa more than shared.
+# values that make it), one per option of issue #15. A shared-* variant gives shared the same change, to tell
+# whether it helps coa more than shared. The -random ones swap one of the two configurations of each step
+# for a fresh random one, so every method keeps the same compute per step.
+RANDOM_ONE = ["train.configs_per_step=1", "train.random_configs=1"]
 HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "coa": ("coa", []),
     "coa-warm": ("coa", ["hypernet.warm_start=0.5"]),
     "coa-damage": ("coa", ["hypernet.damage=true"]),
     "coa-residual": ("coa", ["lora.init=residual"]),
     "shared-residual": ("shared", ["lora.init=residual"]),
+    "coa-random": ("coa", RANDOM_ONE),
+    "shared-random": ("shared", RANDOM_ONE),
+    "coa-distill": ("coa", ["train.distill=0.5"]),
+    "shared-distill": ("shared", ["train.distill=0.5"]),
+    "coa-gates": ("coa", ["hypernet.gates=4"]),
 }
 HEADROOM_UNSEEN_PER_CONFIG = 3  # unseen configurations that per-config also trains an adapter for
 # --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).
