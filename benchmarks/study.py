@@ -79,6 +79,8 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "coa-distill": ("coa", ["train.distill=0.5"]),
     "shared-distill": ("shared", ["train.distill=0.5"]),
     "coa-gates": ("coa", ["hypernet.gates=4"]),
+    # U_θ fitted, before any data, to each configuration's own residual within the residual-initialised LoRA.
+    "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
 }
 HEADROOM_UNSEEN_PER_CONFIG = 3  # unseen configurations that per-config also trains an adapter for
 # --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).

@@ -338,6 +338,68 @@ class CoaModel(nn.Module):
                 layer.lora_A.copy_(a)
                 layer.lora_B.copy_(b)
 
+    def residual_core_targets(self, configs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cores that best correct each configuration's own quantization residual with the current A, B.
+
+        For matrix i under option k, ``R = W_i − Q_k(W_i)`` and ``M* = (1/s)·B⁺ R A⁺`` minimises
+        ``‖R − s·B M A‖_F`` (``B⁺ = (BᵀB)⁻¹Bᵀ``, ``A⁺ = Aᵀ(AAᵀ)⁻¹``). Each distinct (matrix, option) of
+        ``configs`` ``(C, N, 5)`` is quantized once.
+
+        Returns:
+            ``targets (C, N, r, r)``; ``gram_b (N, r, r)`` = s²·BᵀB/‖W_i‖² and ``gram_a (N, r, r)`` = AAᵀ, with
+            which ``tr(Dᵀ gram_b D gram_a)`` is ``‖s·B D A‖²/‖W_i‖²`` for a core error ``D``. float32.
+        """
+        configs = np.asarray(configs)
+        flat = np.stack([self.space.flat_option(self.space.validate(c)) for c in configs])  # (C, N)
+        family = self.space.family
+        r = self._layers[0].lora_A.shape[0]
+        targets = torch.empty(len(configs), len(self._layers), r, r)
+        gram_b, gram_a = torch.empty(len(self._layers), r, r), torch.empty(len(self._layers), r, r)
+        with torch.no_grad():
+            for i, layer in enumerate(self._layers):
+                w = layer.weight.float()
+                a, b, s = layer.lora_A.float(), layer.lora_B.float(), layer.scaling
+                ga, gb = a @ a.T, b.T @ b
+                b_pinv = torch.linalg.solve(gb, b.T)  # (r, out)
+                a_pinv = torch.linalg.solve(ga, a).T  # (in, r); ga is symmetric
+                for k in np.unique(flat[:, i]):
+                    q = _quantize(layer.weight, self.space.option(self.space.option_table[k]), family).float()
+                    targets[flat[:, i] == k, i] = (b_pinv @ (w - q) @ a_pinv) / s
+                gram_b[i] = gb * (s * s) / w.square().sum()
+                gram_a[i] = ga
+        return targets, gram_b, gram_a
+
+    def fit_cores_to_residuals(self, configs: np.ndarray, steps: int, lr: float = 1e-3) -> list[float]:
+        """``hypernet.residual_fit``: fit U_θ so that each configuration's cores correct its own residual.
+
+        Full-batch Adam on ``mean over (config, matrix) of ‖s·B_i (M_i(C) − M*_i(C)) A_i‖²/‖W_i‖²`` with the
+        targets of :meth:`residual_core_targets`; only U_θ moves. Deterministic for given weights and
+        ``configs`` ``(C, N, 5)``. Returns the loss before each step and after the last.
+        """
+        if self.hypernet is None:
+            raise ValueError("fitting cores needs a configuration-aware model (hypernet)")
+        targets, gram_b, gram_a = self.residual_core_targets(configs)
+        device = self.device
+        targets, gram_b, gram_a = targets.to(device), gram_b.to(device), gram_a.to(device)
+        idx = as_index_tensor(configs, device)
+        opt = torch.optim.Adam(self.hypernet.parameters(), lr=lr)
+
+        def loss_fn() -> torch.Tensor:
+            d = self.hypernet(idx) - targets  # (C, N, r, r)
+            # tr(Dᵀ Gb D Ga) per (config, matrix): the relative weight error the core leaves.
+            return torch.einsum("knab,nae,knef,nfb->kn", d, gram_b, d, gram_a).mean()
+
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            losses.append(float(loss_fn()))
+        return losses
+
     def folded_lora(self, idx: np.ndarray | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Plain LoRA factors for one configuration: ``{name: (A (r,in), B·M (out,r))}``, float32.
 

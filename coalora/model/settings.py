@@ -74,6 +74,14 @@ class HypernetConfig:
             instead: the LoRA's r directions split into K blocks of r/K, and U_θ scales each block of each
             matrix, ``M = blockdiag((1 + s·u_1)·I, …, (1 + s·u_K)·I)``. A structured, much smaller
             adjustment (K numbers per matrix instead of r²) at the same LoRA rank. K must divide lora.rank.
+        residual_fit: Adam steps (0: off) that fit U_θ, before any data, to each configuration's own
+            quantization residual: with ``lora.init: residual`` the shared B·A corrects the mean residual,
+            and the core that best corrects configuration C's is ``M*_i = (1/s)·B_i⁺ R_i(C) A_i⁺``
+            (least squares within the LoRA's directions); U_θ is fitted to it, each matrix's error
+            weighted as ``‖(α/r)·B_i (M − M*) A_i‖²/‖W_i‖²``. R_i(C) depends only on matrix i's own option,
+            so the fit teaches U_θ what every option does to every matrix. Needs ``lora.init: residual``.
+        residual_fit_configs: random configurations fitted on beside the training set (across its bit
+            range, never a held-out evaluation configuration), so that U_θ sees many more options.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
@@ -86,10 +94,16 @@ class HypernetConfig:
     warm_start: float = 0.0
     damage: bool = False
     gates: int = 0
+    residual_fit: int = 0
+    residual_fit_configs: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.gates, bool) or int(self.gates) != self.gates or self.gates < 0:
             raise ConfigError(f"hypernet.gates: must be 0 (a dense core) or a positive number of gates, got {self.gates}")
+        for key in ("residual_fit", "residual_fit_configs"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or int(v) != v or v < 0:
+                raise ConfigError(f"hypernet.{key}: must be a whole number >= 0, got {v}")
         for key in ("embed_dim", "hidden"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"hypernet.{key}: must be positive, got {getattr(self, key)}")

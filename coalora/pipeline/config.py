@@ -373,6 +373,11 @@ class ExperimentConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        _check(self.hypernet.residual_fit == 0 or self.lora.init == "residual", "hypernet.residual_fit",
+               "fits U_θ within the LoRA's directions, which only lora.init: residual sets before training; "
+               "set lora.init: residual")
+        _check(self.hypernet.residual_fit == 0 or self.hypernet.warm_start == 0, "hypernet.residual_fit",
+               "moves U_θ away from the identity that hypernet.warm_start promises; use one of them")
         gates = self.hypernet.gates
         _check(gates == 0 or self.lora.rank % gates == 0, "hypernet.gates",
                f"{gates} gates must divide lora.rank ({self.lora.rank}) into equal blocks")

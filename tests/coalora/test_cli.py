@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -556,3 +557,14 @@ def test_distill_and_random_configs_train_a_causal_lm_and_refuse_a_classifier(wo
                             "which only a causal LM has before training (tiny-bert is a classification model); "
                             "set it to 0")
     assert not (tmp_path / "cls").exists()
+
+
+def test_residual_fit_runs_before_coa_trains(workdir, tmp_path, capsys):
+    """``hypernet.residual_fit``: U_θ is fitted to the training set and the extra random configurations,
+    before the first step; the fitted error falls and is said."""
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "fit"),
+                 "--set", "lora.init=residual", "--set", "hypernet.residual_fit=50",
+                 "--set", "hypernet.residual_fit_configs=5", "--set", "train.steps=2"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
+    m = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error (\S+) -> (\S+)", line)
+    assert m and float(m.group(2)) < float(m.group(1)), line

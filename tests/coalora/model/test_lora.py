@@ -244,3 +244,57 @@ def test_lora_init_must_be_known():
 
     with pytest.raises(ConfigError, match=r"^lora\.init: must be one of default, residual, got 'loftq'$"):
         LoraSettings(init="loftq")
+
+
+# ---------------------------------------------------------------------- hypernet.residual_fit
+def _residual_model(configs, **hyper):
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    model = CoaModel(base, space, LoraSettings(rank=4, alpha=8, init="residual"), HypernetConfig(**hyper))
+    model.init_lora_from_residual(configs)
+    return model
+
+
+def test_the_target_core_of_the_configuration_the_lora_was_initialised_from_is_the_identity():
+    """B·A is then the top-r part of that configuration's residual: the best core within it is exactly I."""
+    space = QuantSpace.from_model(tiny_llama())
+    c = space.sample(np.random.default_rng(0), 1)
+    model = _residual_model(c)
+    targets, gram_b, gram_a = model.residual_core_targets(c)
+    assert targets.shape == (1, space.n_matrices, 4, 4) and gram_b.shape == gram_a.shape == (space.n_matrices, 4, 4)
+    torch.testing.assert_close(targets[0], torch.eye(4).expand(space.n_matrices, 4, 4), atol=2e-4, rtol=0)
+
+
+def test_residual_fit_lets_each_configuration_correct_its_own_residual():
+    """After the fit, every fitted configuration's corrected weight s·B·M(C)·A is closer to its own residual
+    than the shared correction s·B·A is, and the fitted loss fell."""
+    space = QuantSpace.from_model(tiny_llama())
+    configs = space.sample(np.random.default_rng(1), 6)
+    torch.manual_seed(0)
+    model = _residual_model(configs)
+    losses = model.fit_cores_to_residuals(configs, steps=300, lr=3e-3)
+    assert len(losses) == 301 and losses[-1] < 0.5 * losses[0]
+    better = 0
+    with torch.no_grad():
+        cores = model.hypernet(torch.as_tensor(configs))
+        for j, c in enumerate(configs):
+            for i, layer in enumerate(model.layers):
+                w = layer.weight
+                r = w - fake_quantize(w, space.option(c[i]), family=space.family, dtype=w.dtype)
+                shared = (r - layer.scaling * layer.lora_B @ layer.lora_A).norm()
+                mine = (r - layer.scaling * layer.lora_B @ cores[j, i] @ layer.lora_A).norm()
+                better += int(mine < shared)
+    assert better >= 0.9 * configs.shape[0] * space.n_matrices
+
+
+def test_residual_fit_settings_are_checked():
+    from coalora.errors import ConfigError
+    from coalora.pipeline.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit: fits U_θ within the LoRA's directions"):
+        load_config(None, ["hypernet.residual_fit=10"])
+    with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit: moves U_θ away from the identity"):
+        load_config(None, ["hypernet.residual_fit=10", "lora.init=residual", "hypernet.warm_start=0.5"])
+    with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_configs: must be a whole number >= 0, got -1$"):
+        HypernetConfig(residual_fit_configs=-1)
+    assert load_config(None, ["hypernet.residual_fit=10", "lora.init=residual"]).hypernet.residual_fit == 10
