@@ -82,6 +82,10 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     # U_θ fitted, before any data, to each configuration's own residual within the residual-initialised LoRA.
     "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
 }
+# A coa variant whose option shared takes too is also scored against that shared variant (G_match): the gap
+# it closes beyond what the option gives shared.
+HEADROOM_MATCH = {"coa-residual": "shared-residual", "coa-residual-fit": "shared-residual",
+                  "coa-random": "shared-random", "coa-distill": "shared-distill"}
 HEADROOM_UNSEEN_PER_CONFIG = 3  # unseen configurations that per-config also trains an adapter for
 # --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).
 QUICK_HEADROOM = ["train.steps=12", "train.warmup_steps=2", "data.max_eval=16", "data.max_train=256", "eval.random=4"]
@@ -556,14 +560,17 @@ def gap_closed(shared: float, coa: float, per_config: float) -> float | None:
 
 
 def headroom_rows(seed: int, losses: dict[str, dict[str, dict[str, Any]]], seen: list[str],
-                  budgets: list[float], unseen: list[str]) -> list[dict[str, Any]]:
+                  budgets: list[float], unseen: list[str], match: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per method and evaluated configuration of one seed (``headroom.csv``).
 
     Args:
         losses: method → config id → evaluation row (``loss``, ``avg_bits``); per-config has only the
             configurations it trained an adapter for.
         seen: the ids of the allocations at ``budgets`` (in that order); unseen: the random held-out ids.
+        match: coa variant → the shared variant with the same option; its rows get ``gap_closed_match``, G
+            with that variant in place of shared (``HEADROOM_MATCH``).
     """
+    match = match or {}
     rows = []
     for method, mine in losses.items():
         for set_name, ids in (("seen", seen), ("unseen", unseen)):
@@ -571,12 +578,16 @@ def headroom_rows(seed: int, losses: dict[str, dict[str, dict[str, Any]]], seen:
                 if cid not in mine:
                     continue
                 r = mine[cid]
-                g = None
+                g = g_match = None
                 if method not in ("shared", "per-config") and cid in losses["per-config"]:
-                    g = gap_closed(losses["shared"][cid]["loss"], r["loss"], losses["per-config"][cid]["loss"])
+                    pc = losses["per-config"][cid]["loss"]
+                    g = gap_closed(losses["shared"][cid]["loss"], r["loss"], pc)
+                    if match.get(method) in losses:
+                        g_match = gap_closed(losses[match[method]][cid]["loss"], r["loss"], pc)
                 rows.append({"method": method, "seed": seed, "set": set_name,
                              "budget": budgets[i] if set_name == "seen" else None, "config_id": cid,
-                             "avg_bits": r["avg_bits"], "loss": r["loss"], "gap_closed": g})
+                             "avg_bits": r["avg_bits"], "loss": r["loss"], "gap_closed": g,
+                             "gap_closed_match": g_match})
     return rows
 
 
@@ -588,14 +599,16 @@ def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mine = [r for r in rows if r["method"] == method and r["set"] == set_name]
             if not mine:
                 continue
-            gs = [r["gap_closed"] for r in mine if r["gap_closed"] is not None]
             seeds = sorted({r["seed"] for r in mine})
-            per_seed_g = [float(np.mean([r["gap_closed"] for r in mine if r["seed"] == s and r["gap_closed"] is not None]))
-                          for s in seeds if any(r["seed"] == s and r["gap_closed"] is not None for r in mine)]
-            out.append({"method": method, "set": set_name, "seeds": len(seeds), "configs": len(mine) // len(seeds),
-                        "mean_loss": float(np.mean([r["loss"] for r in mine])),
-                        "gap_closed": float(np.mean(gs)) if gs else None,
-                        "gap_closed_std": float(np.std(per_seed_g)) if per_seed_g else None})
+            row = {"method": method, "set": set_name, "seeds": len(seeds), "configs": len(mine) // len(seeds),
+                   "mean_loss": float(np.mean([r["loss"] for r in mine]))}
+            for key in ("gap_closed", "gap_closed_match"):
+                gs = [r[key] for r in mine if r.get(key) is not None]
+                per_seed = [float(np.mean([r[key] for r in mine if r["seed"] == s and r.get(key) is not None]))
+                            for s in seeds if any(r["seed"] == s and r.get(key) is not None for r in mine)]
+                row[key] = float(np.mean(gs)) if gs else None
+                row[f"{key}_std"] = float(np.std(per_seed)) if per_seed else None
+            out.append(row)
     return out
 
 
@@ -652,7 +665,7 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                 ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
                 losses[m].update({r["config_id"]: r for r in got})
         seen_ids, unseen_ids = ids["seen"], ids["unseen"]
-        rows += headroom_rows(seed, losses, seen_ids, list(cfg.eval.budgets), unseen_ids)
+        rows += headroom_rows(seed, losses, seen_ids, list(cfg.eval.budgets), unseen_ids, HEADROOM_MATCH)
         for m, out in outs.items():
             meta = out / ("per_config.json" if m == "per-config" else "meta.json")
             seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
@@ -907,12 +920,13 @@ def _report_headroom(results: Path) -> str:
         for set_name in ("seen", "unseen"):
             r = by_set.get(set_name)
             cells.append("" if r is None else _num(r["mean_loss"], 3))
-            cells.append("" if r is None or r.get("gap_closed") is None else
-                         f"{_num(r['gap_closed'], 2)} ± {_num(r['gap_closed_std'], 2)}")
+            for key in ("gap_closed", "gap_closed_match"):
+                cells.append("" if r is None or r.get(key) in (None, "") else
+                             f"{_num(r[key], 2)} ± {_num(r[f'{key}_std'], 2)}")
         t = secs.get(method)
         rows.append([method, *cells, "" if t is None else _num(t["train_seconds"], 0)])
-    return _table(["method", "loss at the budgets", "G at the budgets", "loss on unseen", "G on unseen",
-                   "training s"], rows)
+    return _table(["method", "loss at the budgets", "G at the budgets", "G_match at the budgets", "loss on unseen",
+                   "G on unseen", "G_match on unseen", "training s"], rows)
 
 
 _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),

@@ -164,7 +164,7 @@ def test_gap_closed_and_the_headroom_rows_have_exact_answers(study):
     rows = study.headroom_rows(7, losses, seen=["a"], budgets=[3.0], unseen=["u1", "u2"])
     coa = {r["config_id"]: r for r in rows if r["method"] == "coa"}
     assert coa["a"] == {"method": "coa", "seed": 7, "set": "seen", "budget": 3.0, "config_id": "a",
-                        "avg_bits": 3.0, "loss": 4.25, "gap_closed": 0.75}
+                        "avg_bits": 3.0, "loss": 4.25, "gap_closed": 0.75, "gap_closed_match": None}
     assert coa["u1"]["gap_closed"] == pytest.approx(0.2) and coa["u1"]["budget"] is None
     assert coa["u2"]["gap_closed"] is None  # per-config has no adapter for u2
     assert all(r["gap_closed"] is None for r in rows if r["method"] != "coa")
@@ -173,3 +173,19 @@ def test_gap_closed_and_the_headroom_rows_have_exact_answers(study):
     assert summary[("coa", "seen")]["gap_closed"] == 0.75 and summary[("coa", "seen")]["configs"] == 1
     assert summary[("coa", "unseen")]["mean_loss"] == 5.0 and summary[("coa", "unseen")]["gap_closed"] == pytest.approx(0.2)
     assert summary[("shared", "unseen")]["gap_closed"] is None and summary[("per-config", "unseen")]["configs"] == 1
+
+
+def test_a_coa_variant_is_also_scored_against_the_shared_variant_with_its_option(study):
+    """G_match: coa-x against shared-x (the same option given to shared), beside G against plain shared."""
+    row = lambda loss: {"loss": loss, "avg_bits": 3.0}  # noqa: E731
+    losses = {"per-config": {"a": row(4.0)}, "shared": {"a": row(6.0)}, "shared-x": {"a": row(5.0)},
+              "coa-x": {"a": row(4.5)}, "coa": {"a": row(5.5)}}
+    rows = study.headroom_rows(0, losses, seen=["a"], budgets=[3.0], unseen=[], match={"coa-x": "shared-x"})
+    by = {r["method"]: r for r in rows}
+    assert by["coa-x"]["gap_closed"] == 0.75 and by["coa-x"]["gap_closed_match"] == 0.5
+    assert by["coa"]["gap_closed"] == 0.25 and by["coa"]["gap_closed_match"] is None
+    assert by["shared-x"]["gap_closed"] == 0.5  # what the option alone gives shared
+    summary = {r["method"]: r for r in study.headroom_summary(rows)}
+    assert summary["coa-x"]["gap_closed_match"] == 0.5 and summary["coa-x"]["gap_closed_match_std"] == 0.0
+    assert study.HEADROOM_MATCH["coa-residual-fit"] == "shared-residual"
+    assert all(study.HEADROOM_VARIANTS[v][0] == "shared" for v in study.HEADROOM_MATCH.values())
