@@ -612,6 +612,20 @@ def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _check_never_trained_on(outs: dict[str, Path], evaluated: list[Path]) -> None:
+    """Fairness: no shared or coa variant's training set holds an evaluated configuration (per-config's
+    adapters are trained on theirs by definition). ``evaluated``: JSON lists of configurations. Configurations
+    drawn per step (``train.random_configs``) never include the held-out ones by construction."""
+    key = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
+    scored = {key(c) for path in evaluated for c in json.loads(path.read_text())}
+    for name, out in outs.items():
+        if name == "per-config":
+            continue
+        hit = sum(key(c) in scored for c in json.loads((out / "meta.json").read_text())["trainset"])
+        if hit:
+            raise SystemExit(f"study: {name} trained on {hit} evaluated configuration(s): an unfair comparison")
+
+
 def _unseen_configs(st: Study, overrides: list[str]) -> Path:
     """The testbed's random held-out configurations (``eval.random`` of them, every matrix at
     ``eval.random_min_bits`` weight bits or more, seeded by ``eval.seed``) as a JSON list of configurations:
@@ -665,6 +679,7 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                 ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
                 losses[m].update({r["config_id"]: r for r in got})
         seen_ids, unseen_ids = ids["seen"], ids["unseen"]
+        _check_never_trained_on(outs, [seen_path, unseen_path])
         rows += headroom_rows(seed, losses, seen_ids, list(cfg.eval.budgets), unseen_ids, HEADROOM_MATCH)
         for m, out in outs.items():
             meta = out / ("per_config.json" if m == "per-config" else "meta.json")

@@ -189,3 +189,18 @@ def test_a_coa_variant_is_also_scored_against_the_shared_variant_with_its_option
     assert summary["coa-x"]["gap_closed_match"] == 0.5 and summary["coa-x"]["gap_closed_match_std"] == 0.0
     assert study.HEADROOM_MATCH["coa-residual-fit"] == "shared-residual"
     assert all(study.HEADROOM_VARIANTS[v][0] == "shared" for v in study.HEADROOM_MATCH.values())
+
+
+def test_a_variant_trained_on_an_evaluated_configuration_stops_the_study(study, tmp_path):
+    a, b, c = {"m": {"bits": 3}}, {"m": {"bits": 4}}, {"m": {"bits": 8}}
+    (tmp_path / "seen.json").write_text(json.dumps([a]))
+    (tmp_path / "unseen.json").write_text(json.dumps([b]))
+    outs = {}
+    for name, trainset in (("shared", [c]), ("per-config", [a]), ("coa", [c, {"m": {"bits": 4}}])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(json.dumps({"trainset": trainset}))
+        outs[name] = tmp_path / name
+    with pytest.raises(SystemExit, match=r"^study: coa trained on 1 evaluated configuration\(s\)"):
+        study._check_never_trained_on(outs, [tmp_path / "seen.json", tmp_path / "unseen.json"])
+    del outs["coa"]
+    study._check_never_trained_on(outs, [tmp_path / "seen.json", tmp_path / "unseen.json"])  # per-config may
