@@ -82,10 +82,16 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     # U_θ fitted, before any data, to each configuration's own residual within the residual-initialised LoRA.
     "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
 }
-# A coa variant whose option shared takes too is also scored against that shared variant (G_match): the gap
-# it closes beyond what the option gives shared.
-HEADROOM_MATCH = {"coa-residual": "shared-residual", "coa-residual-fit": "shared-residual",
-                  "coa-random": "shared-random", "coa-distill": "shared-distill"}
+# per-config's variants (one adapter per evaluated configuration, each with the option): name -> --set values.
+HEADROOM_PER_CONFIG: dict[str, list[str]] = {"per-config": [], "per-config-residual": ["lora.init=residual"]}
+# A coa variant whose option the baselines take too is also scored against those (G_match: the gap between
+# shared and per-config with the option that it closes): coa variant -> (shared variant, per-config variant).
+HEADROOM_MATCH: dict[str, tuple[str, str]] = {
+    "coa-residual": ("shared-residual", "per-config-residual"),
+    "coa-residual-fit": ("shared-residual", "per-config-residual"),
+    "coa-random": ("shared-random", "per-config"),
+    "coa-distill": ("shared-distill", "per-config"),
+}
 HEADROOM_UNSEEN_PER_CONFIG = 3  # unseen configurations that per-config also trains an adapter for
 # --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).
 QUICK_HEADROOM = ["train.steps=12", "train.warmup_steps=2", "data.max_eval=16", "data.max_train=256", "eval.random=4"]
@@ -99,9 +105,10 @@ QUICK_LM = ["train.steps=3", "data.max_eval=8", "data.max_train=64"]
 class Study:
     """Runs commands (skipping finished ones), keeps their logs and the manifest."""
 
-    def __init__(self, quick: bool, overrides: list[str]) -> None:
+    def __init__(self, quick: bool, overrides: list[str], variants: list[str] | None = None) -> None:
         self.quick = quick
         self.overrides = overrides
+        self.variants = variants  # the headroom part's coa/shared variants to run (None: all)
         self.runs = ROOT / "runs" / ("study-quick" if quick else "study")
         self.results = results_dir(quick)
         self.logs = self.runs / "logs"
@@ -567,8 +574,8 @@ def headroom_rows(seed: int, losses: dict[str, dict[str, dict[str, Any]]], seen:
         losses: method → config id → evaluation row (``loss``, ``avg_bits``); per-config has only the
             configurations it trained an adapter for.
         seen: the ids of the allocations at ``budgets`` (in that order); unseen: the random held-out ids.
-        match: coa variant → the shared variant with the same option; its rows get ``gap_closed_match``, G
-            with that variant in place of shared (``HEADROOM_MATCH``).
+        match: coa variant → (shared variant, per-config variant) with the same option; its rows get
+            ``gap_closed_match``, G with those in place of shared and per-config (``HEADROOM_MATCH``).
     """
     match = match or {}
     rows = []
@@ -579,11 +586,12 @@ def headroom_rows(seed: int, losses: dict[str, dict[str, dict[str, Any]]], seen:
                     continue
                 r = mine[cid]
                 g = g_match = None
-                if method not in ("shared", "per-config") and cid in losses["per-config"]:
-                    pc = losses["per-config"][cid]["loss"]
-                    g = gap_closed(losses["shared"][cid]["loss"], r["loss"], pc)
-                    if match.get(method) in losses:
-                        g_match = gap_closed(losses[match[method]][cid]["loss"], r["loss"], pc)
+                baseline = method == "shared" or method.startswith("per-config")
+                if not baseline and cid in losses["per-config"]:
+                    g = gap_closed(losses["shared"][cid]["loss"], r["loss"], losses["per-config"][cid]["loss"])
+                sh, pc = match.get(method, (None, None))
+                if not baseline and sh in losses and cid in losses.get(pc, {}):
+                    g_match = gap_closed(losses[sh][cid]["loss"], r["loss"], losses[pc][cid]["loss"])
                 rows.append({"method": method, "seed": seed, "set": set_name,
                              "budget": budgets[i] if set_name == "seen" else None, "config_id": cid,
                              "avg_bits": r["avg_bits"], "loss": r["loss"], "gap_closed": g,
@@ -655,24 +663,31 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
     rows: list[dict[str, Any]] = []
     seconds: list[dict[str, Any]] = []
+    variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS)}
+    per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
+        pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
     for seed in seeds:
         base = quick + [f"train.seed={seed}"]
-        plan = {"shared": ("shared", []), "per-config": ("per-config", []), **HEADROOM_VARIANTS}
+        plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
         outs = {m: st.trained(f"hr-{m}-s{seed}", LOWBIT, method, base + sets, lm=True)
                 for m, (method, sets) in plan.items()}
-        pc_unseen = st.runs / f"hr-per-config-unseen-s{seed}"
-        if not (pc_unseen / "per_config.json").is_file():
-            st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(unseen_some),
-                       "--out", str(pc_unseen), "--overwrite", "--json", *st.sets(base, lm=True),
-                       log=f"train-hr-per-config-unseen-s{seed}.log", echo=True)
-        else:
-            st.reuse(f"train-hr-per-config-unseen-s{seed}.log")
         seen_path = _per_config_configs(outs["per-config"])  # the allocations at eval.budgets, in order
-        per_config = st.evaluate(f"hr-per-config-s{seed}", "--checkpoint", str(outs["per-config"]))
-        per_config += st.evaluate(f"hr-per-config-unseen-s{seed}", "--checkpoint", str(pc_unseen))
-        losses = {"per-config": {r["config_id"]: r for r in per_config}}
+        losses = {}
+        for m, sets in per_configs.items():
+            unseen_out = st.runs / f"hr-{m}-unseen-s{seed}"
+            if not (unseen_out / "per_config.json").is_file():
+                st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(unseen_some),
+                           "--out", str(unseen_out), "--overwrite", "--json", *st.sets(base + sets, lm=True),
+                           log=f"train-hr-{m}-unseen-s{seed}.log", echo=True)
+            else:
+                st.reuse(f"train-hr-{m}-unseen-s{seed}.log")
+            rows_pc = st.evaluate(f"hr-{m}-s{seed}", "--checkpoint", str(outs[m]))
+            rows_pc += st.evaluate(f"hr-{m}-unseen-s{seed}", "--checkpoint", str(unseen_out))
+            losses[m] = {r["config_id"]: r for r in rows_pc}
+            seconds.append({"method": f"{m}-unseen", "seed": seed,
+                            "train_seconds": json.loads((unseen_out / "per_config.json").read_text())["train_seconds"]})
         ids: dict[str, list[str]] = {}
-        for m in ("shared", *HEADROOM_VARIANTS):
+        for m in ("shared", *variants):
             losses[m] = {}
             for set_name, path in (("seen", seen_path), ("unseen", unseen_path)):
                 got = st.evaluate(f"hr-{m}-s{seed}-{set_name}", "--checkpoint", str(outs[m]), "--config", str(path))
@@ -682,10 +697,8 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
         _check_never_trained_on(outs, [seen_path, unseen_path])
         rows += headroom_rows(seed, losses, seen_ids, list(cfg.eval.budgets), unseen_ids, HEADROOM_MATCH)
         for m, out in outs.items():
-            meta = out / ("per_config.json" if m == "per-config" else "meta.json")
+            meta = out / ("per_config.json" if m in per_configs else "meta.json")
             seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
-        seconds.append({"method": "per-config-unseen", "seed": seed,
-                        "train_seconds": json.loads((pc_unseen / "per_config.json").read_text())["train_seconds"]})
     st.write_csv("headroom.csv", rows)
     summary = headroom_summary(rows)
     st.write_csv("headroom-summary.csv", summary)
@@ -998,6 +1011,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every command")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the report from the result files already there; run nothing")
+    p.add_argument("--variants", default=None,
+                   help=f"headroom part: the comma-separated variants to run (default all: {','.join(HEADROOM_VARIANTS)}); "
+                        "shared and per-config always run, and the baselines a chosen variant is matched with")
     args = p.parse_args(argv)
     results = results_dir(args.quick)
     if args.report_only:
@@ -1008,7 +1024,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    st = Study(args.quick, args.set)
+    variants = None if args.variants is None else args.variants.split(",")
+    wrong = [v for v in variants or [] if v not in HEADROOM_VARIANTS]
+    if wrong:
+        p.error(f"unknown variant(s) {wrong}; choose from {list(HEADROOM_VARIANTS)}")
+    st = Study(args.quick, args.set, variants)
     fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
            "baseline-seeds": baseline_seeds, "headroom": headroom}
     for part in parts:

@@ -180,15 +180,19 @@ def test_a_coa_variant_is_also_scored_against_the_shared_variant_with_its_option
     row = lambda loss: {"loss": loss, "avg_bits": 3.0}  # noqa: E731
     losses = {"per-config": {"a": row(4.0)}, "shared": {"a": row(6.0)}, "shared-x": {"a": row(5.0)},
               "coa-x": {"a": row(4.5)}, "coa": {"a": row(5.5)}}
-    rows = study.headroom_rows(0, losses, seen=["a"], budgets=[3.0], unseen=[], match={"coa-x": "shared-x"})
+    losses["per-config-x"] = {"a": row(3.0)}
+    rows = study.headroom_rows(0, losses, seen=["a"], budgets=[3.0], unseen=[],
+                               match={"coa-x": ("shared-x", "per-config-x")})
     by = {r["method"]: r for r in rows}
-    assert by["coa-x"]["gap_closed"] == 0.75 and by["coa-x"]["gap_closed_match"] == 0.5
+    assert by["coa-x"]["gap_closed"] == 0.75 and by["coa-x"]["gap_closed_match"] == 0.25  # (5 - 4.5) / (5 - 3)
     assert by["coa"]["gap_closed"] == 0.25 and by["coa"]["gap_closed_match"] is None
     assert by["shared-x"]["gap_closed"] == 0.5  # what the option alone gives shared
+    assert by["per-config-x"]["gap_closed"] is None  # a baseline
     summary = {r["method"]: r for r in study.headroom_summary(rows)}
-    assert summary["coa-x"]["gap_closed_match"] == 0.5 and summary["coa-x"]["gap_closed_match_std"] == 0.0
-    assert study.HEADROOM_MATCH["coa-residual-fit"] == "shared-residual"
-    assert all(study.HEADROOM_VARIANTS[v][0] == "shared" for v in study.HEADROOM_MATCH.values())
+    assert summary["coa-x"]["gap_closed_match"] == 0.25 and summary["coa-x"]["gap_closed_match_std"] == 0.0
+    assert study.HEADROOM_MATCH["coa-residual-fit"] == ("shared-residual", "per-config-residual")
+    assert all(study.HEADROOM_VARIANTS[sh][0] == "shared" and pc in study.HEADROOM_PER_CONFIG
+               for sh, pc in study.HEADROOM_MATCH.values())
 
 
 def test_a_variant_trained_on_an_evaluated_configuration_stops_the_study(study, tmp_path):
@@ -204,3 +208,9 @@ def test_a_variant_trained_on_an_evaluated_configuration_stops_the_study(study, 
         study._check_never_trained_on(outs, [tmp_path / "seen.json", tmp_path / "unseen.json"])
     del outs["coa"]
     study._check_never_trained_on(outs, [tmp_path / "seen.json", tmp_path / "unseen.json"])  # per-config may
+
+
+def test_an_unknown_headroom_variant_is_refused(study, capsys):
+    with pytest.raises(SystemExit) as e:
+        study.main(["--parts", "headroom", "--variants", "coa,coa-nope"])
+    assert e.value.code == 2 and "unknown variant(s) ['coa-nope']" in capsys.readouterr().err
