@@ -620,6 +620,42 @@ def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def headroom_pairs(evals: dict[tuple[str, int, str], list[dict[str, Any]]],
+                   pairs: dict[str, str]) -> list[dict[str, Any]]:
+    """A coa variant against its matching shared variant, seed by seed: does it help on every seed?
+
+    Args:
+        evals: (method, seed, set) → that evaluation's rows (``loss`` per configuration, the same
+            configurations in the same order for every method of a set).
+        pairs: coa variant → shared variant.
+    Returns one row per pair, seed and set: both mean losses, their difference and on how many of the
+    configurations the coa variant's loss is the lower.
+    """
+    out = []
+    for coa, shared in pairs.items():
+        for (method, seed, set_name), rows in sorted(evals.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+            other = evals.get((shared, seed, set_name))
+            if method != coa or other is None:
+                continue
+            a, b = np.array([r["loss"] for r in rows]), np.array([r["loss"] for r in other])
+            out.append({"variant": coa, "against": shared, "seed": seed, "set": set_name, "configs": len(a),
+                        "loss": float(a.mean()), "loss_against": float(b.mean()), "difference": float((a - b).mean()),
+                        "lower_on": int((a < b).sum())})
+    return out
+
+
+def _pair_evals(st: Study, methods: list[str]) -> dict[tuple[str, int, str], list[dict[str, Any]]]:
+    """Every headroom evaluation of ``methods`` in the runs directory, whatever the seed (some seeds may have
+    only the variants that decide: ``eval-hr-<method>-s<seed>-<set>.json``)."""
+    found = {}
+    for m in methods:
+        for path in st.runs.glob(f"eval-hr-{m}-s*-*.json"):
+            got = re.fullmatch(rf"eval-hr-{re.escape(m)}-s(\d+)-(seen|unseen)\.json", path.name)
+            if got:
+                found[(m, int(got.group(1)), got.group(2))] = json.loads(path.read_text())
+    return found
+
+
 def _check_never_trained_on(outs: dict[str, Path], evaluated: list[Path]) -> None:
     """Fairness: no shared or coa variant's training set holds an evaluated configuration (per-config's
     adapters are trained on theirs by definition). ``evaluated``: JSON lists of configurations. Configurations
@@ -700,6 +736,8 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
             meta = out / ("per_config.json" if m in per_configs else "meta.json")
             seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
     st.write_csv("headroom.csv", rows)
+    pairs = {v: sh for v, (sh, _) in HEADROOM_MATCH.items() if v in variants and sh in variants}
+    st.write_csv("headroom-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs))
     summary = headroom_summary(rows)
     st.write_csv("headroom-summary.csv", summary)
     st.write_csv("headroom-seconds.csv", _aggregate(seconds, "method", ["train_seconds"]))
@@ -957,6 +995,15 @@ def _report_headroom(results: Path) -> str:
                    "G on unseen", "G_match on unseen", "training s"], rows)
 
 
+def _report_headroom_pairs(results: Path) -> str:
+    """Each coa variant against the shared variant with its option, seed by seed."""
+    rows = [[r["variant"], r["against"], int(r["seed"]), r["set"], _num(r["loss"], 3), _num(r["loss_against"], 3),
+             _num(r["difference"], 3), f"{int(r['lower_on'])} of {int(r['configs'])}"]
+            for r in _read_csv(results / "headroom-pairs.csv")]
+    return _table(["variant", "against", "seed", "set", "loss", "loss (against)", "difference",
+                   "lower on"], rows)
+
+
 _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "table2-budgets": (_report_table2_budgets, ("table2-per-config.csv",)),
            "seen-unseen": (_report_seen_unseen, ("seen-unseen-summary.csv",)),
@@ -964,6 +1011,7 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "causal-lm": (_report_causal_lm, ("causal-lm-per-config.csv", "causal-lm.csv")),
            "baseline-seeds": (_report_baseline_seeds, ("baseline-seeds.csv",)),
            "headroom": (_report_headroom, ("headroom-summary.csv", "headroom-seconds.csv")),
+           "headroom-pairs": (_report_headroom_pairs, ("headroom-pairs.csv",)),
            "provenance": (_report_provenance, ("manifest.json",))}
 
 

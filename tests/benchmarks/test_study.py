@@ -214,3 +214,19 @@ def test_an_unknown_headroom_variant_is_refused(study, capsys):
     with pytest.raises(SystemExit) as e:
         study.main(["--parts", "headroom", "--variants", "coa,coa-nope"])
     assert e.value.code == 2 and "unknown variant(s) ['coa-nope']" in capsys.readouterr().err
+
+
+def test_headroom_pairs_compare_a_variant_with_its_shared_variant_seed_by_seed(study, tmp_path):
+    ev = lambda *losses: [{"loss": x} for x in losses]  # noqa: E731
+    evals = {("coa-x", 0, "seen"): ev(4.0, 5.0), ("shared-x", 0, "seen"): ev(4.5, 4.9),
+             ("coa-x", 1, "seen"): ev(3.0, 3.0), ("shared-x", 1, "seen"): ev(3.5, 3.5),
+             ("coa-x", 2, "unseen"): ev(1.0)}  # seed 2 has no shared-x: no row
+    rows = study.headroom_pairs(evals, {"coa-x": "shared-x"})
+    assert [(r["seed"], r["set"], r["lower_on"], r["configs"]) for r in rows] == [(0, "seen", 1, 2), (1, "seen", 2, 2)]
+    assert rows[0]["difference"] == pytest.approx(-0.2) and rows[1]["loss_against"] == 3.5
+    # The evaluations are found in the runs directory by name, whatever the seed.
+    st = study.Study.__new__(study.Study)
+    st.runs = tmp_path
+    (tmp_path / "eval-hr-coa-x-s1-unseen.json").write_text(json.dumps(ev(2.0)))
+    (tmp_path / "eval-hr-coa-x-s1-budgets.json").write_text("[]")  # not a headroom set
+    assert study._pair_evals(st, ["coa-x"]) == {("coa-x", 1, "unseen"): ev(2.0)}
