@@ -81,6 +81,8 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "coa-gates": ("coa", ["hypernet.gates=4"]),
     # U_θ fitted, before any data, to each configuration's own residual within the residual-initialised LoRA.
     "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
+    # Both that fit and the random configurations (which help every method on the unseen set).
+    "coa-residual-fit-random": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", *RANDOM_ONE]),
 }
 # per-config's variants (one adapter per evaluated configuration, each with the option): name -> --set values.
 HEADROOM_PER_CONFIG: dict[str, list[str]] = {"per-config": [], "per-config-residual": ["lora.init=residual"]}
