@@ -111,6 +111,8 @@ class Study:
         self.quick = quick
         self.overrides = overrides
         self.variants = variants  # the headroom part's coa/shared variants to run (None: all)
+        self.exclude_trained = False  # headroom: drop evaluated configurations a training set holds, not stop
+        self.excluded: dict[str, list[str]] = {}  # config id -> the variants that trained on it
         self.runs = ROOT / "runs" / ("study-quick" if quick else "study")
         self.results = results_dir(quick)
         self.logs = self.runs / "logs"
@@ -658,18 +660,22 @@ def _pair_evals(st: Study, methods: list[str]) -> dict[tuple[str, int, str], lis
     return found
 
 
-def _check_never_trained_on(outs: dict[str, Path], evaluated: list[Path]) -> None:
-    """Fairness: no shared or coa variant's training set holds an evaluated configuration (per-config's
-    adapters are trained on theirs by definition). ``evaluated``: JSON lists of configurations. Configurations
-    drawn per step (``train.random_configs``) never include the held-out ones by construction."""
+def trained_on(outs: dict[str, Path], evaluated: list[Path]) -> dict[str, list[int]]:
+    """Fairness: the evaluated configurations that a shared or coa variant's training set holds (per-config's
+    adapters are trained on theirs by definition). ``evaluated``: JSON lists of configurations (seen, then
+    unseen). Returns variant → the positions (in ``evaluated`` order) of those it trained on; empty when fair.
+    Configurations drawn per step (``train.random_configs``) never include the held-out ones by construction."""
     key = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
-    scored = {key(c) for path in evaluated for c in json.loads(path.read_text())}
+    scored = [key(c) for path in evaluated for c in json.loads(path.read_text())]
+    hits = {}
     for name, out in outs.items():
-        if name == "per-config":
+        if name.startswith("per-config"):
             continue
-        hit = sum(key(c) in scored for c in json.loads((out / "meta.json").read_text())["trainset"])
-        if hit:
-            raise SystemExit(f"study: {name} trained on {hit} evaluated configuration(s): an unfair comparison")
+        mine = {key(c) for c in json.loads((out / "meta.json").read_text())["trainset"]}
+        found = [i for i, k in enumerate(scored) if k in mine]
+        if found:
+            hits[name] = found
+    return hits
 
 
 def _unseen_configs(st: Study, overrides: list[str]) -> Path:
@@ -732,12 +738,27 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                 ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
                 losses[m].update({r["config_id"]: r for r in got})
         seen_ids, unseen_ids = ids["seen"], ids["unseen"]
-        _check_never_trained_on(outs, [seen_path, unseen_path])
-        rows += headroom_rows(seed, losses, seen_ids, list(cfg.eval.budgets), unseen_ids, HEADROOM_MATCH)
+        hits = trained_on(outs, [seen_path, unseen_path])
+        if hits and not st.exclude_trained:
+            raise SystemExit(f"study: evaluated configurations are in training sets (positions, seen then unseen: "
+                             f"{hits}): an unfair comparison; fix train.init_budgets, or pass --exclude-trained")
+        if hits:
+            # --exclude-trained: those configurations leave every method's rows, and the report says so.
+            drop = {(seen_ids + unseen_ids)[i] for found in hits.values() for i in found}
+            budgets = [b for cid, b in zip(seen_ids, cfg.eval.budgets) if cid not in drop]
+            st.excluded.update({cid: sorted(hits) for cid in drop})
+            seen_ids = [cid for cid in seen_ids if cid not in drop]
+            unseen_ids = [cid for cid in unseen_ids if cid not in drop]
+        else:
+            budgets = list(cfg.eval.budgets)
+        rows += headroom_rows(seed, losses, seen_ids, budgets, unseen_ids, HEADROOM_MATCH)
         for m, out in outs.items():
             meta = out / ("per_config.json" if m in per_configs else "meta.json")
             seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
     st.write_csv("headroom.csv", rows)
+    # Always rewritten (header only when nothing was excluded), so the report never shows a stale list.
+    with open(st.results / "headroom-excluded.csv", "w") as f:
+        f.write("config_id,trained_on_by\n" + "".join(f"{c},{' '.join(v)}\n" for c, v in st.excluded.items()))
     pairs = {v: sh for v, (sh, _) in HEADROOM_MATCH.items() if v in variants and sh in variants}
     st.write_csv("headroom-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs))
     summary = headroom_summary(rows)
@@ -997,6 +1018,15 @@ def _report_headroom(results: Path) -> str:
                    "G on unseen", "G_match on unseen", "training s"], rows)
 
 
+def _report_headroom_excluded(results: Path) -> str:
+    """The evaluated configurations left out because a training set held them (``--exclude-trained``)."""
+    rows = _read_csv(results / "headroom-excluded.csv")
+    if not rows:
+        return "No evaluated configuration is in any method's training set."
+    return "Left out of every table because a training set held them (`--exclude-trained`): " + "; ".join(
+        f"{r['config_id']} (trained on by {r['trained_on_by'].replace(' ', ', ')})" for r in rows) + "."
+
+
 def _report_headroom_pairs(results: Path) -> str:
     """Each coa variant against the shared variant with its option, seed by seed."""
     rows = [[r["variant"], r["against"], int(r["seed"]), r["set"], _num(r["loss"], 3), _num(r["loss_against"], 3),
@@ -1014,6 +1044,7 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "baseline-seeds": (_report_baseline_seeds, ("baseline-seeds.csv",)),
            "headroom": (_report_headroom, ("headroom-summary.csv", "headroom-seconds.csv")),
            "headroom-pairs": (_report_headroom_pairs, ("headroom-pairs.csv",)),
+           "headroom-excluded": (_report_headroom_excluded, ("headroom-excluded.csv",)),
            "provenance": (_report_provenance, ("manifest.json",))}
 
 
@@ -1064,6 +1095,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=None,
                    help=f"headroom part: the comma-separated variants to run (default all: {','.join(HEADROOM_VARIANTS)}); "
                         "shared and per-config always run, and the baselines a chosen variant is matched with")
+    p.add_argument("--exclude-trained", action="store_true",
+                   help="headroom part: score without the evaluated configurations that a shared or coa training "
+                        "set holds (listed in headroom-excluded.csv and the report) instead of stopping")
     args = p.parse_args(argv)
     results = results_dir(args.quick)
     if args.report_only:
@@ -1079,6 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
     if wrong:
         p.error(f"unknown variant(s) {wrong}; choose from {list(HEADROOM_VARIANTS)}")
     st = Study(args.quick, args.set, variants)
+    st.exclude_trained = args.exclude_trained
     fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
            "baseline-seeds": baseline_seeds, "headroom": headroom}
     for part in parts:
