@@ -625,13 +625,14 @@ def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def headroom_pairs(evals: dict[tuple[str, int, str], list[dict[str, Any]]],
-                   pairs: dict[str, str]) -> list[dict[str, Any]]:
+                   pairs: dict[str, str], exclude: set[str] = frozenset()) -> list[dict[str, Any]]:
     """A coa variant against its matching shared variant, seed by seed: does it help on every seed?
 
     Args:
         evals: (method, seed, set) → that evaluation's rows (``loss`` per configuration, the same
             configurations in the same order for every method of a set).
         pairs: coa variant → shared variant.
+        exclude: configuration ids left out (``--exclude-trained``).
     Returns one row per pair, seed and set: both mean losses, their difference and on how many of the
     configurations the coa variant's loss is the lower.
     """
@@ -641,7 +642,9 @@ def headroom_pairs(evals: dict[tuple[str, int, str], list[dict[str, Any]]],
             other = evals.get((shared, seed, set_name))
             if method != coa or other is None:
                 continue
-            a, b = np.array([r["loss"] for r in rows]), np.array([r["loss"] for r in other])
+            keep = [r.get("config_id") not in exclude for r in rows]
+            a = np.array([r["loss"] for r, k in zip(rows, keep) if k])
+            b = np.array([r["loss"] for r, k in zip(other, keep) if k])
             out.append({"variant": coa, "against": shared, "seed": seed, "set": set_name, "configs": len(a),
                         "loss": float(a.mean()), "loss_against": float(b.mean()), "difference": float((a - b).mean()),
                         "lower_on": int((a < b).sum())})
@@ -760,7 +763,8 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     with open(st.results / "headroom-excluded.csv", "w") as f:
         f.write("config_id,trained_on_by\n" + "".join(f"{c},{' '.join(v)}\n" for c, v in st.excluded.items()))
     pairs = {v: sh for v, (sh, _) in HEADROOM_MATCH.items() if v in variants and sh in variants}
-    st.write_csv("headroom-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs))
+    st.write_csv("headroom-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs,
+                                                      set(st.excluded)))
     summary = headroom_summary(rows)
     st.write_csv("headroom-summary.csv", summary)
     st.write_csv("headroom-seconds.csv", _aggregate(seconds, "method", ["train_seconds"]))
@@ -1029,7 +1033,7 @@ def _report_headroom_excluded(results: Path) -> str:
 
 def _report_headroom_pairs(results: Path) -> str:
     """Each coa variant against the shared variant with its option, seed by seed."""
-    rows = [[r["variant"], r["against"], int(r["seed"]), r["set"], _num(r["loss"], 3), _num(r["loss_against"], 3),
+    rows = [[r["variant"], r["against"], str(int(r["seed"])), r["set"], _num(r["loss"], 3), _num(r["loss_against"], 3),
              _num(r["difference"], 3), f"{int(r['lower_on'])} of {int(r['configs'])}"]
             for r in _read_csv(results / "headroom-pairs.csv")]
     return _table(["variant", "against", "seed", "set", "loss", "loss (against)", "difference",

@@ -219,6 +219,9 @@ def test_headroom_pairs_compare_a_variant_with_its_shared_variant_seed_by_seed(s
     rows = study.headroom_pairs(evals, {"coa-x": "shared-x"})
     assert [(r["seed"], r["set"], r["lower_on"], r["configs"]) for r in rows] == [(0, "seen", 1, 2), (1, "seen", 2, 2)]
     assert rows[0]["difference"] == pytest.approx(-0.2) and rows[1]["loss_against"] == 3.5
+    evals[("coa-x", 1, "seen")][0]["config_id"] = "gone"
+    (_, one) = study.headroom_pairs(evals, {"coa-x": "shared-x"}, exclude={"gone"})
+    assert one["configs"] == 1 and one["loss"] == 3.0 and one["loss_against"] == 3.5
     # The evaluations are found in the runs directory by name, whatever the seed.
     st = study.Study.__new__(study.Study)
     st.runs = tmp_path
