@@ -1014,8 +1014,9 @@ def _report_headroom(results: Path) -> str:
             r = by_set.get(set_name)
             cells.append("" if r is None else _num(r["mean_loss"], 3))
             for key in ("gap_closed", "gap_closed_match"):
-                cells.append("" if r is None or r.get(key) in (None, "") else
-                             f"{_num(r[key], 2)} ± {_num(r[f'{key}_std'], 2)}")
+                # "±" is the spread across seeds: with one seed there is none to show.
+                spread = "" if r is None or r.get("seeds") in (None, 1.0) else f" ± {_num(r[f'{key}_std'], 2)}"
+                cells.append("" if r is None or r.get(key) in (None, "") else f"{_num(r[key], 2)}{spread}")
         t = secs.get(method)
         rows.append([method, *cells, "" if t is None else _num(t["train_seconds"], 0)])
     return _table(["method", "loss at the budgets", "G at the budgets", "G_match at the budgets", "loss on unseen",
