@@ -267,6 +267,7 @@ def train(
             loss = loss / len(chosen)
             (loss if scaler is None else scaler.scale(loss)).backward()
             total += float(loss.detach())
+            del out  # its logits, (B, T, V) for an LM, would otherwise stay alive through the next forward
         # A frozen U_θ has no gradients: leave it out of the all-reduce (which would hand it zeros, and
         # AdamW would then decay it and count its steps on one worker count but not another).
         live = warm_params if model.hypernet_frozen else params
