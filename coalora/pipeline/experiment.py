@@ -88,12 +88,8 @@ def init_lora(cfg: ExperimentConfig, model: CoaModel, trainset: np.ndarray,
     bits = space.average_bits(trainset)
     rng = np.random.default_rng([cfg.train.seed, 15])
     held_out = {space.config_id(c) for c in random_configs(cfg, space)}
-    extra: list[np.ndarray] = []
-    while len(extra) < h.residual_fit_configs:
-        c = space.sample_near(float(rng.uniform(bits.min(), bits.max())), rng, 1, tol=0.05)[0]
-        if space.config_id(c) not in held_out:
-            extra.append(c)
-    configs = np.concatenate([trainset, np.stack(extra)]) if extra else trainset
+    extra = draw_outside(space, rng, h.residual_fit_configs, (bits.min(), bits.max()), held_out)
+    configs = np.concatenate([trainset, extra])
     # lr 3e-3: on SmolLM2 at 2.75-4.5 bits, 200 steps cut the held-out configurations' in-span error 5.7x
     # (1e-3: 3.8x); it is a smooth full-batch problem.
     losses = model.fit_cores_to_residuals(configs, h.residual_fit, lr=3e-3)
@@ -233,14 +229,21 @@ def training_sampler(cfg: ExperimentConfig, space: QuantSpace) -> Callable[[np.r
     floor = cfg.eval.random_min_bits
 
     def draw(rng: np.random.Generator) -> np.ndarray:
-        out: list[np.ndarray] = []
-        while len(out) < n:
-            c = space.sample_near(float(rng.uniform(lo, hi)), rng, 1, tol=0.05, min_weight_bits=floor)[0]
-            if space.config_id(c) not in held_out:
-                out.append(c)
-        return np.stack(out)
+        return draw_outside(space, rng, n, (lo, hi), held_out, floor)
 
     return draw
+
+
+def draw_outside(space: QuantSpace, rng: np.random.Generator, n: int, bits_range: tuple[float, float],
+                 held_out: set[str], floor: float | None = None) -> np.ndarray:
+    """``n`` random configurations ``(n, N, 5)``, each near a bit width drawn uniformly over ``bits_range``
+    (every matrix at ``floor`` weight bits or more), none of them one whose id is in ``held_out``."""
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        c = space.sample_near(float(rng.uniform(*bits_range)), rng, 1, tol=0.05, min_weight_bits=floor)[0]
+        if space.config_id(c) not in held_out:
+            out.append(c)
+    return np.stack(out) if out else np.zeros((0, space.n_matrices, 5), dtype=np.int64)
 
 
 def check_training_task(cfg: ExperimentConfig, task: str) -> None:
