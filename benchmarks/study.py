@@ -83,6 +83,8 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
     # Both that fit and the random configurations (which help every method on the unseen set).
     "coa-residual-fit-random": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", *RANDOM_ONE]),
+    # Its matching shared: both options a shared LoRA can take.
+    "shared-residual-random": ("shared", ["lora.init=residual", *RANDOM_ONE]),
 }
 # per-config's variants (one adapter per evaluated configuration, each with the option): name -> --set values.
 HEADROOM_PER_CONFIG: dict[str, list[str]] = {"per-config": [], "per-config-residual": ["lora.init=residual"]}
@@ -91,6 +93,7 @@ HEADROOM_PER_CONFIG: dict[str, list[str]] = {"per-config": [], "per-config-resid
 HEADROOM_MATCH: dict[str, tuple[str, str]] = {
     "coa-residual": ("shared-residual", "per-config-residual"),
     "coa-residual-fit": ("shared-residual", "per-config-residual"),
+    "coa-residual-fit-random": ("shared-residual-random", "per-config-residual"),
     "coa-random": ("shared-random", "per-config"),
     "coa-distill": ("shared-distill", "per-config"),
 }
@@ -368,6 +371,12 @@ def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
         ids = {m: [r["config_id"] for r in scores[m]] for m in ("coa", "shared", "per-config")}
         if not ids["coa"] == ids["shared"] == ids["per-config"]:
             raise SystemExit(f"study: methods were scored on different configurations: {ids}")
+        # Fairness (issue #15): no method but per-config may have trained on an evaluated allocation.
+        hits = trained_on({"coa": run, "shared": st.runs / f"shared-s{seed}"},
+                          [_per_config_configs(st.runs / f"per-config-s{seed}")])
+        if hits:
+            raise SystemExit(f"study: Table 2's evaluated allocations (positions {hits}) are in a training set: "
+                             f"an unfair comparison; move train.init_budgets off eval.budgets in {MINILM}")
         lo = min(cfg.eval.budgets) - 0.25  # the hypervolume's bits axis: a quarter bit around the budgets
         for method, rows in scores.items():
             acc = np.array([r["accuracy"] for r in rows])
@@ -663,6 +672,18 @@ def _pair_evals(st: Study, methods: list[str]) -> dict[tuple[str, int, str], lis
     return found
 
 
+def training_configs(out: Path) -> list[Any]:
+    """Every configuration a trained output ever trained on, as JSON: a ``coalora train`` directory's
+    ``meta.json`` trainset, or the union of an orchestrated run's rounds (each round's checkpoint records the
+    set it trained on; the search changes it between rounds)."""
+    if (out / "meta.json").is_file():
+        return json.loads((out / "meta.json").read_text())["trainset"]
+    metas = sorted((out / "checkpoints").glob("round_*/meta.json"))
+    if not metas:
+        raise SystemExit(f"study: {out} holds neither a checkpoint's meta.json nor a run's checkpoints")
+    return [c for m in metas for c in json.loads(m.read_text())["trainset"]]
+
+
 def trained_on(outs: dict[str, Path], evaluated: list[Path]) -> dict[str, list[int]]:
     """Fairness: the evaluated configurations that a shared or coa variant's training set holds (per-config's
     adapters are trained on theirs by definition). ``evaluated``: JSON lists of configurations (seen, then
@@ -674,7 +695,7 @@ def trained_on(outs: dict[str, Path], evaluated: list[Path]) -> dict[str, list[i
     for name, out in outs.items():
         if name.startswith("per-config"):
             continue
-        mine = {key(c) for c in json.loads((out / "meta.json").read_text())["trainset"]}
+        mine = {key(c) for c in training_configs(out)}
         found = [i for i, k in enumerate(scored) if k in mine]
         if found:
             hits[name] = found

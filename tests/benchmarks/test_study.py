@@ -228,3 +228,16 @@ def test_headroom_pairs_compare_a_variant_with_its_shared_variant_seed_by_seed(s
     (tmp_path / "eval-hr-coa-x-s1-unseen.json").write_text(json.dumps(ev(2.0)))
     (tmp_path / "eval-hr-coa-x-s1-budgets.json").write_text("[]")  # not a headroom set
     assert study._pair_evals(st, ["coa-x"]) == {("coa-x", 1, "unseen"): ev(2.0)}
+
+
+def test_an_orchestrated_run_trained_on_the_union_of_its_rounds(study, tmp_path):
+    # A run's rounds each record the set they trained on; the search changes it between rounds.
+    a, b, c = {"m": {"bits": 3}}, {"m": {"bits": 4}}, {"m": {"bits": 8}}
+    run = tmp_path / "coa-s0"
+    for k, trainset in enumerate(([a], [b, {"m": {"bits": 6}}])):
+        (run / "checkpoints" / f"round_{k}").mkdir(parents=True)
+        (run / "checkpoints" / f"round_{k}" / "meta.json").write_text(json.dumps({"trainset": trainset}))
+    (tmp_path / "eval.json").write_text(json.dumps([c, b, a]))
+    assert study.trained_on({"coa": run}, [tmp_path / "eval.json"]) == {"coa": [1, 2]}
+    with pytest.raises(SystemExit, match="neither"):
+        study.training_configs(tmp_path / "nothing")
