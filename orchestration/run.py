@@ -106,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         del prep
         try:
             orch.preflight()
-            if args.overwrite and not args.resume:
-                # Only a marked coalora run gets here (prepare checked); check again, it may have changed.
-                orch.store.check_replaceable()
+            if args.overwrite and not args.resume and run_dir.is_dir():
+                # A new name needs nothing replaced. An existing non-empty directory got here only as a
+                # marked run (prepare checked); check again, it may have changed since.
+                if any(True for _ in run_dir.iterdir()):
+                    orch.store.check_replaceable()
                 run_dir.rmtree()
             summary = orch.run()
         except Exception as e:  # bad input that only the cluster could reveal is one line; a bug is not
