@@ -83,6 +83,11 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
     # Both that fit and the random configurations (which help every method on the unseen set).
     "coa-residual-fit-random": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", *RANDOM_ONE]),
+    # The fit weighed by the inputs of 8 training batches (the output error rather than the weight error).
+    "coa-residual-fit-x": ("coa", ["lora.init=residual", "hypernet.residual_fit=200",
+                                   "hypernet.residual_fit_calibration=8"]),
+    "coa-residual-fit-x-random": ("coa", ["lora.init=residual", "hypernet.residual_fit=200",
+                                          "hypernet.residual_fit_calibration=8", *RANDOM_ONE]),
     # Its matching shared: both options a shared LoRA can take.
     "shared-residual-random": ("shared", ["lora.init=residual", *RANDOM_ONE]),
 }
@@ -94,6 +99,8 @@ HEADROOM_MATCH: dict[str, tuple[str, str]] = {
     "coa-residual": ("shared-residual", "per-config-residual"),
     "coa-residual-fit": ("shared-residual", "per-config-residual"),
     "coa-residual-fit-random": ("shared-residual-random", "per-config-residual"),
+    "coa-residual-fit-x": ("shared-residual", "per-config-residual"),
+    "coa-residual-fit-x-random": ("shared-residual-random", "per-config-residual"),
     "coa-random": ("shared-random", "per-config"),
     "coa-distill": ("shared-distill", "per-config"),
 }

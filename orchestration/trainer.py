@@ -91,8 +91,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainset = np.asarray(config["trainset"], dtype=np.int64)
     if prev is None:
         # The first round starts from lora.init (every worker computes the same factors from the same
-        # configurations); later rounds continue from the previous round's checkpoint.
-        init_lora(cfg, model, trainset)
+        # configurations, and calibrates on the same batches: rank 0's); later rounds continue from the
+        # previous round's checkpoint.
+        init_lora(cfg, model, trainset, batches=data.train_batches(cfg))
     log_every = max(1, cfg.train.log_every)
 
     def on_step(step: int, loss: float) -> None:

@@ -116,7 +116,8 @@ def smoke_runs(tmp_path_factory):
 SMOKE_PAIR = {
     "fp32": ["--overwrite"],
     "bf16": ["--set", "model.dtype=bfloat16", "--set", "train.steps=8", "--set", "train.lr=0.01",
-             "--set", "hypernet.damage=true", "--set", "lora.init=residual", "--set", "train.random_configs=1"],
+             "--set", "hypernet.damage=true", "--set", "lora.init=residual", "--set", "train.random_configs=1",
+             "--set", "hypernet.residual_fit=20", "--set", "hypernet.residual_fit_calibration=2"],
 }
 
 

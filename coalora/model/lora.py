@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, ContextManager, Iterator, Sequence
+from typing import Any, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -338,16 +338,59 @@ class CoaModel(nn.Module):
                 layer.lora_A.copy_(a)
                 layer.lora_B.copy_(b)
 
-    def residual_core_targets(self, configs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def input_statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """What the residual fit needs of each matrix's inputs, from the unquantized base's forward passes.
+
+        With X_i ``(T, in)`` the inputs of matrix i over ``batches`` (every token; where a batch has an
+        ``attention_mask`` of the inputs' leading shape, its padding is left out), returns per matrix
+        ``(P_i, w_i)``: ``P_i = X_iᵀ X_i A_iᵀ`` ``(in, r)`` with the current A_i, and ``w_i = ‖X_i W_iᵀ‖²``
+        (0-d), float32 on the model's device. Only these are kept, never X_i or XᵀX (in × in): they are
+        all :meth:`residual_core_targets` needs while A stays put.
+        """
+        stats = [(torch.zeros(layer.in_features, layer.lora_A.shape[0], device=self.device),
+                  torch.zeros((), device=self.device)) for layer in self._layers]
+        mask: list[torch.Tensor | None] = [None]
+
+        def hook(i: int) -> Any:
+            def record(module: CoaLinear, args: tuple[torch.Tensor, ...]) -> None:
+                x = args[0].detach().float().reshape(-1, module.in_features)
+                if mask[0] is not None and mask[0].numel() == len(x):
+                    x = x[mask[0].reshape(-1).bool()]
+                p, w = stats[i]
+                # The sums are float32 even where the base runs under bf16/fp16 autocast.
+                with torch.autocast(device_type=x.device.type, enabled=False):
+                    p += x.T @ (x @ module.lora_A.detach().float().T)
+                    w += F.linear(x, module.weight.float()).square().sum()
+            return record
+
+        handles = [layer.register_forward_pre_hook(hook(i)) for i, layer in enumerate(self._layers)]
+        try:
+            with torch.no_grad(), self.unadapted(), self.autocast():
+                for batch in batches:
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    mask[0] = batch.get("attention_mask")
+                    self.model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return stats
+
+    def residual_core_targets(
+        self, configs: np.ndarray, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The cores that best correct each configuration's own quantization residual with the current A, B.
 
         For matrix i under option k, ``R = W_i − Q_k(W_i)`` and ``M* = (1/s)·B⁺ R A⁺`` minimises
-        ``‖R − s·B M A‖_F`` (``B⁺ = (BᵀB)⁻¹Bᵀ``, ``A⁺ = Aᵀ(AAᵀ)⁻¹``). Each distinct (matrix, option) of
-        ``configs`` ``(C, N, 5)`` is quantized once.
+        ``‖R − s·B M A‖_F`` (``B⁺ = (BᵀB)⁻¹Bᵀ``, ``A⁺ = Aᵀ(AAᵀ)⁻¹``). With ``inputs`` (per matrix
+        ``(P_i, w_i)`` of :meth:`input_statistics`) the error is measured on the inputs X instead,
+        ``‖X (R − s·B M A)ᵀ‖``, whose minimiser has ``A⁺ = P (A P)⁻¹`` (``P = XᵀX Aᵀ``). Each distinct
+        (matrix, option) of ``configs`` ``(C, N, 5)`` is quantized once.
 
         Returns:
-            ``targets (C, N, r, r)``; ``gram_b (N, r, r)`` = s²·BᵀB/‖W_i‖² and ``gram_a (N, r, r)`` = AAᵀ, with
-            which ``tr(Dᵀ gram_b D gram_a)`` is ``‖s·B D A‖²/‖W_i‖²`` for a core error ``D``. float32.
+            ``targets (C, N, r, r)``; ``gram_b (N, r, r)`` = s²·BᵀB/‖W_i‖² and ``gram_a (N, r, r)`` = AAᵀ
+            (with inputs: s²·BᵀB/w_i and A P), with which ``tr(Dᵀ gram_b D gram_a)`` is the relative error
+            ``‖s·B D A‖²/‖W_i‖²`` (with inputs: ``‖X (s·B D A)ᵀ‖²/‖X Wᵀ‖²``) a core error ``D`` leaves.
+            float32.
         """
         configs = np.asarray(configs)
         flat = np.stack([self.space.flat_option(self.space.validate(c)) for c in configs])  # (C, N)
@@ -359,26 +402,35 @@ class CoaModel(nn.Module):
             for i, layer in enumerate(self._layers):
                 w = layer.weight.float()
                 a, b, s = layer.lora_A.float(), layer.lora_B.float(), layer.scaling
-                ga, gb = a @ a.T, b.T @ b
+                gb = b.T @ b
                 b_pinv = torch.linalg.solve(gb, b.T)  # (r, out)
-                a_pinv = torch.linalg.solve(ga, a).T  # (in, r); ga is symmetric
+                if inputs is None:
+                    ga, norm = a @ a.T, w.square().sum()
+                    a_pinv = torch.linalg.solve(ga, a).T  # (in, r); ga is symmetric
+                else:
+                    p, norm = (t.float().to(a.device) for t in inputs[i])
+                    ga = a @ p
+                    ga = (ga + ga.T) / 2  # A XᵀX Aᵀ, symmetric up to rounding
+                    a_pinv = torch.linalg.solve(ga, p.T).T  # P (A P)⁻¹, (in, r)
                 for k in np.unique(flat[:, i]):
                     q = _quantize(layer.weight, self.space.option(self.space.option_table[k]), family).float()
                     targets[flat[:, i] == k, i] = (b_pinv @ (w - q) @ a_pinv) / s
-                gram_b[i] = gb * (s * s) / w.square().sum()
+                gram_b[i] = gb * (s * s) / norm
                 gram_a[i] = ga
         return targets, gram_b, gram_a
 
-    def fit_cores_to_residuals(self, configs: np.ndarray, steps: int, lr: float = 1e-3) -> list[float]:
+    def fit_cores_to_residuals(self, configs: np.ndarray, steps: int, lr: float = 1e-3,
+                               inputs: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[float]:
         """``hypernet.residual_fit``: fit U_θ so that each configuration's cores correct its own residual.
 
-        Full-batch Adam on ``mean over (config, matrix) of ‖s·B_i (M_i(C) − M*_i(C)) A_i‖²/‖W_i‖²`` with the
-        targets of :meth:`residual_core_targets`; only U_θ moves. Deterministic for given weights and
-        ``configs`` ``(C, N, 5)``. Returns the loss before each step and after the last.
+        Full-batch Adam on ``mean over (config, matrix) of ‖s·B_i (M_i(C) − M*_i(C)) A_i‖²/‖W_i‖²`` (with
+        ``inputs``, on the inputs: see :meth:`residual_core_targets`) with the targets of
+        :meth:`residual_core_targets`; only U_θ moves. Deterministic for given weights and ``configs``
+        ``(C, N, 5)``. Returns the loss before each step and after the last.
         """
         if self.hypernet is None:
             raise ValueError("fitting cores needs a configuration-aware model (hypernet)")
-        targets, gram_b, gram_a = self.residual_core_targets(configs)
+        targets, gram_b, gram_a = self.residual_core_targets(configs, inputs)
         device = self.device
         targets, gram_b, gram_a = targets.to(device), gram_b.to(device), gram_a.to(device)
         idx = as_index_tensor(configs, device)

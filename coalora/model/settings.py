@@ -82,6 +82,11 @@ class HypernetConfig:
             so the fit teaches U_θ what every option does to every matrix. Needs ``lora.init: residual``.
         residual_fit_configs: random configurations fitted on beside the training set (across its bit
             range, never a held-out evaluation configuration), so that U_θ sees many more options.
+        residual_fit_calibration: training batches (0: none, the default) whose inputs weigh the fit. With
+            them, each matrix's error is the error of its outputs on those inputs X_i rather than of its
+            weights, ``‖X_i (s·B_i (M − M*) A_i)ᵀ‖²/‖X_i W_iᵀ‖²``, and M* is the least-squares core on them:
+            directions the inputs never take cost nothing (as GPTQ weighs its rounding). Needs
+            ``residual_fit``.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
@@ -96,11 +101,12 @@ class HypernetConfig:
     gates: int = 0
     residual_fit: int = 0
     residual_fit_configs: int = 32
+    residual_fit_calibration: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.gates, bool) or int(self.gates) != self.gates or self.gates < 0:
             raise ConfigError(f"hypernet.gates: must be 0 (a dense core) or a positive number of gates, got {self.gates}")
-        for key in ("residual_fit", "residual_fit_configs"):
+        for key in ("residual_fit", "residual_fit_configs", "residual_fit_calibration"):
             v = getattr(self, key)
             if isinstance(v, bool) or int(v) != v or v < 0:
                 raise ConfigError(f"hypernet.{key}: must be a whole number >= 0, got {v}")

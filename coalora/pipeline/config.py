@@ -378,6 +378,9 @@ class ExperimentConfig:
                "set lora.init: residual")
         _check(self.hypernet.residual_fit == 0 or self.hypernet.warm_start == 0, "hypernet.residual_fit",
                "moves U_θ away from the identity that hypernet.warm_start promises; use one of them")
+        _check(self.hypernet.residual_fit_calibration == 0 or self.hypernet.residual_fit > 0,
+               "hypernet.residual_fit_calibration", "weighs the residual fit, which is off; set "
+               "hypernet.residual_fit to its steps")
         gates = self.hypernet.gates
         _check(gates == 0 or self.lora.rank % gates == 0, "hypernet.gates",
                f"{gates} gates must divide lora.rank ({self.lora.rank}) into equal blocks")

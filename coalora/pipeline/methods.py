@@ -94,7 +94,7 @@ def train_method(
         trainset = initial_trainset(cfg, model.space, err)
         bits = model.space.average_bits(trainset)
         say(f"training set: {len(trainset)} configurations, {bits.min():.2f}-{bits.max():.2f} bits")
-        init_lora(cfg, model, trainset, say)
+        init_lora(cfg, model, trainset, say, batches=data.train_batches(cfg))
         sampler = training_sampler(cfg, model.space)
     res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method,
                 sampler=sampler)

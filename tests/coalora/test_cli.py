@@ -566,5 +566,15 @@ def test_residual_fit_runs_before_coa_trains(workdir, tmp_path, capsys):
                  "--set", "lora.init=residual", "--set", "hypernet.residual_fit=50",
                  "--set", "hypernet.residual_fit_configs=5", "--set", "train.steps=2"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
-    m = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error (\S+) -> (\S+)", line)
+    m = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error of the weights "
+                     r"(\S+) -> (\S+)", line)
     assert m and float(m.group(2)) < float(m.group(1)), line
+    # Weighed by the inputs of two training batches: a different error, measured on the outputs.
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "fit-x"),
+                 "--set", "lora.init=residual", "--set", "hypernet.residual_fit=50",
+                 "--set", "hypernet.residual_fit_configs=5", "--set", "hypernet.residual_fit_calibration=2",
+                 "--set", "train.steps=2"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
+    m2 = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error on 2 batches' inputs "
+                      r"(\S+) -> (\S+)", line)
+    assert m2 and float(m2.group(2)) < float(m2.group(1)) and m2.group(1) != m.group(1), line

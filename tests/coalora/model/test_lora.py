@@ -287,6 +287,84 @@ def test_residual_fit_lets_each_configuration_correct_its_own_residual():
     assert better >= 0.9 * configs.shape[0] * space.n_matrices
 
 
+def _inputs_of(model: CoaModel, batches) -> list[torch.Tensor]:
+    """Each matrix's inputs ``(T, in)`` on the unquantized base, padding left out: recorded directly."""
+    seen: list[list[torch.Tensor]] = [[] for _ in model.layers]
+    mask = []
+    hooks = [layer.register_forward_pre_hook(lambda mod, args, i=i: seen[i].append(args[0].detach()))
+             for i, layer in enumerate(model.layers)]
+    with torch.no_grad(), model.unadapted():
+        for b in batches:
+            model.model(**b)
+            mask.append(b["attention_mask"].reshape(-1).bool())
+    for h in hooks:
+        h.remove()
+    keep = torch.cat(mask)
+    return [torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])[keep] for xs in seen]
+
+
+def test_input_statistics_are_the_products_of_the_real_tokens_inputs():
+    space = QuantSpace.from_model(tiny_llama())
+    c = space.sample(np.random.default_rng(0), 2)
+    model = _residual_model(c)
+    batches = [batch(0), batch(1)]  # batch row 0 has 3 padded positions each
+    stats = model.input_statistics(iter(batches))
+    xs = _inputs_of(model, batches)
+    assert xs[0].shape[0] == 2 * (3 * 10 - 3)
+    for (p, w), x, layer in zip(stats, xs, model.layers):
+        torch.testing.assert_close(p, x.T @ (x @ layer.lora_A.detach().T))
+        torch.testing.assert_close(w, (x @ layer.weight.T).square().sum())
+    # The configuration and the adapters are back on after the unadapted passes.
+    assert all(layer.adapter_on for layer in model.layers)
+
+
+def test_input_weighted_targets_are_least_squares_on_the_inputs():
+    """M* makes the corrected output error orthogonal to every core direction (the normal equations
+    Bᵀ (R − s·B M* A) XᵀX Aᵀ = 0), and the grams give ‖X (s·B D A)ᵀ‖²/‖X Wᵀ‖² for any core error D."""
+    space = QuantSpace.from_model(tiny_llama())
+    configs = space.sample(np.random.default_rng(2), 3)
+    model = _residual_model(configs[:1])
+    batches = [batch(0), batch(1)]
+    stats = model.input_statistics(iter(batches))
+    xs = _inputs_of(model, batches)
+    targets, gram_b, gram_a = model.residual_core_targets(configs, stats)
+    g = torch.Generator().manual_seed(0)
+    for i in (0, space.n_matrices - 1):
+        layer, x = model.layers[i], xs[i].double()
+        a, b, s = layer.lora_A.detach().double(), layer.lora_B.detach().double(), layer.scaling
+        w = layer.weight.double()
+        for j, c in enumerate(configs):
+            r = w - fake_quantize(layer.weight, space.option(c[i]), family=space.family).double()
+            e = r - s * b @ targets[j, i].double() @ a
+            normal = b.T @ e @ x.T @ x @ a.T
+            assert normal.abs().max() < 1e-5 * (b.T @ r @ x.T @ x @ a.T).abs().max()
+        d = torch.randn(4, 4, generator=g, dtype=torch.float64)
+        want = (x @ (s * b @ d @ a).T).square().sum() / (x @ w.T).square().sum()
+        got = torch.trace(d.T @ gram_b[i].double() @ d @ gram_a[i].double())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+
+
+def test_inputs_that_span_every_direction_equally_give_the_weight_space_targets():
+    """X = I (Σ = I): P = Aᵀ and ‖X Wᵀ‖² = ‖W‖², so the input-weighted targets and grams are the plain ones."""
+    space = QuantSpace.from_model(tiny_llama())
+    configs = space.sample(np.random.default_rng(3), 2)
+    model = _residual_model(configs)
+    plain = model.residual_core_targets(configs)
+    identity = [(layer.lora_A.detach().T.clone(), layer.weight.float().square().sum()) for layer in model.layers]
+    for got, want in zip(model.residual_core_targets(configs, identity), plain):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_input_weighted_fit_lowers_the_output_error():
+    space = QuantSpace.from_model(tiny_llama())
+    configs = space.sample(np.random.default_rng(1), 6)
+    torch.manual_seed(0)
+    model = _residual_model(configs)
+    stats = model.input_statistics(iter([batch(0), batch(1)]))
+    losses = model.fit_cores_to_residuals(configs, steps=200, lr=3e-3, inputs=stats)
+    assert len(losses) == 201 and losses[-1] < 0.5 * losses[0]
+
+
 def test_residual_fit_settings_are_checked():
     from coalora.errors import ConfigError
     from coalora.pipeline.config import load_config
@@ -298,3 +376,8 @@ def test_residual_fit_settings_are_checked():
     with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_configs: must be a whole number >= 0, got -1$"):
         HypernetConfig(residual_fit_configs=-1)
     assert load_config(None, ["hypernet.residual_fit=10", "lora.init=residual"]).hypernet.residual_fit == 10
+    with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_calibration: weighs the residual fit, which is "
+                                          r"off; set hypernet\.residual_fit to its steps$"):
+        load_config(None, ["hypernet.residual_fit_calibration=4"])
+    with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_calibration: must be a whole number >= 0"):
+        HypernetConfig(residual_fit_calibration=1.5)
