@@ -403,19 +403,20 @@ class CoaModel(nn.Module):
                 w = layer.weight.float()
                 a, b, s = layer.lora_A.float(), layer.lora_B.float(), layer.scaling
                 gb = b.T @ b
-                b_pinv = torch.linalg.solve(gb, b.T)  # (r, out)
+                b_pinv = torch.linalg.solve(_ridged(gb), b.T)  # (r, out)
                 if inputs is None:
                     ga, norm = a @ a.T, w.square().sum()
-                    a_pinv = torch.linalg.solve(ga, a).T  # (in, r); ga is symmetric
+                    a_pinv = torch.linalg.solve(_ridged(ga), a).T  # (in, r); ga is symmetric
                 else:
                     p, norm = (t.float().to(a.device) for t in inputs[i])
                     ga = a @ p
                     ga = (ga + ga.T) / 2  # A XᵀX Aᵀ, symmetric up to rounding
-                    a_pinv = torch.linalg.solve(ga, p.T).T  # P (A P)⁻¹, (in, r)
+                    a_pinv = torch.linalg.solve(_ridged(ga), p.T).T  # P (A P)⁻¹, (in, r)
                 for k in np.unique(flat[:, i]):
                     q = _quantize(layer.weight, self.space.option(self.space.option_table[k]), family).float()
                     targets[flat[:, i] == k, i] = (b_pinv @ (w - q) @ a_pinv) / s
-                gram_b[i] = gb * (s * s) / norm
+                # A matrix with no weight (or no input) has nothing to correct: its error counts 0, not NaN.
+                gram_b[i] = gb * (s * s) / norm if norm > 0 else torch.zeros_like(gb)
                 gram_a[i] = ga
         return targets, gram_b, gram_a
 
@@ -469,6 +470,15 @@ class CoaModel(nn.Module):
                 b = b @ cores[i]
             out[m.name] = (layer.lora_A.detach().clone(), b.clone())
         return out
+
+
+def _ridged(gram: torch.Tensor) -> torch.Tensor:
+    """``gram`` ``(r, r)`` (symmetric, PSD) plus a ridge of 1e-6 of its mean eigenvalue (and a floor), so that
+    solving with it stays finite where the LoRA's directions are fewer than r: a residual of rank below r
+    leaves zero singular values in B and A. A no-op in practice for well-conditioned grams."""
+    r = gram.shape[0]
+    eps = 1e-6 * float(torch.trace(gram)) / r + 1e-30
+    return gram + eps * torch.eye(r, dtype=gram.dtype, device=gram.device)
 
 
 def residual_factors(residual: torch.Tensor, rank: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -365,6 +365,24 @@ def test_input_weighted_fit_lowers_the_output_error():
     assert len(losses) == 201 and losses[-1] < 0.5 * losses[0]
 
 
+def test_a_residual_of_rank_below_r_gives_finite_targets():
+    """A matrix whose weight is exactly zero has no residual: B = A = 0 there, so BᵀB and AAᵀ are singular.
+    Its target and error weight are 0 (nothing to correct); every other matrix's are as before."""
+    space = QuantSpace.from_model(tiny_llama())
+    configs = space.sample(np.random.default_rng(4), 3)
+    model = _residual_model(configs)
+    before = model.residual_core_targets(configs)
+    with torch.no_grad():
+        model.layers[0].weight.zero_()
+    model.init_lora_from_residual(configs)
+    targets, gram_b, gram_a = model.residual_core_targets(configs)
+    assert torch.isfinite(targets).all() and torch.isfinite(gram_b).all()
+    assert (targets[:, 0] == 0).all() and (gram_b[0] == 0).all()
+    torch.testing.assert_close(targets[:, 1:], before[0][:, 1:], rtol=1e-4, atol=1e-5)
+    losses = model.fit_cores_to_residuals(configs, steps=5, lr=3e-3)
+    assert all(np.isfinite(losses))
+
+
 def test_residual_fit_settings_are_checked():
     from coalora.errors import ConfigError
     from coalora.pipeline.config import load_config
