@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from coalora.core.space import QuantSpace
-from coalora.errors import USER_ERRORS, InputError, RunDirError, StorageError
+from coalora.errors import USER_ERRORS, ConfigError, InputError, RunDirError, StorageError
 from coalora.model.loading import LoadedModel
 from coalora.model.lora import check_rank
 from coalora.pipeline.config import ExperimentConfig, load_config
@@ -120,6 +120,9 @@ def prepare(config: str | None, overrides: Sequence[str], *, resume: str | None 
     if resume and overwrite:
         raise InputError("--overwrite cannot be combined with --resume (a resumed run keeps its rounds)")
     cfg, run_dir = load_run_config(config, overrides, resume, smoke, default, smoke_config)
+    if cfg.train.snapshots:
+        raise ConfigError(f"train.snapshots: {cfg.train.snapshots} is for `coalora train`; a run keeps every "
+                          "round's checkpoint (checkpoints/round_<k>), which are its snapshots: remove it")
     store = RunStore(run_dir)
     if not resume:
         _check_new_location(run_dir, open_location(cfg.run.out_dir))

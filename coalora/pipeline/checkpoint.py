@@ -110,13 +110,15 @@ def save_checkpoint(
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``model``'s trainable state, ``meta`` and optionally the optimizer (with the fp16 gradient
-    scaler's state, when given); atomic per directory (an older checkpoint at ``out_dir`` is replaced
-    only once the new one is complete: :func:`coalora.io.atomic_dir`)."""
+    """Write ``model``'s trainable state (or ``state``, an earlier copy of it: a snapshot), ``meta`` and
+    optionally the optimizer (with the fp16 gradient scaler's state, when given); atomic per directory (an
+    older checkpoint at ``out_dir`` is replaced only once the new one is complete:
+    :func:`coalora.io.atomic_dir`)."""
     final = Path(out_dir)
     with atomic_dir(final) as tmp:
-        state = {k: _fp32(v) for k, v in model.trainable_state().items()}
+        state = {k: _fp32(v) for k, v in (model.trainable_state() if state is None else state).items()}
         save_file(state, str(tmp / TRAINABLE))
         if optimizer is not None:
             _save_optimizer(tmp, model, optimizer, scaler)

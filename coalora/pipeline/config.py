@@ -251,6 +251,10 @@ class TrainSection:
     # the teacher's outputs computed once per batch and shared by that step's configurations (causal LMs
     # only: a classifier's head is trained from scratch, so the base has no outputs worth matching).
     distill: float = 0.0
+    # Steps (each in 1 … steps − 1, increasing) after which `coalora train` also writes the model as it
+    # stands to <out>/snapshots/step-<k> (per-config: in each adapter's directory): a learning curve from
+    # one run, in one learning-rate schedule. An orchestrated run's rounds are its snapshots.
+    snapshots: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         _check(self.method in METHODS, "train.method", f"unknown method {self.method!r}; one of {list(METHODS)}")
@@ -266,6 +270,13 @@ class TrainSection:
         _check(self.log_every > 0, "train.log_every", "must be positive")
         _check(self.random_configs >= 0, "train.random_configs", "must be >= 0")
         _check(0.0 <= self.distill <= 1.0, "train.distill", "must be a weight in [0, 1]")
+        _check(all(isinstance(k, int) and not isinstance(k, bool) for k in self.snapshots), "train.snapshots",
+               f"must be whole step counts, got {self.snapshots}")
+        _check(all(0 < k < self.steps for k in self.snapshots), "train.snapshots",
+               f"must lie between 1 and train.steps - 1 = {self.steps - 1} (the last step is the checkpoint "
+               f"itself), got {self.snapshots}")
+        _check(all(a < b for a, b in zip(self.snapshots, self.snapshots[1:])), "train.snapshots",
+               f"must increase, got {self.snapshots}")
 
 
 @dataclass

@@ -53,6 +53,36 @@ def _meta(cfg: ExperimentConfig, loaded: LoadedModel, method: str, res: TrainRes
                          train_seconds=res.seconds, **extra)
 
 
+def _snapshot_meta(cfg: ExperimentConfig, loaded: LoadedModel, method: str, trainset: np.ndarray | None,
+                   space: QuantSpace, **extra: Any) -> Callable[..., dict[str, Any]]:
+    return lambda **at: training_meta(cfg, loaded.task, method, space, trainset, **at, **extra)
+
+
+SNAPSHOTS_DIR = "snapshots"  # train.snapshots: <checkpoint>/snapshots/step-<k>
+
+
+class _Snapshots:
+    """``train.snapshots``: the trainable state after each listed step, kept in memory (LoRA-sized) and
+    written to ``<out>/snapshots/step-<k>`` once the final checkpoint is in place (written before, it
+    would go with the old directory that the final checkpoint's atomic swap replaces)."""
+
+    def __init__(self, steps: list[int], model: CoaModel) -> None:
+        self.steps, self.model = set(steps), model
+        self.t0 = time.perf_counter()
+        self.kept: list[tuple[int, float, float, dict[str, torch.Tensor]]] = []
+
+    def on_step(self, step: int, loss: float) -> None:
+        if step in self.steps:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.trainable_state().items()}
+            self.kept.append((step, loss, time.perf_counter() - self.t0, state))
+
+    def write(self, out: Path, meta: Callable[..., dict[str, Any]]) -> None:
+        """``meta(step=, train_loss=, train_seconds=)`` gives each snapshot's ``meta.json`` fields."""
+        for step, loss, seconds, state in self.kept:
+            save_checkpoint(out / SNAPSHOTS_DIR / f"step-{step}", self.model,
+                            meta(step=step, train_loss=loss, train_seconds=seconds), state=state)
+
+
 # Configurations for per-config: ``(B, N, 5)``, a function of the model's space giving them, or None.
 Configs = Union[np.ndarray, Callable[[QuantSpace], np.ndarray], None]
 
@@ -96,9 +126,11 @@ def train_method(
         say(f"training set: {len(trainset)} configurations, {bits.min():.2f}-{bits.max():.2f} bits")
         init_lora(cfg, model, trainset, say, batches=data.train_batches(cfg))
         sampler = training_sampler(cfg, model.space)
+    snaps = _Snapshots(cfg.train.snapshots, model)
     res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method,
-                sampler=sampler)
+                sampler=sampler, on_step=snaps.on_step)
     save_checkpoint(out, model, _meta(cfg, loaded, method, res, trainset, model.space))
+    snaps.write(out, _snapshot_meta(cfg, loaded, method, trainset, model.space))
     say(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f} -> {out}")
     return {"method": method, "steps": res.steps, "train_seconds": res.seconds,
             "total_seconds": time.perf_counter() - t0, "train_loss": res.final_loss, "checkpoints": [str(out)]}
@@ -152,11 +184,13 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
         fresh = _on(load_base(cfg), device) if paths else loaded
         model = build_adapted(cfg, fresh, "per-config")
         init_lora(cfg, model, c[None])
+        snaps = _Snapshots(cfg.train.snapshots, model)
         res = train(model, data.train_batches(cfg), c[None], cfg.train, progress=progress,
-                    description=f"per-config {bits:.3f} bits")
+                    description=f"per-config {bits:.3f} bits", on_step=snaps.on_step)
         tag = f"budget-{budget:g}" if budget is not None else f"bits-{bits:.3f}"
         path = out / f"{tag}-{space.config_id(c)}"
         save_checkpoint(path, model, _meta(cfg, fresh, "per-config", res, c[None], space, budget=budget))
+        snaps.write(path, _snapshot_meta(cfg, fresh, "per-config", c[None], space, budget=budget))
         paths.append(str(path))
         seconds += res.seconds
         losses.append(res.final_loss)

@@ -578,3 +578,43 @@ def test_residual_fit_runs_before_coa_trains(workdir, tmp_path, capsys):
     m2 = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error on 2 batches' inputs "
                       r"(\S+) -> (\S+)", line)
     assert m2 and float(m2.group(2)) < float(m2.group(1)) and m2.group(1) != m.group(1), line
+
+
+def test_snapshots_are_the_model_after_their_step(workdir, tmp_path):
+    """``train.snapshots``: <out>/snapshots/step-<k> holds the model exactly as it stood after step k. Under
+    a constant learning rate a k-step training is the same k steps, so its checkpoint is that snapshot."""
+    from safetensors.torch import load_file
+
+    sets = ["--set", "train.schedule=constant", "--quiet"]
+    out = tmp_path / "coa"
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(out),
+                 "--set", "train.snapshots=[4, 8]", *sets]) == 0
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["step-4", "step-8"]
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "four"),
+                 "--set", "train.steps=4", *sets]) == 0
+    snap, four = load_file(out / "snapshots" / "step-4" / "trainable.safetensors"), load_file(
+        tmp_path / "four" / "trainable.safetensors")
+    assert snap.keys() == four.keys() and all(torch.equal(snap[k], four[k]) for k in snap)
+    final = load_file(out / "trainable.safetensors")
+    assert not all(torch.equal(snap[k], final[k]) for k in snap)
+    meta = json.loads((out / "snapshots" / "step-8" / "meta.json").read_text())
+    assert meta["step"] == 8 and meta["method"] == "coa" and json.loads((out / "meta.json").read_text())["step"] == 12
+    # A snapshot is a checkpoint like any other: it evaluates.
+    assert main(["evaluate", "--checkpoint", str(out / "snapshots" / "step-4"), "--budget", "3.0", "--quiet"]) == 0
+
+
+def test_per_config_snapshots_sit_in_each_adapters_directory(workdir, tmp_path):
+    out = tmp_path / "pc"
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--method", "per-config", "--out", str(out),
+                 "--set", "train.steps=3", "--set", "train.snapshots=[2]", "--quiet"]) == 0
+    for path in per_config_checkpoints(out):
+        meta = json.loads((path / "snapshots" / "step-2" / "meta.json").read_text())
+        assert meta["step"] == 2 and meta["budget"] == json.loads((path / "meta.json").read_text())["budget"]
+
+
+def test_snapshots_outside_the_training_are_refused(workdir, tmp_path, capsys):
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "x"),
+                 "--set", "train.snapshots=[12]"]) == 2
+    assert _err(capsys) == ("coalora: error: train.snapshots: must lie between 1 and train.steps - 1 = 11 (the last "
+                            "step is the checkpoint itself), got [12]")
+    assert not (tmp_path / "x").exists()

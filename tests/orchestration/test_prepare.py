@@ -212,3 +212,13 @@ def test_both_ways_of_starting_run_py_work_from_anywhere(how, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1].startswith(f"ok: new run {tmp_path / 'runs' / 'smoke'}: 2 round(s); tiny-bert")
     assert not (tmp_path / "runs").exists()  # --check writes nothing
+
+
+def test_snapshots_are_refused_by_a_run(tmp_path, capsys):
+    """``train.snapshots`` belongs to ``coalora train``: a run's rounds are its snapshots. Refused before
+    anything is written."""
+    assert run_main(["--smoke-test", "--set", f"run.out_dir={tmp_path / 'runs'}", "--set", "train.snapshots=[2]",
+                     "--check"]) == 2
+    assert _error(capsys) == ("orchestration/run.py: error: train.snapshots: [2] is for `coalora train`; a run keeps "
+                              "every round's checkpoint (checkpoints/round_<k>), which are its snapshots: remove it")
+    assert not (tmp_path / "runs").exists()
