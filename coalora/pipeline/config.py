@@ -251,9 +251,9 @@ class TrainSection:
     # the teacher's outputs computed once per batch and shared by that step's configurations (causal LMs
     # only: a classifier's head is trained from scratch, so the base has no outputs worth matching).
     distill: float = 0.0
-    # Steps (each in 1 … steps − 1, increasing) after which `coalora train` also writes the model as it
-    # stands to <out>/snapshots/step-<k> (per-config: in each adapter's directory): a learning curve from
-    # one run, in one learning-rate schedule. An orchestrated run's rounds are its snapshots.
+    # Steps (each in 1 … steps − 1, increasing) after which `coalora train` also writes its output as it
+    # stands to <out>/snapshots/step-<k> (per-config: a per-config directory of every adapter at step k):
+    # a learning curve from one run, in one learning-rate schedule. A run's rounds are its snapshots.
     snapshots: list[int] = field(default_factory=list)
 
     def validate(self) -> None:

@@ -58,13 +58,19 @@ def _snapshot_meta(cfg: ExperimentConfig, loaded: LoadedModel, method: str, trai
     return lambda **at: training_meta(cfg, loaded.task, method, space, trainset, **at, **extra)
 
 
-SNAPSHOTS_DIR = "snapshots"  # train.snapshots: <checkpoint>/snapshots/step-<k>
+SNAPSHOTS_DIR = "snapshots"  # train.snapshots: <out>/snapshots/step-<k>
+
+
+def snapshot_dir(out: str | os.PathLike, step: int) -> Path:
+    """``train.snapshots``: where ``coalora train --out out`` keeps its output as it stood after ``step``
+    (a checkpoint; for per-config a per-config directory of its own)."""
+    return Path(out) / SNAPSHOTS_DIR / f"step-{step}"
 
 
 class _Snapshots:
     """``train.snapshots``: the trainable state after each listed step, kept in memory (LoRA-sized) and
-    written to ``<out>/snapshots/step-<k>`` once the final checkpoint is in place (written before, it
-    would go with the old directory that the final checkpoint's atomic swap replaces)."""
+    written once the final checkpoint is in place (written before, it would go with the old directory
+    that the final checkpoint's atomic swap replaces)."""
 
     def __init__(self, steps: list[int], model: CoaModel) -> None:
         self.steps, self.model = set(steps), model
@@ -76,11 +82,12 @@ class _Snapshots:
             state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.trainable_state().items()}
             self.kept.append((step, loss, time.perf_counter() - self.t0, state))
 
-    def write(self, out: Path, meta: Callable[..., dict[str, Any]]) -> None:
-        """``meta(step=, train_loss=, train_seconds=)`` gives each snapshot's ``meta.json`` fields."""
+    def write(self, where: Callable[[int], Path], meta: Callable[..., dict[str, Any]]) -> None:
+        """Each snapshot to ``where(step)``; ``meta(step=, train_loss=, train_seconds=)`` gives its
+        ``meta.json`` fields."""
         for step, loss, seconds, state in self.kept:
-            save_checkpoint(out / SNAPSHOTS_DIR / f"step-{step}", self.model,
-                            meta(step=step, train_loss=loss, train_seconds=seconds), state=state)
+            save_checkpoint(where(step), self.model, meta(step=step, train_loss=loss, train_seconds=seconds),
+                            state=state)
 
 
 # Configurations for per-config: ``(B, N, 5)``, a function of the model's space giving them, or None.
@@ -130,7 +137,7 @@ def train_method(
     res = train(model, data.train_batches(cfg), trainset, cfg.train, progress=progress, description=method,
                 sampler=sampler, on_step=snaps.on_step)
     save_checkpoint(out, model, _meta(cfg, loaded, method, res, trainset, model.space))
-    snaps.write(out, _snapshot_meta(cfg, loaded, method, trainset, model.space))
+    snaps.write(lambda k: snapshot_dir(out, k), _snapshot_meta(cfg, loaded, method, trainset, model.space))
     say(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f} -> {out}")
     return {"method": method, "steps": res.steps, "train_seconds": res.seconds,
             "total_seconds": time.perf_counter() - t0, "train_loss": res.final_loss, "checkpoints": [str(out)]}
@@ -178,6 +185,7 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
         configs = space.validate(configs)
         budgets = [None] * len(configs)
     paths, seconds, losses = [], 0.0, []
+    snap_seconds: dict[int, float] = {}  # step -> training seconds of all adapters up to it
     for budget, c in zip(budgets, configs):
         bits = float(space.average_bits(c))
         # A fresh base per adapter: nothing learned for one configuration leaks into the next.
@@ -190,7 +198,11 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
         tag = f"budget-{budget:g}" if budget is not None else f"bits-{bits:.3f}"
         path = out / f"{tag}-{space.config_id(c)}"
         save_checkpoint(path, model, _meta(cfg, fresh, "per-config", res, c[None], space, budget=budget))
-        snaps.write(path, _snapshot_meta(cfg, fresh, "per-config", c[None], space, budget=budget))
+        # Snapshot k is a per-config directory of its own: <out>/snapshots/step-<k>/<adapter>, indexed below.
+        snaps.write(lambda k: snapshot_dir(out, k) / path.name,
+                    _snapshot_meta(cfg, fresh, "per-config", c[None], space, budget=budget))
+        for k, _, t, _ in snaps.kept:
+            snap_seconds[k] = snap_seconds.get(k, 0.0) + t
         paths.append(str(path))
         seconds += res.seconds
         losses.append(res.final_loss)
@@ -198,6 +210,9 @@ def _train_per_config(cfg: ExperimentConfig, out: Path, loaded: LoadedModel, dat
     index = {"method": "per-config", "budgets": budgets,
              "checkpoints": [os.path.relpath(p, out) for p in paths], "train_seconds": seconds}
     (out / PER_CONFIG_INDEX).write_text(json.dumps(index, indent=1))
+    for k in cfg.train.snapshots:
+        (snapshot_dir(out, k) / PER_CONFIG_INDEX).write_text(
+            json.dumps({**index, "step": k, "train_seconds": snap_seconds[k]}, indent=1))
     return {"method": "per-config", "steps": cfg.train.steps * len(paths), "train_seconds": seconds,
             "total_seconds": time.perf_counter() - t0, "train_loss": float(np.mean(losses)), "checkpoints": paths}
 

@@ -603,13 +603,22 @@ def test_snapshots_are_the_model_after_their_step(workdir, tmp_path):
     assert main(["evaluate", "--checkpoint", str(out / "snapshots" / "step-4"), "--budget", "3.0", "--quiet"]) == 0
 
 
-def test_per_config_snapshots_sit_in_each_adapters_directory(workdir, tmp_path):
+def test_a_per_config_snapshot_is_a_per_config_directory(workdir, tmp_path, capsys):
+    """per-config's snapshot k holds every adapter after step k, indexed like the output itself, so that
+    ``evaluate`` scores each on its own configuration in one call."""
     out = tmp_path / "pc"
     assert main(["train", "--config", str(workdir / "tiny.yaml"), "--method", "per-config", "--out", str(out),
                  "--set", "train.steps=3", "--set", "train.snapshots=[2]", "--quiet"]) == 0
-    for path in per_config_checkpoints(out):
-        meta = json.loads((path / "snapshots" / "step-2" / "meta.json").read_text())
-        assert meta["step"] == 2 and meta["budget"] == json.loads((path / "meta.json").read_text())["budget"]
+    snap = out / "snapshots" / "step-2"
+    finals = per_config_checkpoints(out)
+    assert [p.name for p in per_config_checkpoints(snap)] == [p.name for p in finals] and len(finals) == 2
+    for path in per_config_checkpoints(snap):
+        meta = json.loads((path / "meta.json").read_text())
+        assert meta["step"] == 2 and meta["trainset"] == json.loads((out / path.name / "meta.json").read_text())[
+            "trainset"]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(snap), "--json", "--quiet"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
 
 
 def test_snapshots_outside_the_training_are_refused(workdir, tmp_path, capsys):
