@@ -105,6 +105,9 @@ HEADROOM_MATCH: dict[str, tuple[str, str]] = {
     "coa-distill": ("shared-distill", "per-config"),
 }
 HEADROOM_UNSEEN_PER_CONFIG = 3  # unseen configurations that per-config also trains an adapter for
+# Learning curves (train.snapshots at a quarter, half and three quarters of the steps, and the end) for the
+# baselines and the variant pair that decides; the others' snapshots are kept but not evaluated.
+HEADROOM_CURVES = ("shared", "per-config", "per-config-residual", "shared-residual-random", "coa-residual-fit-random")
 # --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).
 QUICK_HEADROOM = ["train.steps=12", "train.warmup_steps=2", "data.max_eval=16", "data.max_train=256", "eval.random=4"]
 SEARCH_METHODS = ("gp", "nsga2", "random-extend", "frozen")
@@ -619,6 +622,28 @@ def headroom_rows(seed: int, losses: dict[str, dict[str, dict[str, Any]]], seen:
     return rows
 
 
+def snapshot_steps(steps: int) -> list[int]:
+    """The learning curve's intermediate points: a quarter, half and three quarters of ``steps``."""
+    return sorted({steps * q // 4 for q in (1, 2, 3)} - {0})
+
+
+def headroom_curves(seed: int, by_step: dict[int, dict[str, dict[str, dict[str, Any]]]], seen: list[str],
+                    budgets: list[float], unseen: list[str]) -> list[dict[str, Any]]:
+    """``headroom-curves.csv``'s rows for one seed: per step, method and set, the mean loss and mean G (and
+    G_match) over the configurations per-config trained for, as :func:`headroom_summary` computes them.
+
+    Args:
+        by_step: step → method → config id → evaluation row, as ``losses`` of :func:`headroom_rows`.
+    """
+    out = []
+    for step, losses in sorted(by_step.items()):
+        pc = losses["per-config"]
+        rows = headroom_rows(seed, losses, [c for c in seen if c in pc], [b for c, b in zip(seen, budgets) if c in pc],
+                             [c for c in unseen if c in pc], HEADROOM_MATCH)
+        out += [{"seed": seed, "step": step, **r} for r in headroom_summary(rows)]
+    return out
+
+
 def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method and set: mean loss over the set, mean G where per-config was trained, training seconds."""
     out = []
@@ -725,6 +750,34 @@ def _unseen_configs(st: Study, overrides: list[str]) -> Path:
     return path
 
 
+def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int], steps: int,
+                    final: dict[str, dict[str, dict[str, Any]]], seen_ids: list[str], budgets: list[float],
+                    unseen_ids: list[str], seen_path: Path, unseen_path: Path) -> list[dict[str, Any]]:
+    """One seed's learning curves: the snapshots of :data:`HEADROOM_CURVES` evaluated like the finals (a
+    per-config snapshot on its adapters' own configurations, seen and unseen). Runs made without
+    snapshots (before ``train.snapshots`` existed) give no curve, and the log says so."""
+    from coalora.pipeline.methods import snapshot_dir
+
+    methods = [m for m in HEADROOM_CURVES if m in outs]
+    by_step: dict[int, dict[str, dict[str, dict[str, Any]]]] = {steps: {m: final[m] for m in methods}}
+    for m in methods:
+        for k in snaps:
+            snap = snapshot_dir(outs[m], k)
+            if not snap.is_dir():
+                print(f"   {outs[m].name}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
+                return []
+            if m.startswith("per-config"):
+                got = st.evaluate(f"hr-{m}-s{seed}-step{k}", "--checkpoint", str(snap))
+                got += st.evaluate(f"hr-{m}-unseen-s{seed}-step{k}", "--checkpoint",
+                                   str(snapshot_dir(st.runs / f"hr-{m}-unseen-s{seed}", k)))
+            else:
+                got = [r for set_name, path in (("seen", seen_path), ("unseen", unseen_path))
+                       for r in st.evaluate(f"hr-{m}-s{seed}-{set_name}-step{k}", "--checkpoint", str(snap),
+                                            "--config", str(path))]
+            by_step.setdefault(k, {})[m] = {r["config_id"]: r for r in got}
+    return headroom_curves(seed, by_step, seen_ids, budgets, unseen_ids)
+
+
 def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     """The testbed where quantization hurts (issue #15): shared, per-config and coa's variants on SmolLM2 at
     2.75–3.5 bits; the gap closed per budget and on random unseen configurations."""
@@ -741,8 +794,10 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS)}
     per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
         pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
+    snaps = snapshot_steps(cfg.train.steps)
+    curves: list[dict[str, Any]] = []
     for seed in seeds:
-        base = quick + [f"train.seed={seed}"]
+        base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
         outs = {m: st.trained(f"hr-{m}-s{seed}", LOWBIT, method, base + sets, lm=True)
                 for m, (method, sets) in plan.items()}
@@ -769,6 +824,8 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                 ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
                 losses[m].update({r["config_id"]: r for r in got})
         seen_ids, unseen_ids = ids["seen"], ids["unseen"]
+        curves += _headroom_curve(st, seed, outs, snaps, cfg.train.steps, losses, seen_ids, list(cfg.eval.budgets),
+                                  unseen_ids, seen_path, unseen_path)
         hits = trained_on(outs, [seen_path, unseen_path])
         if hits and not st.exclude_trained:
             raise SystemExit(f"study: evaluated configurations are in training sets (positions, seen then unseen: "
@@ -795,6 +852,15 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                                                       set(st.excluded)))
     summary = headroom_summary(rows)
     st.write_csv("headroom-summary.csv", summary)
+    st.write_csv("headroom-curves.csv", curves)
+    if curves:
+        first = [r for r in curves if r["seed"] == seeds[0] and r["set"] == "seen"]
+        _plot(st.results / "headroom-curves.png",
+              {m: (np.array([r["step"] for r in first if r["method"] == m]),
+                   np.array([r["mean_loss"] for r in first if r["method"] == m]))
+               for m in dict.fromkeys(r["method"] for r in first)},
+              "training steps", "test loss at the evaluated budgets (nats)",
+              f"SmolLM2-135M, learning curves at the evaluated budgets (seed {seeds[0]})")
     st.write_csv("headroom-seconds.csv", _aggregate(seconds, "method", ["train_seconds"]))
     first = [r for r in rows if r["seed"] == seeds[0]]
     series = {m: (np.array([r["avg_bits"] for r in first if r["method"] == m]),
@@ -1069,6 +1135,25 @@ def _report_headroom_pairs(results: Path) -> str:
                    "lower on"], rows)
 
 
+def _report_headroom_curves(results: Path) -> str:
+    """Learning curves: per method and set, the mean loss after each step count (mean over seeds), with G
+    where the method is neither baseline."""
+    rows = _read_csv(results / "headroom-curves.csv")
+    steps = sorted({int(r["step"]) for r in rows})
+    out = []
+    for method, mine in _by_method(rows).items():
+        for set_name in ("seen", "unseen"):
+            cells = []
+            for k in steps:
+                at = [r for r in mine if r["set"] == set_name and int(r["step"]) == k]
+                loss = _num(float(np.mean([r["mean_loss"] for r in at])), 3) if at else ""
+                gs = [r["gap_closed"] for r in at if r.get("gap_closed") is not None]
+                cells.append(f"{loss} (G {_num(float(np.mean(gs)), 2)})" if gs else loss)
+            if any(cells):
+                out.append([method, set_name, *cells])
+    return _table(["method", "set", *[f"step {k}" for k in steps]], out)
+
+
 _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "table2-budgets": (_report_table2_budgets, ("table2-per-config.csv",)),
            "seen-unseen": (_report_seen_unseen, ("seen-unseen-summary.csv",)),
@@ -1077,6 +1162,7 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "baseline-seeds": (_report_baseline_seeds, ("baseline-seeds.csv",)),
            "headroom": (_report_headroom, ("headroom-summary.csv", "headroom-seconds.csv")),
            "headroom-pairs": (_report_headroom_pairs, ("headroom-pairs.csv",)),
+           "headroom-curves": (_report_headroom_curves, ("headroom-curves.csv",)),
            "headroom-excluded": (_report_headroom_excluded, ("headroom-excluded.csv",)),
            "provenance": (_report_provenance, ("manifest.json",))}
 

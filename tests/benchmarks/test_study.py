@@ -241,3 +241,30 @@ def test_an_orchestrated_run_trained_on_the_union_of_its_rounds(study, tmp_path)
     assert study.trained_on({"coa": run}, [tmp_path / "eval.json"]) == {"coa": [1, 2]}
     with pytest.raises(SystemExit, match="neither"):
         study.training_configs(tmp_path / "nothing")
+
+
+def test_learning_curves_score_each_step_on_per_configs_configurations(study, tmp_path):
+    assert study.snapshot_steps(60) == [15, 30, 45] and study.snapshot_steps(2) == [1]
+    row = lambda loss: {"loss": loss, "avg_bits": 3.0}  # noqa: E731
+    by_step = {
+        15: {"per-config": {"a": row(5.0), "u1": row(5.0)}, "shared": {"a": row(7.0), "u1": row(7.0), "u2": row(9.0)},
+             "coa": {"a": row(6.0), "u1": row(6.5), "u2": row(1.0)}},
+        60: {"per-config": {"a": row(4.0), "u1": row(4.0)}, "shared": {"a": row(5.0), "u1": row(5.0), "u2": row(9.0)},
+             "coa": {"a": row(4.25), "u1": row(4.5), "u2": row(1.0)}},
+    }
+    rows = study.headroom_curves(3, by_step, seen=["a"], budgets=[3.0], unseen=["u1", "u2"])
+    got = {(r["step"], r["method"], r["set"]): r for r in rows}
+    # u2 has no per-config adapter: it is in no curve, so every method's unseen mean is over u1 alone.
+    assert got[(15, "coa", "seen")]["mean_loss"] == 6.0 and got[(15, "coa", "seen")]["gap_closed"] == 0.5
+    assert got[(15, "coa", "unseen")]["mean_loss"] == 6.5 and got[(15, "coa", "unseen")]["gap_closed"] == 0.25
+    assert got[(60, "coa", "seen")]["gap_closed"] == 0.75 and got[(60, "shared", "unseen")]["mean_loss"] == 5.0
+    assert {r["seed"] for r in rows} == {3} and len(rows) == 2 * 3 * 2
+    res = tmp_path / "results"
+    res.mkdir()
+    st = type("St", (), {"results": res})()
+    study.Study.write_csv(st, "headroom-curves.csv", rows)
+    (res / "report-template.md").write_text("{{headroom-curves}}\n")
+    lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
+    assert lines[0] == "| method | set | step 15 | step 60 |"
+    assert "| coa | seen | 6.000 (G 0.50) | 4.250 (G 0.75) |" in lines
+    assert "| shared | unseen | 7.000 | 5.000 |" in lines
