@@ -59,7 +59,7 @@ from coalora.pipeline.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 TEMPLATE = "report-template.md"  # in the results directory: the prose around the generated tables
-PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom")
+PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom", "headroom-search")
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
 LOWBIT = "configs/study/smollm2-lowbit.yaml"  # the headroom testbed (issue #15)
@@ -111,6 +111,13 @@ HEADROOM_CURVES = ("shared", "per-config", "per-config-residual", "shared-residu
 # --quick for the headroom part: minutes, not hours (the signal is weak at this size; it checks the pipeline).
 QUICK_HEADROOM = ["train.steps=12", "train.warmup_steps=2", "data.max_eval=16", "data.max_train=256", "eval.random=4"]
 SEARCH_METHODS = ("gp", "nsga2", "random-extend", "frozen")
+# The search ablation on the headroom testbed (issue #15): the orchestrated coa with the options of this
+# variant, in 4 rounds of a quarter of train.steps each, 4 candidates a round, segments across the
+# training range. The one evaluator and one training worker fit the 2-core machine.
+HEADROOM_SEARCH_METHODS = ("gp", "frozen", "random-extend")
+HEADROOM_SEARCH_VARIANT = "coa-residual-fit"
+HEADROOM_SEARCH_SETS = ["run.rounds=4", "search.candidates=4", "search.n_segments=8", "search.bits_range=[2.7, 4.5]",
+                        "ray.num_workers=1", "ray.evaluators=1", "ray.search_cpus=0"]
 UNSEEN_SEED = 4321  # seed of the random held-out configurations (never a training configuration)
 QUICK = ["train.steps=4", "run.rounds=2", "data.max_eval=64", "data.max_train=512", "eval.random=3",
          "search.candidates=4"]
@@ -227,12 +234,12 @@ class Study:
         path.write_text(json.dumps(rows, indent=1))
         return rows
 
-    def orchestrated(self, name: str, config: str, sets: list[str]) -> Path:
+    def orchestrated(self, name: str, config: str, sets: list[str], lm: bool = False) -> Path:
         """``python orchestration/run.py`` into ``runs/<study>/<name>``; resumed if it stopped midway."""
         from coalora.pipeline.config import load_config
 
         run_dir = self.runs / name
-        args = self.sets(sets) + ["--set", f"run.name={name}", "--set", f"run.out_dir={self.runs}"]
+        args = self.sets(sets, lm) + ["--set", f"run.name={name}", "--set", f"run.out_dir={self.runs}"]
         rounds = load_config(ROOT / config, [a for a in args if a != "--set"]).run.rounds
         done = _completed_rounds(run_dir)
         if done >= rounds:
@@ -872,6 +879,69 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     return {"headroom": summary}
 
 
+def _seen_configs(st: Study, overrides: list[str]) -> Path:
+    """The testbed's allocations at ``eval.budgets`` as a JSON list of configurations:
+    ``runs/<study>/headroom-seen.json`` (the configurations per-config trains for)."""
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.experiment import budget_configs, build_space, error_table_for, load_base
+
+    path = st.runs / "headroom-seen.json"
+    if not path.is_file():
+        cfg = load_config(ROOT / LOWBIT, overrides)
+        model = load_base(cfg).model
+        space = build_space(cfg, model)
+        configs = budget_configs(cfg, space, error_table_for(cfg, model, space, progress=False))
+        path.write_text(json.dumps([space.to_json(c) for c in configs]))
+    return path
+
+
+def headroom_search(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """The search ablation on the headroom testbed: the orchestrated coa (the options of
+    :data:`HEADROOM_SEARCH_VARIANT`) with the GP search, a frozen training set and random extension, each
+    scored on the testbed's evaluated budgets and unseen configurations (test loss, nats)."""
+    from coalora.pipeline.config import load_config
+
+    quick = QUICK_HEADROOM if st.quick else []
+    overrides = st.overrides_for(lm=True) + quick
+    cfg = load_config(ROOT / LOWBIT, overrides + HEADROOM_SEARCH_SETS)
+    seen_path, unseen_path = _seen_configs(st, overrides), _unseen_configs(st, overrides)
+    per_round = max(1, cfg.train.steps // cfg.run.rounds)
+    summary, curves = [], {}
+    for seed in seeds:
+        for method in HEADROOM_SEARCH_METHODS:
+            name = f"hrs-{method}-s{seed}"
+            run = st.orchestrated(name, LOWBIT, quick + HEADROOM_SEARCH_SETS + HEADROOM_VARIANTS[HEADROOM_SEARCH_VARIANT][1]
+                                  + _seed_sets(seed) + [f"search.method={method}", f"run.steps_per_round={per_round}"],
+                                  lm=True)
+            hits = trained_on({name: run}, [seen_path, unseen_path])
+            if hits:
+                raise SystemExit(f"study: {name} trained on evaluated configurations (positions {hits[name]}, "
+                                 "seen then unseen): an unfair comparison")
+            losses = {set_name: [r["loss"] for r in st.evaluate(f"{name}-{set_name}", "--run", str(run), "--config",
+                                                               str(path))]
+                      for set_name, path in (("seen", seen_path), ("unseen", unseen_path))}
+            rounds, archive = RunDir(run).read_rounds(), RunDir(run).read_archive()
+            train_s, total_s = _run_train_seconds(run)
+            summary.append({
+                "seed": seed, "method": method, "rounds": len(rounds),
+                "evaluations": sum(1 for r in archive if r["status"] == "ok"),
+                "distinct_configs": len({r["config_id"] for r in archive}),
+                "final_set_size": rounds[-1]["set_size"], "final_hypervolume": rounds[-1]["hypervolume"],
+                "seen_mean_loss": float(np.mean(losses["seen"])), "unseen_mean_loss": float(np.mean(losses["unseen"])),
+                "train_seconds": train_s, "total_seconds": total_s,
+            })
+            if seed == seeds[0]:
+                curves[method] = (np.array([r["round"] for r in rounds], dtype=float),
+                                  np.array([r["hypervolume"] for r in rounds]))
+    st.write_csv("headroom-search-seeds.csv", summary)
+    agg = _aggregate(summary, "method", ["seen_mean_loss", "unseen_mean_loss", "final_hypervolume", "evaluations",
+                                       "total_seconds"])
+    st.write_csv("headroom-search.csv", agg)
+    _plot(st.results / "headroom-search.png", curves, "round", "hypervolume (validation loss vs bits)",
+          f"Search ablation on the headroom testbed, SmolLM2-135M (seed {seeds[0]})")
+    return {"headroom_search": agg}
+
+
 # ---------------------------------------------------------------------- the report
 def results_dir(quick: bool) -> Path:
     """Where a study's tables, plots and manifest go."""
@@ -1053,6 +1123,20 @@ def _report_search_ablation(results: Path) -> str:
                    "evaluations", "last training set", "whole run s"], rows)
 
 
+def _report_headroom_search(results: Path) -> str:
+    seeds_rows = _read_csv(results / "headroom-search-seeds.csv")
+    agg = {r["method"]: r for r in _read_csv(results / "headroom-search.csv")}
+    rows = []
+    for method, mine in _by_method(seeds_rows).items():
+        a = agg[method]
+        cells = [f"{_per_seed(mine, f, 3)}, {_mean_std(a, f, 3)}"
+                 for f in ("seen_mean_loss", "unseen_mean_loss", "final_hypervolume")]
+        rows.append([method, *cells, _per_seed(mine, "evaluations", 0), _per_seed(mine, "final_set_size", 0),
+                     _per_seed(mine, "total_seconds", 0)])
+    return _table(["search", "loss at the budgets", "loss on unseen", "final HV", "evaluations", "last training set",
+                   "whole run s"], rows)
+
+
 def _report_causal_lm(results: Path) -> str:
     detail = _read_csv(results / "causal-lm-per-config.csv")
     agg = {r["method"]: r for r in _read_csv(results / "causal-lm.csv")}
@@ -1163,6 +1247,7 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "headroom": (_report_headroom, ("headroom-summary.csv", "headroom-seconds.csv")),
            "headroom-pairs": (_report_headroom_pairs, ("headroom-pairs.csv",)),
            "headroom-curves": (_report_headroom_curves, ("headroom-curves.csv",)),
+           "headroom-search": (_report_headroom_search, ("headroom-search-seeds.csv", "headroom-search.csv")),
            "headroom-excluded": (_report_headroom_excluded, ("headroom-excluded.csv",)),
            "provenance": (_report_provenance, ("manifest.json",))}
 
@@ -1234,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
     st = Study(args.quick, args.set, variants)
     st.exclude_trained = args.exclude_trained
     fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
-           "baseline-seeds": baseline_seeds, "headroom": headroom}
+           "baseline-seeds": baseline_seeds, "headroom": headroom, "headroom-search": headroom_search}
     for part in parts:
         t0 = time.perf_counter()
         print(f"== {part} (seeds {seeds})", flush=True)

@@ -268,3 +268,25 @@ def test_learning_curves_score_each_step_on_per_configs_configurations(study, tm
     assert lines[0] == "| method | set | step 15 | step 60 |"
     assert "| coa | seen | 6.000 (G 0.50) | 4.250 (G 0.75) |" in lines
     assert "| shared | unseen | 7.000 | 5.000 |" in lines
+
+
+def test_the_headroom_search_runs_a_valid_configuration_and_reports_it(study, tmp_path):
+    from coalora.pipeline.config import load_config
+
+    sets = study.HEADROOM_SEARCH_SETS + study.HEADROOM_VARIANTS[study.HEADROOM_SEARCH_VARIANT][1]
+    cfg = load_config(study.ROOT / study.LOWBIT, sets + ["search.method=frozen", "run.steps_per_round=30"])
+    assert (cfg.run.rounds, cfg.search.bits_range, cfg.hypernet.residual_fit) == (4, (2.7, 4.5), 200)
+    assert set(study.HEADROOM_SEARCH_METHODS) == {"gp", "frozen", "random-extend"}
+    res = tmp_path / "results"
+    res.mkdir()
+    _write_csv(res / "headroom-search-seeds.csv",
+               "seed,method,rounds,evaluations,distinct_configs,final_set_size,final_hypervolume,seen_mean_loss,"
+               "unseen_mean_loss,train_seconds,total_seconds",
+               "0,gp,4,40,30,12,0.5,4.1,4.0,600,900", "1,gp,4,42,31,13,0.6,4.3,4.2,620,950")
+    _write_csv(res / "headroom-search.csv", "method,seeds,seen_mean_loss,seen_mean_loss_std,unseen_mean_loss,"
+               "unseen_mean_loss_std,final_hypervolume,final_hypervolume_std",
+               "gp,2,4.2,0.1,4.1,0.1,0.55,0.05")
+    (res / "report-template.md").write_text("{{headroom-search}}\n")
+    lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
+    assert lines[2] == ("| gp | 4.100 / 4.300, 4.200 ± 0.100 | 4.000 / 4.200, 4.100 ± 0.100 | 0.500 / 0.600, "
+                        "0.550 ± 0.050 | 40 / 42 | 12 / 13 | 900 / 950 |")
