@@ -88,6 +88,9 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
                                    "hypernet.residual_fit_calibration=8"]),
     "coa-residual-fit-x-random": ("coa", ["lora.init=residual", "hypernet.residual_fit=200",
                                           "hypernet.residual_fit_calibration=8", *RANDOM_ONE]),
+    # The fit kept: U_θ then trains at a tenth of the learning rate, so the data moves A and B more than
+    # the configuration-aware cores fitted to every option (the unseen configurations' only knowledge).
+    "coa-residual-fit-slow": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", "train.hypernet_lr_scale=0.1"]),
     # Its matching shared: both options a shared LoRA can take.
     "shared-residual-random": ("shared", ["lora.init=residual", *RANDOM_ONE]),
 }
@@ -100,6 +103,7 @@ HEADROOM_MATCH: dict[str, tuple[str, str]] = {
     "coa-residual-fit": ("shared-residual", "per-config-residual"),
     "coa-residual-fit-random": ("shared-residual-random", "per-config-residual"),
     "coa-residual-fit-x": ("shared-residual", "per-config-residual"),
+    "coa-residual-fit-slow": ("shared-residual", "per-config-residual"),
     "coa-residual-fit-x-random": ("shared-residual-random", "per-config-residual"),
     "coa-random": ("shared-random", "per-config"),
     "coa-distill": ("shared-distill", "per-config"),
