@@ -672,8 +672,28 @@ def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             for s in seeds if any(r["seed"] == s and r.get(key) is not None for r in mine)]
                 row[key] = float(np.mean(gs)) if gs else None
                 row[f"{key}_std"] = float(np.std(per_seed)) if per_seed else None
+            if set_name == "unseen":
+                row["unseen_vs_seen_line_pct"] = _unseen_vs_seen_line(
+                    [r for r in rows if r["method"] == method and r["set"] == "seen"], mine)
             out.append(row)
     return out
+
+
+def _unseen_vs_seen_line(seen: list[dict[str, Any]], unseen: list[dict[str, Any]]) -> float | None:
+    """Seen against unseen (issue #15's third target): per seed, a least-squares line of loss against average
+    bits through the seen configurations, and the unseen ones' mean relative excess over it, in percent
+    (positive: worse than the line), averaged over seeds. None without two seen bit widths in a seed."""
+    per_seed = []
+    for seed in sorted({r["seed"] for r in unseen}):
+        sb = np.array([r["avg_bits"] for r in seen if r["seed"] == seed])
+        sl = np.array([r["loss"] for r in seen if r["seed"] == seed])
+        if len(np.unique(sb)) < 2:
+            continue
+        line = np.polyfit(sb, sl, 1)
+        mine = [r for r in unseen if r["seed"] == seed]
+        pred = np.polyval(line, [r["avg_bits"] for r in mine])
+        per_seed.append(float(np.mean((np.array([r["loss"] for r in mine]) - pred) / pred) * 100))
+    return float(np.mean(per_seed)) if per_seed else None
 
 
 def headroom_pairs(evals: dict[tuple[str, int, str], list[dict[str, Any]]],
@@ -1200,9 +1220,11 @@ def _report_headroom(results: Path) -> str:
                 spread = "" if r is None or r.get("seeds") in (None, 1.0) else f" ± {_num(r[f'{key}_std'], 2)}"
                 cells.append("" if r is None or r.get(key) in (None, "") else f"{_num(r[key], 2)}{spread}")
         t = secs.get(method)
-        rows.append([method, *cells, "" if t is None else _num(t["train_seconds"], 0)])
+        line = (by_set.get("unseen") or {}).get("unseen_vs_seen_line_pct")
+        rows.append([method, *cells, "" if line is None else f"{_num(line, 1)} %",
+                     "" if t is None else _num(t["train_seconds"], 0)])
     return _table(["method", "loss at the budgets", "G at the budgets", "G_match at the budgets", "loss on unseen",
-                   "G on unseen", "G_match on unseen", "training s"], rows)
+                   "G on unseen", "G_match on unseen", "unseen vs the seen line", "training s"], rows)
 
 
 def _report_headroom_excluded(results: Path) -> str:

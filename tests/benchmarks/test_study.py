@@ -290,3 +290,18 @@ def test_the_headroom_search_runs_a_valid_configuration_and_reports_it(study, tm
     lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
     assert lines[2] == ("| gp | 4.100 / 4.300, 4.200 ± 0.100 | 4.000 / 4.200, 4.100 ± 0.100 | 0.500 / 0.600, "
                         "0.550 ± 0.050 | 40 / 42 | 12 / 13 | 900 / 950 |")
+
+
+def test_unseen_configurations_are_compared_with_a_line_through_the_seen_ones(study):
+    """Through (3.0 bits, 5.0) and (3.5 bits, 4.0) the line predicts 4.5 at 3.25 bits: 4.95 there is 10 %
+    above it (seed 0), 4.5 is on it (seed 1); the mean over seeds is 5 %."""
+    rows = []
+    for seed, unseen_loss in ((0, 4.95), (1, 4.5)):
+        rows += [{"method": "coa", "seed": seed, "set": "seen", "avg_bits": 3.0, "loss": 5.0},
+                 {"method": "coa", "seed": seed, "set": "seen", "avg_bits": 3.5, "loss": 4.0},
+                 {"method": "coa", "seed": seed, "set": "unseen", "avg_bits": 3.25, "loss": unseen_loss}]
+    by_set = {r["set"]: r for r in study.headroom_summary(rows)}
+    assert by_set["unseen"]["unseen_vs_seen_line_pct"] == pytest.approx(5.0)
+    assert "unseen_vs_seen_line_pct" not in by_set["seen"]
+    one = [r for r in rows if not (r["set"] == "seen" and r["avg_bits"] == 3.5)]
+    assert {r["set"]: r for r in study.headroom_summary(one)}["unseen"]["unseen_vs_seen_line_pct"] is None
