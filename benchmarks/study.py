@@ -78,7 +78,14 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "shared-random": ("shared", RANDOM_ONE),
     "coa-distill": ("coa", ["train.distill=0.5"]),
     "shared-distill": ("shared", ["train.distill=0.5"]),
-    "coa-gates": ("coa", ["hypernet.gates=4"]),
+    # The structured core at 4 × the rank (issue #15, option 4): a rank-64 LoRA in 4 gated blocks of 16,
+    # against shared at the same rank (shared-residual-r64); both start from the residual.
+    "coa-gates": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", "lora.rank=64", "lora.alpha=128",
+                          "hypernet.gates=4"]),
+    "shared-residual-r64": ("shared", ["lora.init=residual", "lora.rank=64", "lora.alpha=128"]),
+    # Distillation on top of the best start (issue #15, option 5), against shared with the same two options.
+    "coa-residual-fit-distill": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", "train.distill=0.5"]),
+    "shared-residual-distill": ("shared", ["lora.init=residual", "train.distill=0.5"]),
     # U_θ fitted, before any data, to each configuration's own residual within the residual-initialised LoRA.
     "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
     # Both that fit and the random configurations (which help every method on the unseen set).
@@ -104,6 +111,8 @@ HEADROOM_MATCH: dict[str, tuple[str, str]] = {
     "coa-residual-fit-random": ("shared-residual-random", "per-config-residual"),
     "coa-residual-fit-x": ("shared-residual", "per-config-residual"),
     "coa-residual-fit-slow": ("shared-residual", "per-config-residual"),
+    "coa-gates": ("shared-residual-r64", "per-config-residual"),  # per-config stays at rank 16
+    "coa-residual-fit-distill": ("shared-residual-distill", "per-config-residual"),
     "coa-residual-fit-x-random": ("shared-residual-random", "per-config-residual"),
     "coa-random": ("shared-random", "per-config"),
     "coa-distill": ("shared-distill", "per-config"),
