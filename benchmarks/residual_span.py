@@ -1,0 +1,107 @@
+"""How much of a configuration's quantization residual a configuration-aware core can reach (issue #15).
+
+coa corrects configuration C with ``s·B·M(C)·A``: A and B are shared, only the r×r core M moves with C. So
+whatever U_θ learns, the correction lives in the span of B's columns and A's rows. A per-config adapter
+has its own A and B. For each matrix of the headroom testbed (SmolLM2-135M, ``configs/study/
+smollm2-lowbit.yaml``) and each configuration this prints the share of the residual R(C) = W − Q_C(W)
+that is left (‖R − correction‖²/‖R‖², summed over the model's target matrices) by:
+
+- ``shared``: B·A of ``lora.init: residual`` (the top-r part of the mean residual over the training set),
+  the same for every configuration (core I);
+- ``best core``: the same A, B with the least-squares core M*(C) = (1/s)·B⁺R(C)A⁺, the best that any U_θ
+  can give (what ``hypernet.residual_fit`` aims at);
+- ``own top-r``: the configuration's own top-r SVD of R(C), the start ``lora.init: residual`` gives a
+  per-config adapter;
+- ``own top-4r``: the same at four times the rank (what ``coa-gates``' rank-64 LoRA could hold).
+
+Configurations: the testbed's allocations at ``eval.budgets`` and its first random unseen ones, as the
+study draws them. No training, no timing: the numbers are exact for the given weights.
+
+    python benchmarks/residual_span.py [--unseen 3] [--rank 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+LOWBIT = ROOT / "configs" / "study" / "smollm2-lowbit.yaml"
+
+
+def residual_shares(model, configs: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+    """Per configuration ``(C,)``: the left-over share of ‖R(C)‖² under each correction (see the module
+    docstring). ``model`` is a :class:`coalora.model.lora.CoaModel` whose A, B are already set by
+    ``init_lora_from_residual``; ``configs`` ``(C, N, 5)``."""
+    from coalora.core.quant import fake_quantize
+
+    space = model.space
+    flat = np.stack([space.flat_option(space.validate(c)) for c in configs])
+    left = {k: np.zeros(len(configs)) for k in ("shared", "best core", "own top-r", "own top-4r")}
+    total = np.zeros(len(configs))
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            w = layer.weight.float()
+            a, b, s = layer.lora_A.float(), layer.lora_B.float(), layer.scaling
+            shared = s * b @ a
+            # Orthonormal bases of B's columns and A's rows: the least-squares core's correction is the
+            # projection of R onto them, P_B R P_A.
+            qb, _ = torch.linalg.qr(b)
+            qa, _ = torch.linalg.qr(a.T)
+            for k in np.unique(flat[:, i]):
+                q = fake_quantize(layer.weight, space.option(space.option_table[k]), family=space.family,
+                                  dtype=layer.weight.dtype)
+                r = w - q.float()
+                rows = np.flatnonzero(flat[:, i] == k)
+                norm = float(r.square().sum())
+                sv = torch.linalg.svdvals(r).square()
+                in_span = qb @ (qb.T @ r @ qa) @ qa.T
+                total[rows] += norm
+                left["shared"][rows] += float((r - shared).square().sum())
+                left["best core"][rows] += float((r - in_span).square().sum())
+                left["own top-r"][rows] += norm - float(sv[:rank].sum())
+                left["own top-4r"][rows] += norm - float(sv[: 4 * rank].sum())
+    return {k: v / total for k, v in left.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--unseen", type=int, default=3, help="random unseen configurations to include (first N)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the testbed's lora.rank)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.experiment import (budget_configs, build_adapted, build_space, error_table_for,
+                                             initial_trainset, load_base, random_configs)
+
+    sets = [] if args.rank is None else [f"lora.rank={args.rank}", f"lora.alpha={2 * args.rank}"]
+    cfg = load_config(LOWBIT, ["lora.init=residual", *sets])
+    loaded = load_base(cfg)
+    space = build_space(cfg, loaded.model)
+    err = error_table_for(cfg, loaded.model, space, progress=False)
+    trainset = initial_trainset(cfg, space, err)
+    seen = budget_configs(cfg, space, err)
+    unseen = random_configs(cfg, space)[: args.unseen]
+    model = build_adapted(cfg, loaded, "shared")
+    model.init_lora_from_residual(trainset)
+    configs = np.concatenate([seen, unseen])
+    labels = [f"{b:g} bits (budget)" for b in cfg.eval.budgets] + [
+        f"{float(space.average_bits(c)):.2f} bits (unseen)" for c in unseen]
+    shares = residual_shares(model, configs, cfg.lora.rank)
+    print(f"SmolLM2-135M, {space.n_matrices} matrices, rank {cfg.lora.rank}: share of ‖W − Q_C(W)‖² left")
+    print(f"{'configuration':24s} " + " ".join(f"{k:>11s}" for k in shares))
+    for j, label in enumerate(labels):
+        print(f"{label:24s} " + " ".join(f"{shares[k][j]:11.4f}" for k in shares))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""benchmarks/residual_span.py: the share of a configuration's quantization residual each correction leaves."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coalora.core.space import QuantSpace
+from coalora.model.lora import CoaModel, LoraSettings
+from tests.coalora._tiny import tiny_llama
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def span():
+    spec = importlib.util.spec_from_file_location("residual_span", ROOT / "benchmarks" / "residual_span.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_for_the_configuration_the_lora_starts_from_every_rank_r_correction_is_its_top_r(span):
+    """Initialised from one configuration's residual, B·A is its top-r part: shared, the best core and its
+    own top-r all leave exactly the residual's energy beyond rank r; 4r leaves less."""
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    c = space.sample(np.random.default_rng(0), 1)
+    model = CoaModel(base, space, LoraSettings(rank=4, alpha=8, init="residual"))
+    model.init_lora_from_residual(c)
+    got = span.residual_shares(model, c, rank=4)
+    assert got["shared"][0] == pytest.approx(got["own top-r"][0], rel=1e-4)
+    assert got["best core"][0] == pytest.approx(got["own top-r"][0], rel=1e-4)
+    assert 0 <= got["own top-4r"][0] < got["own top-r"][0] < 1
+
+
+def test_for_other_configurations_the_core_helps_but_cannot_reach_their_own_directions(span):
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    configs = space.sample(np.random.default_rng(1), 4)
+    model = CoaModel(base, space, LoraSettings(rank=4, alpha=8, init="residual"))
+    model.init_lora_from_residual(configs[:2])
+    got = span.residual_shares(model, configs, rank=4)
+    # The best in-span core never does worse than the fixed core I, nor better than the own top-r.
+    assert np.all(got["best core"] <= got["shared"] + 1e-9)
+    assert np.all(got["own top-r"] <= got["best core"] + 1e-9)
+    # An exact value: a zero core leaves the whole residual, so "shared" of a B·A = 0 model is 1.
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.lora_B.zero_()
+            layer.lora_B[0, 0] = 1e-12  # B must keep a column for the QR of the span
+    zero = span.residual_shares(model, configs[:1], rank=4)
+    assert zero["shared"][0] == pytest.approx(1.0, abs=1e-6)
