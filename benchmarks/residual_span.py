@@ -17,7 +17,11 @@ that is left (‖R − correction‖²/‖R‖², summed over the model's target
 Configurations: the testbed's allocations at ``eval.budgets`` and its first random unseen ones, as the
 study draws them. No training, no timing: the numbers are exact for the given weights.
 
-    python benchmarks/residual_span.py [--unseen 3] [--rank 16]
+The last column, ``reach``, is (1 − best core)/(1 − own top-r): the part of what the configuration's own
+rank-r directions could remove that the best core removes, a weight-level ceiling on the gap a
+configuration-aware core can close between shared and per-config at that rank.
+
+    python benchmarks/residual_span.py [--unseen 3] [--rank 16] [--csv out.csv]
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--unseen", type=int, default=3, help="random unseen configurations to include (first N)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the testbed's lora.rank)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table here (appending to a file of it)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from coalora.pipeline.config import load_config
@@ -96,10 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     labels = [f"{b:g} bits (budget)" for b in cfg.eval.budgets] + [
         f"{float(space.average_bits(c)):.2f} bits (unseen)" for c in unseen]
     shares = residual_shares(model, configs, cfg.lora.rank)
+    shares["reach"] = (1 - shares["best core"]) / (1 - shares["own top-r"])
     print(f"SmolLM2-135M, {space.n_matrices} matrices, rank {cfg.lora.rank}: share of ‖W − Q_C(W)‖² left")
     print(f"{'configuration':24s} " + " ".join(f"{k:>11s}" for k in shares))
     for j, label in enumerate(labels):
         print(f"{label:24s} " + " ".join(f"{shares[k][j]:11.4f}" for k in shares))
+    if args.csv is not None:
+        import csv
+
+        new = not args.csv.is_file()
+        with open(args.csv, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["rank", "set", "avg_bits", "shared", "best_core", "own_top_r", "own_top_4r", "reach"])
+            for j, c in enumerate(configs):
+                w.writerow([cfg.lora.rank, "seen" if j < len(seen) else "unseen", f"{space.average_bits(c):.4f}",
+                            *(f"{shares[k][j]:.5f}" for k in ("shared", "best core", "own top-r", "own top-4r",
+                                                              "reach"))])
     return 0
 
 

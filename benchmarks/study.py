@@ -59,7 +59,8 @@ from coalora.pipeline.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 TEMPLATE = "report-template.md"  # in the results directory: the prose around the generated tables
-PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom", "headroom-search")
+PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom", "headroom-search",
+         "headroom-span")
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
 LOWBIT = "configs/study/smollm2-lowbit.yaml"  # the headroom testbed (issue #15)
@@ -975,6 +976,18 @@ def headroom_search(st: Study, seeds: list[int]) -> dict[str, Any]:
     return {"headroom_search": agg}
 
 
+def headroom_span(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """How much of each evaluated configuration's quantization residual the shared B·A, the best in-span
+    core and the configuration's own top-r directions remove, at rank 16 and 64 (``benchmarks/
+    residual_span.py``; exact, seed-independent, no training): ``headroom-span.csv``."""
+    path = st.results / "headroom-span.csv"
+    path.unlink(missing_ok=True)
+    for rank in (16, 64):
+        st.sh([sys.executable, "benchmarks/residual_span.py", "--rank", str(rank), "--unseen",
+               str(HEADROOM_UNSEEN_PER_CONFIG), "--csv", str(path)], f"headroom-span-r{rank}.log", echo=True)
+    return {"headroom_span": _read_csv(path)}
+
+
 # ---------------------------------------------------------------------- the report
 def results_dir(quick: bool) -> Path:
     """Where a study's tables, plots and manifest go."""
@@ -1170,6 +1183,14 @@ def _report_headroom_search(results: Path) -> str:
                    "whole run s"], rows)
 
 
+def _report_headroom_span(results: Path) -> str:
+    rows = [[str(int(r["rank"])), r["set"], _num(r["avg_bits"], 2), *(f"{100 * (1 - r[k]):.1f} %" for k in
+             ("shared", "best_core", "own_top_r", "own_top_4r")), _num(r["reach"], 2)]
+            for r in _read_csv(results / "headroom-span.csv")]
+    return _table(["rank", "set", "bits", "removed by shared B·A", "by the best core", "by its own top-r",
+                   "by its own top-4r", "reach"], rows)
+
+
 def _report_causal_lm(results: Path) -> str:
     detail = _read_csv(results / "causal-lm-per-config.csv")
     agg = {r["method"]: r for r in _read_csv(results / "causal-lm.csv")}
@@ -1283,6 +1304,7 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "headroom-pairs": (_report_headroom_pairs, ("headroom-pairs.csv",)),
            "headroom-curves": (_report_headroom_curves, ("headroom-curves.csv",)),
            "headroom-search": (_report_headroom_search, ("headroom-search-seeds.csv", "headroom-search.csv")),
+           "headroom-span": (_report_headroom_span, ("headroom-span.csv",)),
            "headroom-excluded": (_report_headroom_excluded, ("headroom-excluded.csv",)),
            "provenance": (_report_provenance, ("manifest.json",))}
 
@@ -1354,7 +1376,8 @@ def main(argv: list[str] | None = None) -> int:
     st = Study(args.quick, args.set, variants)
     st.exclude_trained = args.exclude_trained
     fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
-           "baseline-seeds": baseline_seeds, "headroom": headroom, "headroom-search": headroom_search}
+           "baseline-seeds": baseline_seeds, "headroom": headroom, "headroom-search": headroom_search,
+           "headroom-span": headroom_span}
     for part in parts:
         t0 = time.perf_counter()
         print(f"== {part} (seeds {seeds})", flush=True)

@@ -305,3 +305,14 @@ def test_unseen_configurations_are_compared_with_a_line_through_the_seen_ones(st
     assert "unseen_vs_seen_line_pct" not in by_set["seen"]
     one = [r for r in rows if not (r["set"] == "seen" and r["avg_bits"] == 3.5)]
     assert {r["set"]: r for r in study.headroom_summary(one)}["unseen"]["unseen_vs_seen_line_pct"] is None
+
+
+def test_the_residual_span_table_shows_what_each_correction_removes(study, tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    _write_csv(res / "headroom-span.csv", "rank,set,avg_bits,shared,best_core,own_top_r,own_top_4r,reach",
+               "16,seen,3.0012,0.97140,0.95740,0.89000,0.66830,0.38727")
+    (res / "report-template.md").write_text("{{headroom-span}}\n")
+    lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
+    assert lines[2] == "| 16 | seen | 3.00 | 2.9 % | 4.3 % | 11.0 % | 33.2 % | 0.39 |"
+    assert "headroom-span" in study.PARTS
