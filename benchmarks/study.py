@@ -1309,6 +1309,11 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "provenance": (_report_provenance, ("manifest.json",))}
 
 
+# The part that writes a table's files, where the placeholder is not named after it.
+_PART_OF = {"table2-budgets": "table2", "headroom-pairs": "headroom", "headroom-excluded": "headroom",
+            "headroom-curves": "headroom", "provenance": "<any>"}
+
+
 def render_report(results: Path, out: Path) -> str:
     """The report of the result files under ``results``, to be written at ``out``.
 
@@ -1331,7 +1336,7 @@ def render_report(results: Path, out: Path) -> str:
             raise SystemExit(f"study: {template}: unknown placeholder {{{{{name}}}}}; known: {sorted(_TABLES)}")
         fn, files = _TABLES[name]
         if not all((results / f).is_file() for f in files):
-            part = name.removesuffix("-budgets") if name != "provenance" else "<any>"
+            part = _PART_OF.get(name, name)
             return f"_Not run yet: `python benchmarks/study.py --parts {part}`._"
         return fn(results)
 

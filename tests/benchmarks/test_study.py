@@ -261,9 +261,10 @@ def test_learning_curves_score_each_step_on_per_configs_configurations(study, tm
     assert {r["seed"] for r in rows} == {3} and len(rows) == 2 * 3 * 2
     res = tmp_path / "results"
     res.mkdir()
+    (res / "report-template.md").write_text("{{headroom-curves}}\n")
+    assert study.render_report(res, tmp_path / "r.md") == "_Not run yet: `python benchmarks/study.py --parts headroom`._\n"
     st = type("St", (), {"results": res})()
     study.Study.write_csv(st, "headroom-curves.csv", rows)
-    (res / "report-template.md").write_text("{{headroom-curves}}\n")
     lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
     assert lines[0] == "| method | set | step 15 | step 60 |"
     assert "| coa | seen | 6.000 (G 0.50) | 4.250 (G 0.75) |" in lines
