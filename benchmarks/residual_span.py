@@ -21,12 +21,12 @@ The last column, ``reach``, is (1 − best core)/(1 − own top-r): the part of 
 rank-r directions could remove that the best core removes, a weight-level ceiling on the gap a
 configuration-aware core can close between shared and per-config at that rank.
 
-    python benchmarks/residual_span.py [--unseen 3] [--rank 16] [--csv out.csv]
+    python benchmarks/residual_span.py [--unseen 3] [--rank 16] [--csv out.csv] [--json]
+    python benchmarks/residual_span.py --quick      # the same table on a random tiny Llama (seconds)
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _bench import emit, parser, setup_threads  # noqa: E402
 
 LOWBIT = ROOT / "configs" / "study" / "smollm2-lowbit.yaml"
 
@@ -77,18 +78,21 @@ def residual_shares(model, configs: np.ndarray, rank: int) -> dict[str, np.ndarr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--unseen", type=int, default=3, help="random unseen configurations to include (first N)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the testbed's lora.rank)")
     p.add_argument("--csv", type=Path, default=None, help="also write the table here (appending to a file of it)")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    setup_threads(args.threads)
     from coalora.pipeline.config import load_config
     from coalora.pipeline.experiment import (budget_configs, build_adapted, build_space, error_table_for,
                                              initial_trainset, load_base, random_configs)
 
-    sets = [] if args.rank is None else [f"lora.rank={args.rank}", f"lora.alpha={2 * args.rank}"]
-    cfg = load_config(LOWBIT, ["lora.init=residual", *sets])
+    rank = args.rank or (4 if args.quick else None)
+    sets = [] if rank is None else [f"lora.rank={rank}", f"lora.alpha={2 * rank}"]
+    # --quick: the same table on a random tiny Llama (seconds), to check the script.
+    quick = ["model.name=tiny-llama"] if args.quick else []
+    cfg = load_config(LOWBIT, ["lora.init=residual", *quick, *sets])
     loaded = load_base(cfg)
     space = build_space(cfg, loaded.model)
     err = error_table_for(cfg, loaded.model, space, progress=False)
@@ -98,26 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     model = build_adapted(cfg, loaded, "shared")
     model.init_lora_from_residual(trainset)
     configs = np.concatenate([seen, unseen])
-    labels = [f"{b:g} bits (budget)" for b in cfg.eval.budgets] + [
-        f"{float(space.average_bits(c)):.2f} bits (unseen)" for c in unseen]
     shares = residual_shares(model, configs, cfg.lora.rank)
     shares["reach"] = (1 - shares["best core"]) / (1 - shares["own top-r"])
-    print(f"SmolLM2-135M, {space.n_matrices} matrices, rank {cfg.lora.rank}: share of ‖W − Q_C(W)‖² left")
-    print(f"{'configuration':24s} " + " ".join(f"{k:>11s}" for k in shares))
-    for j, label in enumerate(labels):
-        print(f"{label:24s} " + " ".join(f"{shares[k][j]:11.4f}" for k in shares))
+    rows = [{"rank": cfg.lora.rank, "set": "seen" if j < len(seen) else "unseen",
+             "avg_bits": round(float(space.average_bits(c)), 4),
+             **{k.replace(" ", "_").replace("-", "_"): round(float(v[j]), 5) for k, v in shares.items()}}
+            for j, c in enumerate(configs)]
+    emit(f"{cfg.model.name}, {space.n_matrices} matrices, rank {cfg.lora.rank}: share of ‖W − Q_C(W)‖² left "
+         "(reach = (1 − best core) / (1 − own top-r))", rows, args.json)
     if args.csv is not None:
         import csv
 
         new = not args.csv.is_file()
         with open(args.csv, "a", newline="") as f:
-            w = csv.writer(f)
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
             if new:
-                w.writerow(["rank", "set", "avg_bits", "shared", "best_core", "own_top_r", "own_top_4r", "reach"])
-            for j, c in enumerate(configs):
-                w.writerow([cfg.lora.rank, "seen" if j < len(seen) else "unseen", f"{space.average_bits(c):.4f}",
-                            *(f"{shares[k][j]:.5f}" for k in ("shared", "best core", "own top-r", "own top-4r",
-                                                              "reach"))])
+                w.writeheader()
+            w.writerows(rows)
     return 0
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def span():
     spec = importlib.util.spec_from_file_location("residual_span", ROOT / "benchmarks" / "residual_span.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    # `python benchmarks/residual_span.py` puts benchmarks/ on sys.path (for its `_bench`); so does this load.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     return mod
 
 
@@ -55,3 +63,17 @@ def test_for_other_configurations_the_core_helps_but_cannot_reach_their_own_dire
             layer.lora_B[0, 0] = 1e-12  # B must keep a column for the QR of the span
     zero = span.residual_shares(model, configs[:1], rank=4)
     assert zero["shared"][0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_quick_prints_the_table_as_json_and_appends_the_csv(tmp_path):
+    """The script end to end on a random tiny Llama: one row per evaluated budget and unseen configuration,
+    each share in [0, 1] and ordered as a correction's reach requires."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "residual_span.py"), "--quick", "--json", "--unseen", "2",
+           "--csv", str(tmp_path / "span.csv")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["set"] for r in rows] == ["seen"] * 4 + ["unseen"] * 2 and {r["rank"] for r in rows} == {4}
+    for r in rows:
+        assert 0 <= r["own_top_4r"] <= r["own_top_r"] <= r["best_core"] <= r["shared"] + 1e-9 <= 1 + 1e-9
+    assert len((tmp_path / "span.csv").read_text().splitlines()) == 1 + 6
