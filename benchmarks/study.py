@@ -1155,32 +1155,28 @@ def _report_seen_unseen(results: Path) -> str:
     return _table(["set", *[f"seed {r['seed']:.0f}" for r in summary], "mean"], [r for r in rows if r])
 
 
-def _report_search_ablation(results: Path) -> str:
-    seeds_rows = _read_csv(results / "search-ablation-seeds.csv")
-    agg = {r["method"]: r for r in _read_csv(results / "search-ablation.csv")}
+def _search_table(results: Path, name: str, fields: tuple[str, ...], headers: list[str]) -> str:
+    """A search ablation's table (``<name>-seeds.csv``, ``<name>.csv``): per search method, each of ``fields``
+    per seed with its mean ± std, then the evaluations, the last training set and the whole run's seconds."""
+    seeds_rows = _read_csv(results / f"{name}-seeds.csv")
+    agg = {r["method"]: r for r in _read_csv(results / f"{name}.csv")}
     rows = []
     for method, mine in _by_method(seeds_rows).items():
-        a = agg[method]
-        cells = [f"{_per_seed(mine, f, 3)}, {_mean_std(a, f, 3)}"
-                 for f in ("final_hypervolume", "heldout_mean_accuracy", "budgets_mean_accuracy")]
+        cells = [f"{_per_seed(mine, f, 3)}, {_mean_std(agg[method], f, 3)}" for f in fields]
         rows.append([method, *cells, _per_seed(mine, "evaluations", 0), _per_seed(mine, "final_set_size", 0),
                      _per_seed(mine, "total_seconds", 0)])
-    return _table(["search", "final HV", "held-out accuracy (random unseen)", "accuracy at Table 2's configurations",
-                   "evaluations", "last training set", "whole run s"], rows)
+    return _table(["search", *headers, "evaluations", "last training set", "whole run s"], rows)
+
+
+def _report_search_ablation(results: Path) -> str:
+    return _search_table(results, "search-ablation",
+                         ("final_hypervolume", "heldout_mean_accuracy", "budgets_mean_accuracy"),
+                         ["final HV", "held-out accuracy (random unseen)", "accuracy at Table 2's configurations"])
 
 
 def _report_headroom_search(results: Path) -> str:
-    seeds_rows = _read_csv(results / "headroom-search-seeds.csv")
-    agg = {r["method"]: r for r in _read_csv(results / "headroom-search.csv")}
-    rows = []
-    for method, mine in _by_method(seeds_rows).items():
-        a = agg[method]
-        cells = [f"{_per_seed(mine, f, 3)}, {_mean_std(a, f, 3)}"
-                 for f in ("seen_mean_loss", "unseen_mean_loss", "final_hypervolume")]
-        rows.append([method, *cells, _per_seed(mine, "evaluations", 0), _per_seed(mine, "final_set_size", 0),
-                     _per_seed(mine, "total_seconds", 0)])
-    return _table(["search", "loss at the budgets", "loss on unseen", "final HV", "evaluations", "last training set",
-                   "whole run s"], rows)
+    return _search_table(results, "headroom-search", ("seen_mean_loss", "unseen_mean_loss", "final_hypervolume"),
+                         ["loss at the budgets", "loss on unseen", "final HV"])
 
 
 def _report_headroom_span(results: Path) -> str:
