@@ -775,6 +775,22 @@ def trained_on(outs: dict[str, Path], evaluated: list[Path]) -> dict[str, list[i
     return hits
 
 
+def kept_configs(hits: dict[str, list[int]], seen: list[str], budgets: list[float],
+                 unseen: list[str]) -> tuple[list[str], list[float], list[str], dict[str, list[str]]]:
+    """What ``--exclude-trained`` keeps of ``seen`` (with its ``budgets``) and ``unseen`` config ids: all but
+    those at the positions of :func:`trained_on`'s ``hits`` (variant → positions, ``seen`` then ``unseen``).
+
+    Returns the kept seen ids, their budgets, the kept unseen ids, and each dropped id → the variants that
+    trained on it (in position order).
+    """
+    every = seen + unseen
+    drop: dict[str, list[str]] = {}
+    for i in sorted({i for found in hits.values() for i in found}):
+        drop[every[i]] = sorted(v for v, found in hits.items() if i in found)
+    return ([c for c in seen if c not in drop], [b for c, b in zip(seen, budgets) if c not in drop],
+            [c for c in unseen if c not in drop], drop)
+
+
 def _unseen_configs(st: Study, overrides: list[str]) -> Path:
     """The testbed's random held-out configurations (``eval.random`` of them, every matrix at
     ``eval.random_min_bits`` weight bits or more, seeded by ``eval.seed``) as a JSON list of configurations:
@@ -864,22 +880,16 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                 got = st.evaluate(f"hr-{m}-s{seed}-{set_name}", "--checkpoint", str(outs[m]), "--config", str(path))
                 ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
                 losses[m].update({r["config_id"]: r for r in got})
-        seen_ids, unseen_ids = ids["seen"], ids["unseen"]
-        curves += _headroom_curve(st, seed, outs, snaps, cfg.train.steps, losses, seen_ids, list(cfg.eval.budgets),
-                                  unseen_ids, seen_path, unseen_path)
         hits = trained_on(outs, [seen_path, unseen_path])
         if hits and not st.exclude_trained:
             raise SystemExit(f"study: evaluated configurations are in training sets (positions, seen then unseen: "
                              f"{hits}): an unfair comparison; fix train.init_budgets, or pass --exclude-trained")
-        if hits:
-            # --exclude-trained: those configurations leave every method's rows, and the report says so.
-            drop = {(seen_ids + unseen_ids)[i] for found in hits.values() for i in found}
-            budgets = [b for cid, b in zip(seen_ids, cfg.eval.budgets) if cid not in drop]
-            st.excluded.update({cid: sorted(hits) for cid in drop})
-            seen_ids = [cid for cid in seen_ids if cid not in drop]
-            unseen_ids = [cid for cid in unseen_ids if cid not in drop]
-        else:
-            budgets = list(cfg.eval.budgets)
+        # --exclude-trained: those configurations leave every method's rows and curves; the report says so.
+        seen_ids, budgets, unseen_ids, drop = kept_configs(hits, ids["seen"], list(cfg.eval.budgets), ids["unseen"])
+        for cid, by in drop.items():  # across seeds: every variant that trained on it, in any seed
+            st.excluded[cid] = sorted({*st.excluded.get(cid, []), *by})
+        curves += _headroom_curve(st, seed, outs, snaps, cfg.train.steps, losses, seen_ids, budgets,
+                                  unseen_ids, seen_path, unseen_path)
         rows += headroom_rows(seed, losses, seen_ids, budgets, unseen_ids, HEADROOM_MATCH)
         for m, out in outs.items():
             meta = out / ("per_config.json" if m in per_configs else "meta.json")

@@ -211,6 +211,15 @@ def test_evaluated_configurations_in_a_training_set_are_found(study, tmp_path):
     assert study.trained_on(outs, evaluated) == {}  # per-config variants may train on theirs
 
 
+def test_exclude_trained_keeps_the_same_configurations_for_rows_and_curves(study):
+    # Positions count seen then unseen: 1 is seen "b" (budget 3.0), 4 is unseen "v".
+    hits = {"coa": [1, 4], "shared": [1]}
+    seen, budgets, unseen, drop = study.kept_configs(hits, ["a", "b", "c"], [2.75, 3.0, 3.25], ["u", "v"])
+    assert (seen, budgets, unseen) == (["a", "c"], [2.75, 3.25], ["u"])
+    assert drop == {"b": ["coa", "shared"], "v": ["coa"]}  # each dropped id names only those that trained on it
+    assert study.kept_configs({}, ["a"], [3.0], ["u"]) == (["a"], [3.0], ["u"], {})
+
+
 def test_headroom_pairs_compare_a_variant_with_its_shared_variant_seed_by_seed(study, tmp_path):
     ev = lambda *losses: [{"loss": x} for x in losses]  # noqa: E731
     evals = {("coa-x", 0, "seen"): ev(4.0, 5.0), ("shared-x", 0, "seen"): ev(4.5, 4.9),
