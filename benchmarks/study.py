@@ -522,6 +522,20 @@ def seen_unseen(st: Study, seeds: list[int]) -> dict[str, Any]:
     return {"seen_unseen": summary}
 
 
+def _search_run_row(run: Path, seed: int, method: str, scores: dict[str, float]) -> tuple[dict[str, Any], Any]:
+    """One orchestrated run of a search ablation: its summary row (what the search did, its final
+    hypervolume, the part's ``scores``, its seconds) and its hypervolume curve (rounds, hypervolume)."""
+    rounds, archive = RunDir(run).read_rounds(), RunDir(run).read_archive()
+    train_s, total_s = _run_train_seconds(run)
+    row = {"seed": seed, "method": method, "rounds": len(rounds),
+           "evaluations": sum(1 for r in archive if r["status"] == "ok"),
+           "distinct_configs": len({r["config_id"] for r in archive}),
+           "final_hypervolume": rounds[-1]["hypervolume"], **scores,
+           "final_set_size": rounds[-1]["set_size"], "train_seconds": train_s, "total_seconds": total_s}
+    curve = (np.array([r["round"] for r in rounds], dtype=float), np.array([r["hypervolume"] for r in rounds]))
+    return row, curve
+
+
 def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
     from coalora.pipeline.config import load_config
 
@@ -531,25 +545,17 @@ def search_ablation(st: Study, seeds: list[int]) -> dict[str, Any]:
         for method in SEARCH_METHODS:
             name = f"coa-s{seed}" if method == "gp" else f"search-{method}-s{seed}"
             run = st.orchestrated(name, MINILM, _seed_sets(seed) + [f"search.method={method}"])
-            rounds, archive = RunDir(run).read_rounds(), RunDir(run).read_archive()
             held = st.evaluate(f"{name}-unseen", "--run", str(run), "--random", str(cfg.eval.random),
                                "--seed", str(UNSEEN_SEED))
             # Table 2's six allocation configurations: the same configurations for every method.
             at_budgets = st.evaluate(f"{name}-budgets", "--run", str(run), "--budget",
                                      *[str(b) for b in cfg.eval.budgets])
-            train_s, total_s = _run_train_seconds(run)
-            summary.append({
-                "seed": seed, "method": method, "rounds": len(rounds),
-                "evaluations": sum(1 for r in archive if r["status"] == "ok"),
-                "distinct_configs": len({r["config_id"] for r in archive}),
-                "final_hypervolume": rounds[-1]["hypervolume"],
+            row, curve = _search_run_row(run, seed, method, {
                 "heldout_mean_accuracy": float(np.mean([r["accuracy"] for r in held])),
-                "budgets_mean_accuracy": float(np.mean([r["accuracy"] for r in at_budgets])),
-                "final_set_size": rounds[-1]["set_size"], "train_seconds": train_s, "total_seconds": total_s,
-            })
+                "budgets_mean_accuracy": float(np.mean([r["accuracy"] for r in at_budgets]))})
+            summary.append(row)
             if seed == seeds[0]:
-                curves[method] = (np.array([r["round"] for r in rounds], dtype=float),
-                                  np.array([r["hypervolume"] for r in rounds]))
+                curves[method] = curve
     st.write_csv("search-ablation-seeds.csv", summary)
     agg = _aggregate(summary, "method", ["final_hypervolume", "heldout_mean_accuracy", "budgets_mean_accuracy",
                                        "evaluations", "total_seconds"])
@@ -964,19 +970,11 @@ def headroom_search(st: Study, seeds: list[int]) -> dict[str, Any]:
             losses = {set_name: [r["loss"] for r in st.evaluate(f"{name}-{set_name}", "--run", str(run), "--config",
                                                                str(path))]
                       for set_name, path in (("seen", seen_path), ("unseen", unseen_path))}
-            rounds, archive = RunDir(run).read_rounds(), RunDir(run).read_archive()
-            train_s, total_s = _run_train_seconds(run)
-            summary.append({
-                "seed": seed, "method": method, "rounds": len(rounds),
-                "evaluations": sum(1 for r in archive if r["status"] == "ok"),
-                "distinct_configs": len({r["config_id"] for r in archive}),
-                "final_set_size": rounds[-1]["set_size"], "final_hypervolume": rounds[-1]["hypervolume"],
-                "seen_mean_loss": float(np.mean(losses["seen"])), "unseen_mean_loss": float(np.mean(losses["unseen"])),
-                "train_seconds": train_s, "total_seconds": total_s,
-            })
+            row, curve = _search_run_row(run, seed, method, {"seen_mean_loss": float(np.mean(losses["seen"])),
+                                                             "unseen_mean_loss": float(np.mean(losses["unseen"]))})
+            summary.append(row)
             if seed == seeds[0]:
-                curves[method] = (np.array([r["round"] for r in rounds], dtype=float),
-                                  np.array([r["hypervolume"] for r in rounds]))
+                curves[method] = curve
     st.write_csv("headroom-search-seeds.csv", summary)
     agg = _aggregate(summary, "method", ["seen_mean_loss", "unseen_mean_loss", "final_hypervolume", "evaluations",
                                        "total_seconds"])

@@ -302,6 +302,30 @@ def test_the_headroom_search_runs_a_valid_configuration_and_reports_it(study, tm
                         "0.550 ± 0.050 | 40 / 42 | 12 / 13 | 900 / 950 |")
 
 
+def test_a_search_run_row_counts_what_the_search_did(study, tmp_path):
+    from orchestration.store import RunStore
+
+    def archive(k, cid, status="ok"):
+        return {"round": k, "config_id": cid, "role": "train", "knobs": [0] * 5, "avg_bits": 3.0, "loss": 4.0,
+                "accuracy": None, "perplexity": 60.0, "status": status, "error": None, "seconds": 1.0, "actor": "e"}
+
+    def rnd(k, hv, size):
+        return {"round": k, "hypervolume": hv, "hv_train": hv, "set_size": size, "evaluated": 2, "failed": 0,
+                "train_loss": 4.0, "train_steps": 10, "train_seconds": 10.0, "train_loop_seconds": 8.0,
+                "eval_seconds": 3.0, "search_seconds": 1.0, "train_attempts": 1, "eval_retries": 0,
+                "evaluators_replaced": 0}
+
+    store = RunStore(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    store.append_round([archive(0, "a"), archive(0, "b")], rnd(0, 0.25, 2))
+    store.append_round([archive(1, "a"), archive(1, "c", "error")], rnd(1, 0.5, 3))
+    row, (x, hv) = study._search_run_row(tmp_path / "run", 7, "gp", {"seen_mean_loss": 4.5})
+    assert row == {"seed": 7, "method": "gp", "rounds": 2, "evaluations": 3, "distinct_configs": 3,
+                   "final_hypervolume": 0.5, "seen_mean_loss": 4.5, "final_set_size": 3,
+                   "train_seconds": 16.0, "total_seconds": 28.0}
+    assert x.tolist() == [0.0, 1.0] and hv.tolist() == [0.25, 0.5]
+
+
 def test_unseen_configurations_are_compared_with_a_line_through_the_seen_ones(study):
     """Through (3.0 bits, 5.0) and (3.5 bits, 4.0) the line predicts 4.5 at 3.25 bits: 4.95 there is 10 %
     above it (seed 0), 4.5 is on it (seed 1); the mean over seeds is 5 %."""
