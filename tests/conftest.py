@@ -10,9 +10,67 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
+import sys  # noqa: E402
+from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+# ---------------------------------------------------------------------- two workers (`make test`: pytest-xdist)
+# The Ray tests keep one core busy at most half the time (Ray start-up, waits on actors and subprocesses):
+# `make test` runs them in one xdist worker, as one group ("ray"), while the other worker runs the rest
+# module by module. Ray tests stay in one process because they share the session's cluster and reference
+# run (session fixtures are per worker) and two sets of Ray clusters would starve each other's heartbeats.
+RAY_FIXTURES = frozenset({"ray_local", "reference", "smoke_pair", "smoke_runs"})
+
+
+def _uses_ray(item: pytest.Item) -> bool:
+    return "orchestration" in Path(str(item.path)).relative_to(ROOT).parts or bool(
+        RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group the tests for ``--dist loadgroup``: the Ray tests together, first (the longest group starts at
+    once), every other module as its own group (a module's fixtures are built once, in one worker). The
+    order within each group is the collection order. Without xdist the groups are inert markers."""
+    ray_items = [it for it in items if _uses_ray(it)]
+    others = [it for it in items if not _uses_ray(it)]
+    for it in ray_items:
+        it.add_marker(pytest.mark.xdist_group("ray"))
+    for it in others:
+        it.add_marker(pytest.mark.xdist_group(it.nodeid.split("::")[0]))
+    items[:] = ray_items + others
+
+
+# The fuzz suite counts its cases (tests/fuzz/conftest.py CASES); under xdist each worker hands its counts to
+# the controller, which prints the total.
+_WORKER_FUZZ_CASES: Counter[str] = Counter()
+
+
+def _fuzz_cases() -> Counter[str]:
+    fuzz = sys.modules.get("tests.fuzz.conftest")
+    return Counter(fuzz.CASES) if fuzz is not None else Counter()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    out = getattr(session.config, "workeroutput", None)  # set in an xdist worker only
+    if out is not None:
+        out["fuzz_cases"] = dict(_fuzz_cases())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _WORKER_FUZZ_CASES.update(getattr(node, "workeroutput", {}).get("fuzz_cases", {}))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    cases = _fuzz_cases() + _WORKER_FUZZ_CASES
+    if cases:
+        terminalreporter.write_sep("-", f"fuzz: {sum(cases.values())} cases")
+        for name, n in sorted(cases.items()):
+            terminalreporter.write_line(f"{n:6d}  {name}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -50,14 +50,6 @@ def examples(n: int) -> int:
     return max(1, int(n * float(os.environ.get("FUZZ_SCALE", "1"))))
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if CASES:
-        total = sum(CASES.values())
-        terminalreporter.write_sep("-", f"fuzz: {total} cases")
-        for name, n in sorted(CASES.items()):
-            terminalreporter.write_line(f"{n:6d}  {name}")
-
-
 # ----------------------------------------------------------------------------------- the contract
 # Hunting mode: FUZZ_COLLECT=file.jsonl records each failing case (its command, inputs and traceback)
 # and goes on, so that one pass lists every distinct failure instead of stopping at the first.
