@@ -59,7 +59,7 @@ from coalora.pipeline.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 TEMPLATE = "report-template.md"  # in the results directory: the prose around the generated tables
-PARTS = ("table2", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom", "headroom-search",
+PARTS = ("table2", "table2-options", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom", "headroom-search",
          "headroom-span")
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
@@ -436,6 +436,57 @@ def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
           f"MiniLM-L6 / Rotten Tomatoes, allocation configurations (seed {seeds[0]})",
           hlines={"fp-lora (unquantized)": fp[0]} if fp else None)
     return {"table2": agg}
+
+
+# Issue #15's options on Table 2 (MiniLM, where quantization costs little): the option that leads on the
+# headroom testbed, for coa (orchestrated) and shared, against Table 2's plain runs of the same seeds.
+TABLE2_OPTIONS: dict[str, tuple[str, list[str]]] = {
+    "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
+    "shared-residual": ("shared", ["lora.init=residual"]),
+}
+
+
+def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """:data:`TABLE2_OPTIONS` on Table 2's budgets and seeds, beside Table 2's own coa and shared: mean test
+    accuracy, the gap to per-config and to the plain shared of the same seed (points). Needs ``table2``'s
+    runs of those seeds (it reuses their evaluations)."""
+    cfg, total, budgets = _table2_args(st)
+    summary: list[dict[str, Any]] = []
+    for seed in seeds:
+        s = _seed_sets(seed)
+        if not all((st.runs / f"eval-{m}-s{seed}{tail}.json").is_file()
+                   for m, tail in (("coa", "-budgets"), ("shared", ""), ("per-config", ""))):
+            raise SystemExit(f"study: table2-options compares with Table 2's runs of seed {seed}: "
+                             f"run `--parts table2 --seeds {seed}` first")
+        scores = {"coa": st.evaluate(f"coa-s{seed}-budgets"), "shared": st.evaluate(f"shared-s{seed}"),
+                  "per-config": st.evaluate(f"per-config-s{seed}")}
+        outs = {}
+        for name, (method, sets) in TABLE2_OPTIONS.items():
+            if method == "coa":
+                outs[name] = st.orchestrated(f"{name}-s{seed}", MINILM, s + sets)
+                scores[name] = st.evaluate(f"{name}-s{seed}-budgets", "--run", str(outs[name]), "--budget", *budgets)
+            else:
+                outs[name] = st.trained(f"{name}-s{seed}", MINILM, method, s + total + sets)
+                scores[name] = st.evaluate(f"{name}-s{seed}", "--checkpoint", str(outs[name]), "--budget", *budgets)
+        hits = trained_on(outs, [_per_config_configs(st.runs / f"per-config-s{seed}")])
+        if hits:
+            raise SystemExit(f"study: Table 2's evaluated allocations (positions {hits}) are in a training set")
+        ids = {m: [r["config_id"] for r in rows] for m, rows in scores.items()}
+        if len({tuple(v) for v in ids.values()}) != 1:
+            raise SystemExit(f"study: methods were scored on different configurations: {ids}")
+        acc = {m: np.array([r["accuracy"] for r in rows]) for m, rows in scores.items()}
+        for m in ("coa", "shared", *TABLE2_OPTIONS):
+            out = outs.get(m, st.runs / f"{m}-s{seed}")
+            seconds = (_run_train_seconds(out)[0] if (out / "rounds.parquet").is_file()
+                       else json.loads((out / "meta.json").read_text())["train_seconds"])
+            summary.append({"seed": seed, "method": m, "mean_accuracy": float(acc[m].mean()),
+                            "gap_to_per_config_pt": float((acc[m] - acc["per-config"]).mean() * 100),
+                            "gap_to_shared_pt": float((acc[m] - acc["shared"]).mean() * 100),
+                            "train_seconds": seconds})
+    st.write_csv("table2-options-seeds.csv", summary)
+    agg = _aggregate(summary, "method", ["mean_accuracy", "gap_to_per_config_pt", "gap_to_shared_pt", "train_seconds"])
+    st.write_csv("table2-options.csv", agg)
+    return {"table2_options": agg}
 
 
 def _aggregate(rows: list[dict[str, Any]], key: str, fields: list[str]) -> list[dict[str, Any]]:
@@ -1123,6 +1174,21 @@ def _report_table2(results: Path) -> str:
                    f"training s, {label}"], rows)
 
 
+def _report_table2_options(results: Path) -> str:
+    seeds_rows = _read_csv(results / "table2-options-seeds.csv")
+    agg = {r["method"]: r for r in _read_csv(results / "table2-options.csv")}
+    label = " / ".join(f"seed {s}" for s in _seeds(seeds_rows))
+    rows = []
+    for method, mine in _by_method(seeds_rows).items():
+        a = agg[method]
+        rows.append([method, _per_seed(mine, "mean_accuracy", 4), _mean_std(a, "mean_accuracy", 3),
+                     f"{_signed(a['gap_to_per_config_pt'], 2)} ± {_num(a['gap_to_per_config_pt_std'], 2)} pt",
+                     f"{_signed(a['gap_to_shared_pt'], 2)} ± {_num(a['gap_to_shared_pt_std'], 2)} pt",
+                     _per_seed(mine, "train_seconds", 0)])
+    return _table(["method", f"mean accuracy, {label}", "mean ± std", "gap to per-config", "gap to shared",
+                   f"training s, {label}"], rows)
+
+
 def _report_table2_budgets(results: Path) -> str:
     rows = [r for r in _read_csv(results / "table2-per-config.csv") if r["budget"] is not None]
     budgets = sorted({r["budget"] for r in rows})
@@ -1300,6 +1366,7 @@ def _report_headroom_curves(results: Path) -> str:
 
 _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "table2-budgets": (_report_table2_budgets, ("table2-per-config.csv",)),
+           "table2-options": (_report_table2_options, ("table2-options-seeds.csv", "table2-options.csv")),
            "seen-unseen": (_report_seen_unseen, ("seen-unseen-summary.csv",)),
            "search-ablation": (_report_search_ablation, ("search-ablation-seeds.csv", "search-ablation.csv")),
            "causal-lm": (_report_causal_lm, ("causal-lm-per-config.csv", "causal-lm.csv")),
@@ -1384,7 +1451,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variant(s) {wrong}; choose from {list(HEADROOM_VARIANTS)}")
     st = Study(args.quick, args.set, variants)
     st.exclude_trained = args.exclude_trained
-    fns = {"table2": table2, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
+    fns = {"table2": table2, "table2-options": table2_options, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
            "baseline-seeds": baseline_seeds, "headroom": headroom, "headroom-search": headroom_search,
            "headroom-span": headroom_span}
     for part in parts:

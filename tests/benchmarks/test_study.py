@@ -102,6 +102,76 @@ def test_baseline_seeds_reports_the_seed_to_seed_range(study, tmp_path, monkeypa
     assert calls[0] == ("shared-s0", ["train.seed=0", "search.seed=0", "train.steps=200"])
 
 
+def _rounds(run: Path, loop_seconds: list[float]) -> None:
+    """A run directory's rounds table (real Parquet, through the orchestrator's store)."""
+    from orchestration.store import RunStore
+
+    run.mkdir(parents=True, exist_ok=True)
+    store = RunStore(run)
+    for k, t in enumerate(loop_seconds):
+        store.append_round([], {"round": k, "hypervolume": 0.5, "hv_train": 0.5, "set_size": 2, "evaluated": 0,
+                                "failed": 0, "train_loss": 1.0, "train_steps": 10, "train_seconds": t + 5,
+                                "train_loop_seconds": t, "eval_seconds": 1.0, "search_seconds": 1.0,
+                                "train_attempts": 1, "eval_retries": 0, "evaluators_replaced": 0})
+
+
+def test_table2_options_compare_each_option_with_table2s_own_runs(study, tmp_path, monkeypatch):
+    st = _study_in(study, tmp_path, monkeypatch)
+    monkeypatch.setattr(study, "ROOT", ROOT)  # the real configs/study/minilm-rt.yaml
+    acc = {"coa": [0.70, 0.80], "shared": [0.72, 0.80], "per-config": [0.74, 0.82],
+           "coa-residual-fit": [0.73, 0.81], "shared-residual": [0.72, 0.78]}
+    for m, tail in (("coa", "-budgets"), ("shared", ""), ("per-config", "")):
+        (st.runs / f"eval-{m}-s0{tail}.json").write_text("[]")
+    allocation = {"m": {"bits": 3}}
+    (st.runs / "per-config-s0" / "a").mkdir(parents=True)
+    (st.runs / "per-config-s0" / "per_config.json").write_text(json.dumps({"checkpoints": ["a"]}))
+    (st.runs / "per-config-s0" / "a" / "meta.json").write_text(json.dumps({"trainset": [allocation]}))
+    for m, t in (("shared", 90.0), ("shared-residual", 95.0)):
+        (st.runs / f"{m}-s0").mkdir()
+        (st.runs / f"{m}-s0" / "meta.json").write_text(json.dumps({"trainset": [{"m": {"bits": 2}}],
+                                                                   "train_seconds": t}))
+    _rounds(st.runs / "coa-s0", [40.0, 50.0])
+    _rounds(st.runs / "coa-residual-fit-s0", [45.0, 55.0])
+    for m in ("coa-s0", "coa-residual-fit-s0"):
+        (st.runs / m / "checkpoints" / "round_0").mkdir(parents=True)
+        (st.runs / m / "checkpoints" / "round_0" / "meta.json").write_text(json.dumps({"trainset": [{"m": {"bits": 4}}]}))
+    calls = []
+
+    def evaluate(name, *args):
+        calls.append((name, args))
+        m = name[:name.index("-s0")]
+        return [{"config_id": f"c{i}", "accuracy": a} for i, a in enumerate(acc[m])]
+
+    monkeypatch.setattr(st, "evaluate", evaluate)
+    monkeypatch.setattr(st, "orchestrated", lambda name, config, sets, lm=False: calls.append((name, sets)) or st.runs / name)
+    monkeypatch.setattr(st, "trained", lambda name, config, method, sets, lm=False: calls.append((name, sets))
+                        or st.runs / name)
+    rows = {r["method"]: r for r in study.table2_options(st, [0])["table2_options"]}
+    assert set(rows) == {"coa", "shared", "coa-residual-fit", "shared-residual"}
+    assert rows["coa-residual-fit"]["gap_to_shared_pt"] == pytest.approx(1.0)  # (+1, +1) points
+    assert rows["coa-residual-fit"]["gap_to_per_config_pt"] == pytest.approx(-1.0)
+    assert rows["coa"]["gap_to_shared_pt"] == pytest.approx(-1.0)
+    assert rows["shared-residual"]["gap_to_shared_pt"] == pytest.approx(-1.0)
+    assert rows["coa-residual-fit"]["train_seconds"] == 100.0 and rows["shared-residual"]["train_seconds"] == 95.0
+    # The options' runs: Table 2's seed and step count, plus the option.
+    assert ("coa-residual-fit-s0", ["train.seed=0", "search.seed=0", "lora.init=residual",
+                                    "hypernet.residual_fit=200"]) in calls
+    assert ("shared-residual-s0", ["train.seed=0", "search.seed=0", "train.steps=200", "lora.init=residual"]) in calls
+    # An option that trained on an evaluated allocation makes the comparison unfair: the study stops.
+    (st.runs / "shared-residual-s0" / "meta.json").write_text(json.dumps({"trainset": [allocation], "train_seconds": 1}))
+    with pytest.raises(SystemExit, match="in a training set"):
+        study.table2_options(st, [0])
+    (st.runs / "eval-per-config-s0.json").unlink()
+    with pytest.raises(SystemExit, match="run `--parts table2 --seeds 0` first"):
+        study.table2_options(st, [0])
+    res = st.results
+    (res / "report-template.md").write_text("{{table2-options}}\n")
+    lines = study.render_report(res, tmp_path / "r.md").splitlines()
+    assert lines[0] == ("| method | mean accuracy, seed 0 | mean ± std | gap to per-config | gap to shared "
+                        "| training s, seed 0 |")
+    assert "| coa-residual-fit | 0.7700 | 0.770 ± 0.000 | −1.00 ± 0.00 pt | +1.00 ± 0.00 pt | 100 |" in lines
+
+
 def _write_csv(path: Path, header: str, *rows: str) -> None:
     path.write_text("\n".join([header, *rows]) + "\n")
 
