@@ -69,11 +69,32 @@ def test_quick_prints_the_table_as_json_and_appends_the_csv(tmp_path):
     """The script end to end on a random tiny Llama: one row per evaluated budget and unseen configuration,
     each share in [0, 1] and ordered as a correction's reach requires."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "residual_span.py"), "--quick", "--json", "--unseen", "2",
-           "--csv", str(tmp_path / "span.csv")]
+           "--bank", "4", "--csv", str(tmp_path / "span.csv")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(res.stdout)["rows"]
     assert [r["set"] for r in rows] == ["seen"] * 4 + ["unseen"] * 2 and {r["rank"] for r in rows} == {4}
     for r in rows:
         assert 0 <= r["own_top_4r"] <= r["own_top_r"] <= r["best_core"] <= r["shared"] + 1e-9 <= 1 + 1e-9
+        assert r["best_core_bank"] <= min(r["best_core"], r["shared_bank"]) + 1e-9 and r["reach_bank"] >= r["reach"]
     assert len((tmp_path / "span.csv").read_text().splitlines()) == 1 + 6
+
+
+def test_a_bank_per_bit_width_reaches_the_next_directions_and_never_does_worse(span):
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    c = space.sample(np.random.default_rng(0), 1)
+    model = CoaModel(base, space, LoraSettings(rank=4, alpha=8, init="residual"))
+    model.init_lora_from_residual(c)
+    # Trained on one configuration, its bank entry is its residual's directions 5..16: with B·A, its top 16.
+    got = span.residual_shares(model, c, rank=4, trainset=c, bank_rank=12)
+    assert got["shared+bank"][0] == pytest.approx(got["own top-4r"][0], rel=1e-4)
+    assert got["best core+bank"][0] == pytest.approx(got["own top-4r"][0], rel=1e-4)
+    # Other configurations: the joint span holds B·A + bank and the old span, so its projection is the best.
+    configs = space.sample(np.random.default_rng(1), 4)
+    model.init_lora_from_residual(configs[:2])
+    got = span.residual_shares(model, configs, rank=4, trainset=configs[:2], bank_rank=4)
+    assert np.all(got["best core+bank"] <= got["best core"] + 1e-9)
+    assert np.all(got["best core+bank"] <= got["shared+bank"] + 1e-9)
+    with pytest.raises(ValueError, match="training set"):
+        span.residual_shares(model, configs, rank=4, bank_rank=4)
