@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from coalora.core.space import QuantSpace
 from coalora.errors import USER_ERRORS, ConfigError, InputError, RunDirError, StorageError
 from coalora.model.loading import LoadedModel
-from coalora.model.lora import check_rank
+from coalora.model.lora import check_lora_shape
 from coalora.pipeline.config import ExperimentConfig, load_config
 from coalora.storage import Location, is_uri, open_location
 from orchestration.store import RunStore
@@ -138,7 +138,7 @@ def prepare(config: str | None, overrides: Sequence[str], *, resume: str | None 
 
     loaded = load_base(cfg)
     space = build_space(cfg, loaded.model)  # checks every bits setting against the space
-    check_rank(cfg.lora.rank, space)  # LoRA's rank must fit every target matrix
+    check_lora_shape(cfg.lora, space)  # LoRA's rank (and bank) must fit every target matrix
     check_training_task(cfg, loaded.task)
     completed = store.validate(space) if resume else 0
     if resume and completed > cfg.run.rounds:

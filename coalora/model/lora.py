@@ -54,7 +54,7 @@ def autocast_for(device: torch.device | str, dtype: torch.dtype) -> ContextManag
     return contextlib.nullcontext()
 
 
-def check_rank(rank: int, space: QuantSpace) -> None:
+def check_rank(rank: int, space: QuantSpace, key: str = "lora.rank") -> None:
     """A LoRA of rank ``r`` on an ``(out, in)`` matrix needs ``r <= min(out, in)``: beyond that the
     product ``B·A`` cannot have rank ``r``, and the factors only waste memory (a huge rank would try to
     allocate gigabytes). Checked before anything is allocated; the message names the tightest matrix.
@@ -65,21 +65,30 @@ def check_rank(rank: int, space: QuantSpace) -> None:
     limit = min(tight.shape)
     if rank > limit:
         raise ConfigError(
-            f"lora.rank: {rank} is larger than the smaller side of target matrix {tight.name} (shape "
-            f"{tight.shape[0]} x {tight.shape[1]}, out x in); set lora.rank to at most {limit}"
+            f"{key}: {rank} is larger than the smaller side of target matrix {tight.name} (shape "
+            f"{tight.shape[0]} x {tight.shape[1]}, out x in); set {key} to at most {limit}"
         )
+
+
+def check_lora_shape(lora: LoraSettings, space: QuantSpace) -> None:
+    """:func:`check_rank` for ``lora.rank`` and, when on, ``lora.bank``."""
+    check_rank(lora.rank, space)
+    if lora.bank:
+        check_rank(lora.bank, space, key="lora.bank")
 
 
 class CoaLinear(nn.Module):
     """A target linear layer: frozen full-precision weight, swappable quantized weight, LoRA A/B, core.
 
-    Shapes: ``weight`` (out, in), ``lora_A`` (r, in), ``lora_B`` (out, r), ``core`` (r, r) or None.
-    Input ``(..., in)`` → output ``(..., out)``.
+    Shapes: ``weight`` (out, in), ``lora_A`` (r, in), ``lora_B`` (out, r), ``core`` (r, r) or None; with
+    ``lora.bank`` R > 0 also ``bank_A`` (n_bits, R, in) and ``bank_B`` (n_bits, out, R), one pair per weight
+    bit width, of which ``bank_slot`` (set by :meth:`CoaModel.set_config`) is added. Input ``(..., in)`` →
+    output ``(..., out)``.
 
     ``weight``/``qweight`` keep the base's dtype; ``lora_A``/``lora_B`` are float32 whatever the base.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, lora: LoraSettings) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, lora: LoraSettings, n_bits: int = 0) -> None:
         super().__init__()
         out_f, in_f = weight.shape
         self.in_features, self.out_features = in_f, out_f
@@ -96,6 +105,15 @@ class CoaLinear(nn.Module):
         self.qweight: torch.Tensor = self.weight
         self.core: torch.Tensor | None = None
         self.adapter_on = True  # False inside CoaModel.unadapted(): the plain base layer
+        # The bank (lora.bank): like A and B, Kaiming A_b and zero B_b, so a bank adds nothing at start.
+        self.bank_A: nn.Parameter | None = None
+        self.bank_B: nn.Parameter | None = None
+        if lora.bank and n_bits:
+            self.bank_A = nn.Parameter(torch.empty(n_bits, lora.bank, in_f, dtype=torch.float32, device=weight.device))
+            self.bank_B = nn.Parameter(torch.zeros(n_bits, out_f, lora.bank, dtype=torch.float32, device=weight.device))
+            for a in self.bank_A.data:
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.bank_slot: int | None = None  # the weight bit-width index of the configuration; None: no bank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.qweight, self.bias)
@@ -105,13 +123,20 @@ class CoaLinear(nn.Module):
         # gradients land in float32 on the parameters; for float32 activations they are no-ops (the same
         # tensors), which keeps the float32 path unchanged. Under autocast F.linear casts once more to
         # the autocast dtype, which agrees with these casts.
-        h = F.linear(self.dropout(x), self.lora_A.to(x.dtype))
+        x = self.dropout(x)
+        h = F.linear(x, self.lora_A.to(x.dtype))
         if self.core is not None:
             h = F.linear(h, self.core.to(h.dtype))
-        return y + self.scaling * F.linear(h, self.lora_B.to(h.dtype))
+        out = F.linear(h, self.lora_B.to(h.dtype))
+        if self.bank_A is not None and self.bank_B is not None and self.bank_slot is not None:
+            # Indexing a slot keeps the gradient to that slot's rows only: other bit widths are untouched.
+            g = F.linear(x, self.bank_A[self.bank_slot].to(x.dtype))
+            out = out + F.linear(g, self.bank_B[self.bank_slot].to(g.dtype))
+        return y + self.scaling * out
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.shape[0]}"
+        bank = "" if self.bank_A is None else f", bank={tuple(self.bank_A.shape[:2])}"
+        return f"in={self.in_features}, out={self.out_features}, r={self.lora_A.shape[0]}{bank}"
 
 
 class CoaModel(nn.Module):
@@ -144,7 +169,7 @@ class CoaModel(nn.Module):
         errors: np.ndarray | None = None,
     ) -> None:
         super().__init__()
-        check_rank(lora.rank, space)  # before any factor is allocated
+        check_lora_shape(lora, space)  # before any factor is allocated
         self.model = model
         self.space = space
         self.lora_settings = lora
@@ -160,7 +185,7 @@ class CoaModel(nn.Module):
             w = w.t().contiguous() if m.transposed else w
             if tuple(w.shape) != m.shape:
                 raise CheckpointMismatchError(f"{m.name}: weight shape {tuple(w.shape)} != space's {m.shape}")
-            new = CoaLinear(w, getattr(old, "bias", None), lora)
+            new = CoaLinear(w, getattr(old, "bias", None), lora, n_bits=len(space.options["bits"]))
             model.set_submodule(m.name, new)
             layers.append(new)
         self._layers = layers  # plain list: the modules are registered under self.model already
@@ -221,7 +246,7 @@ class CoaModel(nn.Module):
                 raise ValueError("a configuration-aware model needs a configuration (got None)")
             self.config, self._config_t = None, None
             for layer in self._layers:
-                layer.qweight = layer.weight
+                layer.qweight, layer.bank_slot = layer.weight, None
             return
         idx = self.space.validate(idx)
         flat = self.space.flat_option(idx)
@@ -231,6 +256,7 @@ class CoaModel(nn.Module):
             layer.qweight = self.cache.get(
                 (i, int(flat[i])), lambda w=layer.weight, o=option: _quantize(w, o, family)
             )
+            layer.bank_slot = int(idx[i, 0])  # the weight bit-width index (knob "bits")
         self.config = idx
         self._config_t = as_index_tensor(idx, self.device)
 
@@ -318,8 +344,11 @@ class CoaModel(nn.Module):
 
         For matrix i, ``R_i = W_i − mean_c Q_c(W_i)`` over ``configs`` ``(S, N, 5)`` (each distinct option
         quantized once, weighted by how many configurations use it); then ``(α/r)·B_i·A_i`` is the top-r
-        part of ``R_i`` (:func:`residual_factors`). Computed in float32 whatever the base's dtype. Every
-        data-parallel worker computes the same factors from the same configurations.
+        part of ``R_i`` (:func:`residual_factors`). With ``lora.bank`` R, each bit width b that ``configs``
+        give matrix i gets ``(α/r)·B_b·A_b`` = the top-R part of ``R_{i,b} − (α/r)·B_i·A_i``, ``R_{i,b}`` the
+        mean residual over the configurations giving it b; the other widths keep their zero start.
+        Computed in float32 whatever the base's dtype. Every data-parallel worker computes the same
+        factors from the same configurations.
         """
         configs = np.asarray(configs)
         if configs.ndim != 3 or len(configs) == 0:
@@ -331,12 +360,24 @@ class CoaModel(nn.Module):
                 w = layer.weight.float()
                 options, counts = np.unique(flat[:, i], return_counts=True)
                 mean_q = torch.zeros_like(w)
+                by_bits: dict[int, list[Any]] = {}  # bit-width index -> [sum of n·Q, n]
                 for k, n in zip(options, counts):
-                    option = self.space.option(self.space.option_table[k])
-                    mean_q += _quantize(layer.weight, option, family).float() * (n / len(configs))
+                    row = self.space.option_table[k]
+                    q = _quantize(layer.weight, self.space.option(row), family).float()
+                    mean_q += q * (n / len(configs))
+                    if layer.bank_A is not None:
+                        acc = by_bits.setdefault(int(row[0]), [torch.zeros_like(w), 0])
+                        acc[0] += q * float(n)
+                        acc[1] += int(n)
                 a, b = residual_factors(w - mean_q, layer.lora_A.shape[0], layer.scaling)
                 layer.lora_A.copy_(a)
                 layer.lora_B.copy_(b)
+                if layer.bank_A is not None and layer.bank_B is not None:
+                    shared = layer.scaling * (b @ a)
+                    for slot, (total_q, n) in by_bits.items():
+                        a_b, b_b = residual_factors(w - total_q / n - shared, layer.bank_A.shape[1], layer.scaling)
+                        layer.bank_A[slot] = a_b
+                        layer.bank_B[slot] = b_b
 
     def input_statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """What the residual fit needs of each matrix's inputs, from the unquantized base's forward passes.
@@ -413,8 +454,12 @@ class CoaModel(nn.Module):
                     ga = (ga + ga.T) / 2  # A XᵀX Aᵀ, symmetric up to rounding
                     a_pinv = torch.linalg.solve(_ridged(ga), p.T).T  # P (A P)⁻¹, (in, r)
                 for k in np.unique(flat[:, i]):
-                    q = _quantize(layer.weight, self.space.option(self.space.option_table[k]), family).float()
-                    targets[flat[:, i] == k, i] = (b_pinv @ (w - q) @ a_pinv) / s
+                    row = self.space.option_table[k]
+                    left = w - _quantize(layer.weight, self.space.option(row), family).float()
+                    if layer.bank_A is not None and layer.bank_B is not None:
+                        # The core corrects what the bank entry of this bit width leaves.
+                        left = left - s * (layer.bank_B[int(row[0])].float() @ layer.bank_A[int(row[0])].float())
+                    targets[flat[:, i] == k, i] = (b_pinv @ left @ a_pinv) / s
                 # A matrix with no weight (or no input) has nothing to correct: its error counts 0, not NaN.
                 gram_b[i] = gb * (s * s) / norm if norm > 0 else torch.zeros_like(gb)
                 gram_a[i] = ga
@@ -454,22 +499,36 @@ class CoaModel(nn.Module):
         return losses
 
     def folded_lora(self, idx: np.ndarray | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Plain LoRA factors for one configuration: ``{name: (A (r,in), B·M (out,r))}``, float32.
+        """Plain LoRA factors for one configuration: ``{name: (A (r',in), B' (out,r'))}``, float32, with the
+        same scaling α/r as the model.
 
-        The fold B' = B·M is computed in float32 from float32 factors and float32 cores, whatever the
-        base's dtype.
+        Without a bank r' = r and B' = B·M (the fold). With ``lora.bank`` R, r' = r + R: A stacked on the
+        configuration's bank entry A_b, B·M beside B_b (no entry in fp mode, ``idx`` None: zeros). The fold is
+        computed in float32 from float32 factors and float32 cores, whatever the base's dtype.
         """
         cores = None
         if self.hypernet is not None:
             with torch.no_grad():
                 cores = self.hypernet(as_index_tensor(self.space.validate(idx), self.device))
+        rows = None if idx is None else self.space.validate(idx)
         out = {}
         for i, (m, layer) in enumerate(zip(self.space.matrices, self._layers)):
-            b = layer.lora_B.detach()
+            a, b = layer.lora_A.detach(), layer.lora_B.detach()
             if cores is not None:
                 b = b @ cores[i]
-            out[m.name] = (layer.lora_A.detach().clone(), b.clone())
+            if layer.bank_A is not None and layer.bank_B is not None:
+                if rows is None:
+                    a_b, b_b = torch.zeros_like(layer.bank_A[0]), torch.zeros_like(layer.bank_B[0])
+                else:
+                    a_b, b_b = layer.bank_A[int(rows[i, 0])].detach(), layer.bank_B[int(rows[i, 0])].detach()
+                a, b = torch.cat([a, a_b], dim=0), torch.cat([b, b_b], dim=1)
+            out[m.name] = (a.clone(), b.clone())
         return out
+
+    @property
+    def folded_rank(self) -> int:
+        """The rank of :meth:`folded_lora`'s factors: r, plus R with ``lora.bank``."""
+        return self.lora_settings.rank + self.lora_settings.bank
 
 
 def _ridged(gram: torch.Tensor) -> torch.Tensor:

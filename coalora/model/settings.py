@@ -29,6 +29,11 @@ class LoraSettings:
             quantization residual ``W − Q_c(W)`` over the training configurations, so that
             ``(α/r)·B·A`` starts as the best rank-r correction of the average quantization error.
             ``fp-lora`` (no quantization, no residual) keeps the default.
+        bank: R > 0 adds a configuration-dependent direction (issue #15): per target matrix and per weight
+            bit width of the space, a rank-R LoRA pair ``B_b (out, R) · A_b (R, in)`` (same scaling), used
+            where the configuration gives that matrix that bit width. Every configuration, seen or not,
+            draws its entries from widths the matrix trained at. Zero B_b at start (``residual``: the
+            top-R part of the mean residual at that width left by B·A). 0: off.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``lora.rank: must be a positive integer, got 0``.
@@ -38,6 +43,7 @@ class LoraSettings:
     alpha: float = 32.0
     dropout: float = 0.0
     init: str = "default"
+    bank: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank <= 0:
@@ -46,6 +52,8 @@ class LoraSettings:
             raise ConfigError(f"lora.alpha: must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if isinstance(self.bank, bool) or int(self.bank) != self.bank or self.bank < 0:
+            raise ConfigError(f"lora.bank: must be a non-negative integer (0: off), got {self.bank}")
         if self.init not in LORA_INITS:
             raise ConfigError(f"lora.init: must be one of {', '.join(LORA_INITS)}, got {self.init!r}")
 

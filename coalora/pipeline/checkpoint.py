@@ -134,6 +134,7 @@ def save_checkpoint(
                 "rank": model.lora_settings.rank,
                 "alpha": model.lora_settings.alpha,
                 "dropout": model.lora_settings.dropout,
+                "bank": model.lora_settings.bank,
             },
             "hypernet": None if model.hypernet is None else vars(model.hypernet.cfg),
             "base_dtype": str(model.compute_dtype).removeprefix("torch."),

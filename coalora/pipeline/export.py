@@ -96,9 +96,12 @@ def export_adapter(
                 packed[f"{m.name}.{k}"] = v.contiguous()
         save_file(packed, str(tmp / "quantized.safetensors"))
         # A PEFT model around the dequantized base, holding the folded factors and the trained head.
+        # With a bank the folded rank is r + R; alpha grows with it so that PEFT's alpha/rank stays the
+        # model's α/r.
+        rank = coa.folded_rank
         lcfg = LoraConfig(
-            r=coa.lora_settings.rank,
-            lora_alpha=coa.lora_settings.alpha,
+            r=rank,
+            lora_alpha=coa.lora_settings.alpha * rank / coa.lora_settings.rank,
             lora_dropout=0.0,
             target_modules=[m.name for m in space.matrices],
             modules_to_save=list(heads) or None,  # PEFT extends this list in place
@@ -128,7 +131,7 @@ def export_adapter(
             "avg_bits": float(space.average_bits(idx)),
             "model": fresh.name,
             "task": fresh.task,
-            "rank": coa.lora_settings.rank,
+            "rank": rank,
             "base_dtype": str(coa.compute_dtype).removeprefix("torch."),
             "adapter_dtype": "float32",
             "load": "PeftModel.from_pretrained(AutoModel...from_pretrained('<out>/base'), '<out>/adapter')",

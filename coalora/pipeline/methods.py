@@ -25,7 +25,7 @@ from coalora.core.space import QuantSpace
 from coalora.data.batching import check_label_range
 from coalora.errors import CheckpointError, ConfigError, DataError
 from coalora.model.loading import LoadedModel
-from coalora.model.lora import CoaModel, check_rank
+from coalora.model.lora import CoaModel, check_lora_shape
 from coalora.pipeline.checkpoint import META, check_checkpoint, load_trainable, save_checkpoint, training_meta
 from coalora.pipeline.config import ExperimentConfig, config_from_dict
 from coalora.pipeline.evaluate import evaluate
@@ -117,7 +117,7 @@ def train_method(
     t0 = time.perf_counter()
     loaded = _on(load_base(cfg), device)
     # Settings that depend on the model's shapes fail before the data is read or anything is allocated.
-    check_rank(cfg.lora.rank, build_space(cfg, loaded.model))
+    check_lora_shape(cfg.lora, build_space(cfg, loaded.model))
     check_training_task(cfg, loaded.task)
     data = load_data(cfg, loaded.tokenizer, loaded.task)
     _check_training_classes(cfg, data)

@@ -505,6 +505,35 @@ def test_damage_inputs_train_load_back_and_adapt(workdir, tmp_path):
     assert (tmp_path / "adapter" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_a_bank_trains_loads_back_and_exports_a_peft_adapter_of_rank_r_plus_R(workdir, tmp_path):
+    """``lora.bank``: trained from the residual start with the residual fit, the checkpoint loads back with its
+    bank, and ``adapt`` writes a PEFT adapter of rank r + R (α scaled with it) that reproduces our logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "bank"
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "lora.bank=2",
+                 "--set", "lora.init=residual", "--set", "hypernet.residual_fit=5"]) == 0
+    coa, meta, _, _ = load_adapted(out)
+    assert meta["lora"]["bank"] == 2 and coa.layers[0].bank_B.shape[2] == 2
+    trainset = np.stack([coa.space.from_json(c) for c in meta["trainset"]])
+    used = sorted({int(w) for w in trainset[:, 0, 0]})
+    assert all(torch.count_nonzero(coa.layers[0].bank_B[k]) > 0 for k in used)
+    adapter = tmp_path / "adapter"
+    assert main(["adapt", "--checkpoint", str(out), "--budget", "3.0", "--out", str(adapter)]) == 0
+    peft_cfg = json.loads((adapter / "adapter" / "adapter_config.json").read_text())
+    assert (peft_cfg["r"], peft_cfg["lora_alpha"]) == (6, 12.0)  # r 4 + R 2; α/r stays 8/4
+    assert json.loads((adapter / "export.json").read_text())["rank"] == 6
+    idx = coa.space.from_json(json.loads((adapter / "configuration.json").read_text()))
+    base = AutoModelForSequenceClassification.from_pretrained(adapter / "base")
+    peft_model = PeftModel.from_pretrained(base, adapter / "adapter").eval()
+    ids = torch.randint(5, 100, (4, 9), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    coa.set_config(idx)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, coa(**batch).logits, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["shared", "per-config"])
 def test_residual_init_starts_each_method_from_its_training_configurations(workdir, tmp_path, method):
     """``lora.init=residual``: after one step at a negligible learning rate, (α/r)·B·A is still the top-r
