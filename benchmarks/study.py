@@ -101,6 +101,10 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "coa-residual-fit-slow": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", "train.hypernet_lr_scale=0.1"]),
     # Its matching shared: both options a shared LoRA can take.
     "shared-residual-random": ("shared", ["lora.init=residual", *RANDOM_ONE]),
+    # A configuration-dependent direction (lora.bank): a rank-16 pair per (matrix, weight bit width), from the
+    # residual. With a bank shared is configuration-aware too (by each matrix's width), so the pair is matched.
+    "coa-bank": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", "lora.bank=16", *RANDOM_ONE]),
+    "shared-bank": ("shared", ["lora.init=residual", "lora.bank=16", *RANDOM_ONE]),
 }
 # per-config's variants (one adapter per evaluated configuration, each with the option): name -> --set values.
 HEADROOM_PER_CONFIG: dict[str, list[str]] = {"per-config": [], "per-config-residual": ["lora.init=residual"]}
@@ -115,6 +119,7 @@ HEADROOM_MATCH: dict[str, tuple[str, str]] = {
     "coa-gates": ("shared-residual-r64", "per-config-residual"),  # per-config stays at rank 16
     "coa-residual-fit-distill": ("shared-residual-distill", "per-config-residual"),
     "coa-residual-fit-x-random": ("shared-residual-random", "per-config-residual"),
+    "coa-bank": ("shared-bank", "per-config-residual"),  # per-config keeps rank 16 and no bank
     "coa-random": ("shared-random", "per-config"),
     "coa-distill": ("shared-distill", "per-config"),
 }

@@ -265,6 +265,15 @@ def test_a_coa_variant_is_also_scored_against_the_shared_variant_with_its_option
                for sh, pc in study.HEADROOM_MATCH.values())
 
 
+def test_every_headroom_variant_is_a_valid_configuration_of_the_testbed(study):
+    from coalora.pipeline.config import load_config
+
+    for name, (method, sets) in study.HEADROOM_VARIANTS.items():
+        cfg = load_config(study.ROOT / study.LOWBIT, sets)
+        assert method in ("coa", "shared"), name
+        assert cfg.lora.bank == (16 if "bank" in name else 0), name
+
+
 def test_evaluated_configurations_in_a_training_set_are_found(study, tmp_path):
     a, b, c = {"m": {"bits": 3}}, {"m": {"bits": 4}}, {"m": {"bits": 8}}
     (tmp_path / "seen.json").write_text(json.dumps([a, c]))
