@@ -1040,16 +1040,32 @@ def headroom_search(st: Study, seeds: list[int]) -> dict[str, Any]:
     return {"headroom_search": agg}
 
 
+# The residual-span analyses: name -> residual_span.py arguments. The bank run measures lora.bank's reach.
+HEADROOM_SPAN_RUNS: dict[str, list[str]] = {"r16": ["--rank", "16"], "r64": ["--rank", "64"],
+                                            "bank16": ["--rank", "16", "--bank", "16"]}
+
+
 def headroom_span(st: Study, seeds: list[int]) -> dict[str, Any]:
     """How much of each evaluated configuration's quantization residual the shared B·A, the best in-span
-    core and the configuration's own top-r directions remove, at rank 16 and 64 (``benchmarks/
-    residual_span.py``; exact, seed-independent, no training): ``headroom-span.csv``."""
-    path = st.results / "headroom-span.csv"
-    path.unlink(missing_ok=True)
-    for rank in (16, 64):
-        st.sh([sys.executable, "benchmarks/residual_span.py", "--rank", str(rank), "--unseen",
-               str(HEADROOM_UNSEEN_PER_CONFIG), "--csv", str(path)], f"headroom-span-r{rank}.log", echo=True)
-    return {"headroom_span": _read_csv(path)}
+    core and the configuration's own top-r directions remove, at rank 16 and 64, and what a rank-16 bank
+    per bit width adds (``benchmarks/residual_span.py``; exact, seed-independent, no training; each run's
+    table kept in ``runs/<study>/headroom-span-<name>.csv`` and skipped once there):
+    ``headroom-span.csv`` (the ranks) and ``headroom-span-bank.csv``."""
+    tables = {}
+    for name, args in HEADROOM_SPAN_RUNS.items():
+        path = st.runs / f"headroom-span-{name}.csv"
+        if path.is_file():
+            st.reuse(f"headroom-span-{name}.log")
+        else:
+            partial = st.runs / f"headroom-span-{name}.partial.csv"  # the script appends: start empty
+            partial.unlink(missing_ok=True)
+            st.sh([sys.executable, "benchmarks/residual_span.py", *args, "--unseen", str(HEADROOM_UNSEEN_PER_CONFIG),
+                   "--csv", str(partial)], f"headroom-span-{name}.log", echo=True)
+            partial.rename(path)
+        tables[name] = _read_csv(path)
+    st.write_csv("headroom-span.csv", tables["r16"] + tables["r64"])
+    st.write_csv("headroom-span-bank.csv", tables["bank16"])
+    return {"headroom_span": tables["r16"] + tables["r64"] + tables["bank16"]}
 
 
 # ---------------------------------------------------------------------- the report
@@ -1266,6 +1282,15 @@ def _report_headroom_span(results: Path) -> str:
                    "by its own top-4r", "reach"], rows)
 
 
+def _report_headroom_span_bank(results: Path) -> str:
+    rows = [[str(int(r["rank"])), r["set"], _num(r["avg_bits"], 2), *(f"{100 * (1 - r[k]):.1f} %" for k in
+             ("shared", "best_core", "shared_bank", "best_core_bank", "own_top_r")), _num(r["reach"], 2),
+             _num(r["reach_bank"], 2)]
+            for r in _read_csv(results / "headroom-span-bank.csv")]
+    return _table(["rank", "set", "bits", "removed by shared B·A", "by the best core", "by B·A + bank",
+                   "by the best core + bank", "by its own top-r", "reach", "reach with the bank"], rows)
+
+
 def _report_causal_lm(results: Path) -> str:
     detail = _read_csv(results / "causal-lm-per-config.csv")
     agg = {r["method"]: r for r in _read_csv(results / "causal-lm.csv")}
@@ -1381,13 +1406,14 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "headroom-curves": (_report_headroom_curves, ("headroom-curves.csv",)),
            "headroom-search": (_report_headroom_search, ("headroom-search-seeds.csv", "headroom-search.csv")),
            "headroom-span": (_report_headroom_span, ("headroom-span.csv",)),
+           "headroom-span-bank": (_report_headroom_span_bank, ("headroom-span-bank.csv",)),
            "headroom-excluded": (_report_headroom_excluded, ("headroom-excluded.csv",)),
            "provenance": (_report_provenance, ("manifest.json",))}
 
 
 # The part that writes a table's files, where the placeholder is not named after it.
 _PART_OF = {"table2-budgets": "table2", "headroom-pairs": "headroom", "headroom-excluded": "headroom",
-            "headroom-curves": "headroom", "provenance": "<any>"}
+            "headroom-curves": "headroom", "headroom-span-bank": "headroom-span", "provenance": "<any>"}
 
 
 def render_report(results: Path, out: Path) -> str:

@@ -429,3 +429,30 @@ def test_the_residual_span_table_shows_what_each_correction_removes(study, tmp_p
     lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
     assert lines[2] == "| 16 | seen | 3.00 | 2.9 % | 4.3 % | 11.0 % | 33.2 % | 0.39 |"
     assert "headroom-span" in study.PARTS
+
+
+def test_the_span_part_runs_each_analysis_once_and_splits_the_bank_table(study, tmp_path, monkeypatch):
+    st = _study_in(study, tmp_path, monkeypatch)
+    ran = []
+    header = "rank,set,avg_bits,shared,best_core,own_top_r,own_top_4r,reach"
+
+    def sh(cmd, log, echo=False):
+        ran.append(log)
+        csv_path = Path(cmd[cmd.index("--csv") + 1])
+        rank = cmd[cmd.index("--rank") + 1]
+        if "--bank" in cmd:
+            _write_csv(csv_path, header + ",shared_bank,best_core_bank,reach_bank",
+                       f"{rank},unseen,3.1,0.99,0.98,0.89,0.68,0.15,0.98,0.96,0.35")
+        else:
+            _write_csv(csv_path, header, f"{rank},unseen,3.1,0.99,0.98,0.89,0.68,0.15")
+        return ""
+
+    monkeypatch.setattr(st, "sh", sh)
+    study.headroom_span(st, [0])
+    assert ran == ["headroom-span-r16.log", "headroom-span-r64.log", "headroom-span-bank16.log"]
+    assert [r["rank"] for r in study._read_csv(st.results / "headroom-span.csv")] == [16, 64]
+    study.headroom_span(st, [0])  # every table is there: nothing runs again
+    assert len(ran) == 3
+    (st.results / "report-template.md").write_text("{{headroom-span-bank}}\n")
+    lines = study.render_report(st.results, tmp_path / "r.md").splitlines()
+    assert lines[2] == "| 16 | unseen | 3.10 | 1.0 % | 2.0 % | 2.0 % | 4.0 % | 11.0 % | 0.15 | 0.35 |"
