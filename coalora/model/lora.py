@@ -250,15 +250,17 @@ class CoaModel(nn.Module):
             return
         idx = self.space.validate(idx)
         flat = self.space.flat_option(idx)
-        family = self.space.family
         for i, layer in enumerate(self._layers):
-            option = self.space.option(idx[i])
-            layer.qweight = self.cache.get(
-                (i, int(flat[i])), lambda w=layer.weight, o=option: _quantize(w, o, family)
-            )
+            layer.qweight = self.quantized(i, int(flat[i]))
             layer.bank_slot = int(idx[i, 0])  # the weight bit-width index (knob "bits")
         self.config = idx
         self._config_t = as_index_tensor(idx, self.device)
+
+    def quantized(self, i: int, k: int) -> torch.Tensor:
+        """Matrix i's weight under flat option k (the base's dtype), through the (matrix, option) cache that
+        :meth:`set_config` uses: the residual start, the residual fit and training quantize each pair once."""
+        option = self.space.option(self.space.option_table[k])
+        return self.cache.get((i, int(k)), lambda w=self._layers[i].weight: _quantize(w, option, self.space.family))
 
     def cores(self) -> torch.Tensor | None:
         """``(N, r, r)`` cores of the current configuration (None in plain-LoRA mode)."""
@@ -354,7 +356,6 @@ class CoaModel(nn.Module):
         if configs.ndim != 3 or len(configs) == 0:
             raise ValueError(f"configs must be a non-empty (S, N, 5) array, got shape {configs.shape}")
         flat = np.stack([self.space.flat_option(self.space.validate(c)) for c in configs])  # (S, N)
-        family = self.space.family
         with torch.no_grad():
             for i, layer in enumerate(self._layers):
                 w = layer.weight.float()
@@ -363,7 +364,7 @@ class CoaModel(nn.Module):
                 by_bits: dict[int, list[Any]] = {}  # bit-width index -> [sum of n·Q, n]
                 for k, n in zip(options, counts):
                     row = self.space.option_table[k]
-                    q = _quantize(layer.weight, self.space.option(row), family).float()
+                    q = self.quantized(i, k).float()
                     mean_q += q * (n / len(configs))
                     if layer.bank_A is not None:
                         acc = by_bits.setdefault(int(row[0]), [torch.zeros_like(w), 0])
@@ -435,7 +436,6 @@ class CoaModel(nn.Module):
         """
         configs = np.asarray(configs)
         flat = np.stack([self.space.flat_option(self.space.validate(c)) for c in configs])  # (C, N)
-        family = self.space.family
         r = self._layers[0].lora_A.shape[0]
         targets = torch.empty(len(configs), len(self._layers), r, r)
         gram_b, gram_a = torch.empty(len(self._layers), r, r), torch.empty(len(self._layers), r, r)
@@ -455,7 +455,7 @@ class CoaModel(nn.Module):
                     a_pinv = torch.linalg.solve(_ridged(ga), p.T).T  # P (A P)⁻¹, (in, r)
                 for k in np.unique(flat[:, i]):
                     row = self.space.option_table[k]
-                    left = w - _quantize(layer.weight, self.space.option(row), family).float()
+                    left = w - self.quantized(i, k).float()
                     if layer.bank_A is not None and layer.bank_B is not None:
                         # The core corrects what the bank entry of this bit width leaves.
                         left = left - s * (layer.bank_B[int(row[0])].float() @ layer.bank_A[int(row[0])].float())

@@ -102,6 +102,25 @@ def test_switching_configuration_uses_cache_and_changes_output():
     assert coa.cache.hits >= 12
 
 
+def test_the_residual_start_the_fit_targets_and_training_quantize_each_pair_once():
+    base = tiny_llama()
+    space = QuantSpace.from_model(base)
+    configs = space.sample(np.random.default_rng(5), 3)
+    model = CoaModel(base, space, LoraSettings(rank=4, alpha=8, init="residual"), HypernetConfig())
+    pairs = {(i, int(k)) for c in configs for i, k in enumerate(space.flat_option(c))}
+    model.init_lora_from_residual(configs)
+    assert (model.cache.misses, model.cache.hits) == (len(pairs), 0)
+    model.residual_core_targets(configs)
+    model.set_config(configs[1])
+    assert model.cache.misses == len(pairs)  # every later use was a hit
+    assert model.cache.hits == len(pairs) + len(model.layers)
+    # The cached weights are the quantizer's own.
+    i, k = next(iter(pairs))
+    want = fake_quantize(model.layers[i].weight, space.option(space.option_table[k]), family=space.family,
+                         dtype=model.layers[i].weight.dtype)
+    torch.testing.assert_close(model.quantized(i, k), want, atol=0, rtol=0)
+
+
 def test_fp_mode_runs_the_unquantized_base():
     base = tiny_bert()
     ref = tiny_bert()
@@ -374,6 +393,7 @@ def test_a_residual_of_rank_below_r_gives_finite_targets():
     before = model.residual_core_targets(configs)
     with torch.no_grad():
         model.layers[0].weight.zero_()
+    model.cache.clear()  # the base is frozen in real use: its quantized copies are cached by (matrix, option)
     model.init_lora_from_residual(configs)
     targets, gram_b, gram_a = model.residual_core_targets(configs)
     assert torch.isfinite(targets).all() and torch.isfinite(gram_b).all()
