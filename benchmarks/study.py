@@ -1062,7 +1062,8 @@ def headroom_span(st: Study, seeds: list[int]) -> dict[str, Any]:
             st.sh([sys.executable, "benchmarks/residual_span.py", *args, "--unseen", str(HEADROOM_UNSEEN_PER_CONFIG),
                    "--csv", str(partial)], f"headroom-span-{name}.log", echo=True)
             partial.rename(path)
-        tables[name] = _read_csv(path)
+        with open(path, newline="") as f:  # as written (the script's own number format)
+            tables[name] = list(csv.DictReader(f))
     st.write_csv("headroom-span.csv", tables["r16"] + tables["r64"])
     st.write_csv("headroom-span-bank.csv", tables["bank16"])
     return {"headroom_span": tables["r16"] + tables["r64"] + tables["bank16"]}
