@@ -23,12 +23,14 @@ import pytest  # noqa: E402
 # `make test` runs them in one xdist worker, as one group ("ray"), while the other worker runs the rest
 # module by module. Ray tests stay in one process because they share the session's cluster and reference
 # run (session fixtures are per worker) and two sets of Ray clusters would starve each other's heartbeats.
-RAY_FIXTURES = frozenset({"ray_local", "reference", "smoke_pair", "smoke_runs"})
+# fuzz_run_dir (tests/fuzz/conftest.py) asks for `reference` at run time, so pytest's static fixture list
+# does not show it: it is named here.
+RAY_FIXTURES = frozenset({"ray_local", "reference", "smoke_pair", "smoke_runs", "fuzz_run_dir"})
 
 
 def _uses_ray(item: pytest.Item) -> bool:
-    return "orchestration" in Path(str(item.path)).relative_to(ROOT).parts or bool(
-        RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
+    module = Path(item.nodeid.split("::")[0])  # relative to the rootdir: tests/<package>/test_x.py
+    return module.parts[:2] == ("tests", "orchestration") or bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
