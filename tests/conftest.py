@@ -18,32 +18,42 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 
 
-# ---------------------------------------------------------------------- two workers (`make test`: pytest-xdist)
-# The Ray tests keep one core busy at most half the time (Ray start-up, waits on actors and subprocesses):
-# `make test` runs them in one xdist worker, as one group ("ray"), while the other worker runs the rest
-# module by module. Ray tests stay in one process because they share the session's cluster and reference
-# run (session fixtures are per worker) and two sets of Ray clusters would starve each other's heartbeats.
+# ---------------------------------------------------------------------- two workers (pytest-xdist)
+# `make test TEST_WORKERS=2` runs the suite in two xdist workers. The Ray tests must stay in one process: they
+# share the session's Ray cluster and reference run (session fixtures are per worker), and two workers'
+# clusters would starve each other. So a custom scheduler sends every Ray module, as one unit, to one worker,
+# and the other modules, whole, to whichever worker is free. (xdist's own `--dist loadgroup` does not group
+# on pytest 9.2: pytest-xdist issue #1386.)
+RAY_MODULES = ("tests/orchestration/", "tests/fuzz/test_fuzz_run_dir.py")
 # fuzz_run_dir (tests/fuzz/conftest.py) asks for `reference` at run time, so pytest's static fixture list
 # does not show it: it is named here.
 RAY_FIXTURES = frozenset({"ray_local", "reference", "smoke_pair", "smoke_runs", "fuzz_run_dir"})
 
 
-def _uses_ray(item: pytest.Item) -> bool:
-    module = Path(item.nodeid.split("::")[0])  # relative to the rootdir: tests/<package>/test_x.py
-    return module.parts[:2] == ("tests", "orchestration") or bool(RAY_FIXTURES & set(getattr(item, "fixturenames", ())))
+def _ray_module(nodeid: str) -> bool:
+    return nodeid.startswith(RAY_MODULES)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests for ``--dist loadgroup``: the Ray tests together, first (the longest group starts at
-    once), every other module as its own group (a module's fixtures are built once, in one worker). The
-    order within each group is the collection order. Without xdist the groups are inert markers."""
-    ray_items = [it for it in items if _uses_ray(it)]
-    others = [it for it in items if not _uses_ray(it)]
-    for it in ray_items:
-        it.add_marker(pytest.mark.xdist_group("ray"))
-    for it in others:
-        it.add_marker(pytest.mark.xdist_group(it.nodeid.split("::")[0]))
-    items[:] = ray_items + others
+    """Every test that needs Ray must be in :data:`RAY_MODULES` (the scheduler only sees node ids)."""
+    stray = [it.nodeid for it in items if RAY_FIXTURES & set(getattr(it, "fixturenames", ()))
+             and not _ray_module(it.nodeid)]
+    if stray:
+        raise pytest.UsageError(f"tests outside RAY_MODULES use Ray fixtures (add their modules): {stray[:3]}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTogether(LoadScopeScheduling):
+        """Scopes: all of :data:`RAY_MODULES` as one ("ray"), every other module alone. xdist hands out the
+        largest scope first, so the Ray unit starts at once."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if _ray_module(nodeid) else nodeid.split("::", 1)[0]
+
+    return RayTogether(config, log)
 
 
 # The fuzz suite counts its cases (tests/fuzz/conftest.py CASES); under xdist each worker hands its counts to
