@@ -48,7 +48,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class RayTogether(LoadScopeScheduling):
         """Scopes: all of :data:`RAY_MODULES` as one ("ray"), every other module alone. xdist hands out the
-        largest scope first, so the Ray unit starts at once."""
+        largest scopes first (its --loadscope-reorder default); the Ray unit is one of the two largest (156
+        tests; test_quant.py has 159), so with two workers it starts at once."""
 
         def _split_scope(self, nodeid: str) -> str:
             return "ray" if _ray_module(nodeid) else nodeid.split("::", 1)[0]
