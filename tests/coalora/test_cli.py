@@ -62,10 +62,21 @@ def test_evaluate_random_and_budget_json(workdir, capsys):
     assert "accuracy" in table.splitlines()[0] and len(table.splitlines()) == 2
 
 
-def test_adapt_budget_writes_peft_adapter_that_reproduces_logits(workdir):
+def _assert_peft_reproduces(coa, idx, out: Path) -> None:
+    """The exported ``out/base`` + ``out/adapter``, loaded by PEFT alone, gives our logits under ``idx``."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    base = AutoModelForSequenceClassification.from_pretrained(out / "base")
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = torch.randint(5, 100, (4, 9), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    coa.set_config(idx)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, coa(**batch).logits, atol=1e-4, rtol=0)
+
+
+def test_adapt_budget_writes_peft_adapter_that_reproduces_logits(workdir):
     out = workdir / "adapter-3bit"
     assert main(["adapt", "--checkpoint", str(workdir / "coa"), "--budget", "3.0", "--out", str(out)]) == 0
     summary = json.loads((out / "export.json").read_text())
@@ -77,15 +88,7 @@ def test_adapt_budget_writes_peft_adapter_that_reproduces_logits(workdir):
     space = coa.space
     idx = space.from_json(json.loads((out / "configuration.json").read_text()))
     assert space.config_id(idx) == summary["config_id"]
-    base = AutoModelForSequenceClassification.from_pretrained(out / "base")
-    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
-    ids = torch.randint(5, 100, (4, 9), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    coa.set_config(idx)
-    with torch.no_grad():
-        ours = coa(**batch).logits
-        theirs = peft_model(**batch).logits
-    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    _assert_peft_reproduces(coa, idx, out)
 
 
 def test_adapt_config_json_and_quantized_round_trip(workdir):
@@ -508,9 +511,6 @@ def test_damage_inputs_train_load_back_and_adapt(workdir, tmp_path):
 def test_a_bank_trains_loads_back_and_exports_a_peft_adapter_of_rank_r_plus_R(workdir, tmp_path):
     """``lora.bank``: trained from the residual start with the residual fit, the checkpoint loads back with its
     bank, and ``adapt`` writes a PEFT adapter of rank r + R (α scaled with it) that reproduces our logits."""
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
-
     out = tmp_path / "bank"
     assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(out), "--quiet", "--set", "lora.bank=2",
                  "--set", "lora.init=residual", "--set", "hypernet.residual_fit=5"]) == 0
@@ -525,13 +525,7 @@ def test_a_bank_trains_loads_back_and_exports_a_peft_adapter_of_rank_r_plus_R(wo
     assert (peft_cfg["r"], peft_cfg["lora_alpha"]) == (6, 12.0)  # r 4 + R 2; α/r stays 8/4
     assert json.loads((adapter / "export.json").read_text())["rank"] == 6
     idx = coa.space.from_json(json.loads((adapter / "configuration.json").read_text()))
-    base = AutoModelForSequenceClassification.from_pretrained(adapter / "base")
-    peft_model = PeftModel.from_pretrained(base, adapter / "adapter").eval()
-    ids = torch.randint(5, 100, (4, 9), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    coa.set_config(idx)
-    with torch.no_grad():
-        torch.testing.assert_close(peft_model(**batch).logits, coa(**batch).logits, atol=1e-4, rtol=0)
+    _assert_peft_reproduces(coa, idx, adapter)
 
 
 @pytest.mark.parametrize("method", ["shared", "per-config"])
