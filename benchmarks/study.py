@@ -443,12 +443,11 @@ def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
     return {"table2": agg}
 
 
-# Issue #15's options on Table 2 (MiniLM, where quantization costs little): the option that leads on the
-# headroom testbed, for coa (orchestrated) and shared, against Table 2's plain runs of the same seeds.
+# Issue #15's options on Table 2 (MiniLM, where quantization costs little): the options that lead on the
+# headroom testbed, for coa (orchestrated) and shared, against Table 2's plain runs of the same seeds. Each
+# is the headroom variant of that name (``--variants`` picks some of them).
 TABLE2_OPTIONS: dict[str, tuple[str, list[str]]] = {
-    "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
-    "shared-residual": ("shared", ["lora.init=residual"]),
-}
+    name: HEADROOM_VARIANTS[name] for name in ("coa-residual-fit", "shared-residual", "coa-bank", "shared-bank")}
 
 
 def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
@@ -456,6 +455,9 @@ def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
     accuracy, the gap to per-config and to the plain shared of the same seed (points). Needs ``table2``'s
     runs of those seeds (it reuses their evaluations)."""
     cfg, total, budgets = _table2_args(st)
+    options = {m: v for m, v in TABLE2_OPTIONS.items() if st.variants is None or m in st.variants}
+    if not options:
+        raise SystemExit(f"study: --variants names none of table2-options' options {list(TABLE2_OPTIONS)}")
     summary: list[dict[str, Any]] = []
     for seed in seeds:
         s = _seed_sets(seed)
@@ -466,7 +468,7 @@ def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
         scores = {"coa": st.evaluate(f"coa-s{seed}-budgets"), "shared": st.evaluate(f"shared-s{seed}"),
                   "per-config": st.evaluate(f"per-config-s{seed}")}
         outs = {}
-        for name, (method, sets) in TABLE2_OPTIONS.items():
+        for name, (method, sets) in options.items():
             if method == "coa":
                 outs[name] = st.orchestrated(f"{name}-s{seed}", MINILM, s + sets)
                 scores[name] = st.evaluate(f"{name}-s{seed}-budgets", "--run", str(outs[name]), "--budget", *budgets)
@@ -480,7 +482,7 @@ def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
         if len({tuple(v) for v in ids.values()}) != 1:
             raise SystemExit(f"study: methods were scored on different configurations: {ids}")
         acc = {m: np.array([r["accuracy"] for r in rows]) for m, rows in scores.items()}
-        for m in ("coa", "shared", *TABLE2_OPTIONS):
+        for m in ("coa", "shared", *options):
             out = outs.get(m, st.runs / f"{m}-s{seed}")
             seconds = (_run_train_seconds(out)[0] if (out / "rounds.parquet").is_file()
                        else json.loads((out / "meta.json").read_text())["train_seconds"])
@@ -1462,8 +1464,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the report from the result files already there; run nothing")
     p.add_argument("--variants", default=None,
-                   help=f"headroom part: the comma-separated variants to run (default all: {','.join(HEADROOM_VARIANTS)}); "
-                        "shared and per-config always run, and the baselines a chosen variant is matched with")
+                   help=f"headroom and table2-options parts: the comma-separated variants to run (default all: "
+                        f"{','.join(HEADROOM_VARIANTS)}); on the testbed shared and per-config always run, and the "
+                        f"baselines a chosen variant is matched with; table2-options runs those of "
+                        f"{','.join(TABLE2_OPTIONS)} named")
     p.add_argument("--exclude-trained", action="store_true",
                    help="headroom part: score without the evaluated configurations that a shared or coa training "
                         "set holds (listed in headroom-excluded.csv and the report) instead of stopping")

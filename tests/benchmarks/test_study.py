@@ -146,8 +146,10 @@ def test_table2_options_compare_each_option_with_table2s_own_runs(study, tmp_pat
     monkeypatch.setattr(st, "orchestrated", lambda name, config, sets, lm=False: calls.append((name, sets)) or st.runs / name)
     monkeypatch.setattr(st, "trained", lambda name, config, method, sets, lm=False: calls.append((name, sets))
                         or st.runs / name)
-    rows = {r["method"]: r for r in study.table2_options(st, [0])["table2_options"]}
+    st.variants = ["coa-residual-fit", "shared-residual", "coa-warm"]  # --variants: two of the options (and a
+    rows = {r["method"]: r for r in study.table2_options(st, [0])["table2_options"]}  # testbed-only variant)
     assert set(rows) == {"coa", "shared", "coa-residual-fit", "shared-residual"}
+    assert {c[0] for c in calls if "bank" in c[0]} == set()  # the bank options were not asked for
     assert rows["coa-residual-fit"]["gap_to_shared_pt"] == pytest.approx(1.0)  # (+1, +1) points
     assert rows["coa-residual-fit"]["gap_to_per_config_pt"] == pytest.approx(-1.0)
     assert rows["coa"]["gap_to_shared_pt"] == pytest.approx(-1.0)
@@ -163,6 +165,9 @@ def test_table2_options_compare_each_option_with_table2s_own_runs(study, tmp_pat
         study.table2_options(st, [0])
     (st.runs / "eval-per-config-s0.json").unlink()
     with pytest.raises(SystemExit, match="run `--parts table2 --seeds 0` first"):
+        study.table2_options(st, [0])
+    st.variants = ["coa-warm"]
+    with pytest.raises(SystemExit, match="none of table2-options' options"):
         study.table2_options(st, [0])
     res = st.results
     (res / "report-template.md").write_text("{{table2-options}}\n")
