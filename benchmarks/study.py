@@ -855,6 +855,46 @@ def kept_configs(hits: dict[str, list[int]], seen: list[str], budgets: list[floa
             [c for c in unseen if c not in drop], drop)
 
 
+def record_seed(path: Path, tables: dict[str, list[dict[str, Any]]], drop: dict[str, list[str]]) -> None:
+    """Add one headroom call's results of one seed to that seed's record (``runs/<study>/headroom-s<seed>.json``).
+
+    A call may run only some variants (``--variants``); the record keeps every method any call gave that
+    seed, so the tables show them all. A method's rows from this call replace its earlier ones.
+
+    Args:
+        tables: table name (``rows``, ``curves``, ``seconds``) → rows, each with a ``method``.
+        drop: configuration id → the variants that trained on it (``--exclude-trained``), added to the
+            seed's earlier list: those leave every method's rows of the seed (see :func:`seed_records`).
+    """
+    rec = json.loads(path.read_text()) if path.is_file() else {}
+    for name, rows in tables.items():
+        mine = rec.setdefault(name, {})
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine[method] = [r for r in rows if r["method"] == method]
+    excluded = rec.setdefault("excluded", {})
+    for cid, by in drop.items():
+        excluded[cid] = sorted({*excluded.get(cid, []), *by})
+    path.write_text(json.dumps(rec, indent=1))
+
+
+def seed_records(runs: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[str]]]:
+    """Every seed's record in ``runs`` (:func:`record_seed`), in seed order: table name → rows of all
+    seeds and methods, with each seed's excluded configurations left out of its ``rows``; and every
+    excluded id → the variants that trained on it, over all seeds."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    excluded: dict[str, list[str]] = {}
+    paths = [p for p in runs.glob("headroom-s*.json") if re.fullmatch(r"headroom-s\d+\.json", p.name)]
+    for path in sorted(paths, key=lambda p: int(p.stem[len("headroom-s"):])):
+        rec = json.loads(path.read_text())
+        drop = rec.get("excluded", {})
+        for name in ("rows", "curves", "seconds"):
+            rows = [r for method_rows in rec.get(name, {}).values() for r in method_rows]
+            tables.setdefault(name, []).extend(r for r in rows if name != "rows" or r["config_id"] not in drop)
+        for cid, by in drop.items():
+            excluded[cid] = sorted({*excluded.get(cid, []), *by})
+    return tables, excluded
+
+
 def _unseen_configs(st: Study, overrides: list[str]) -> Path:
     """The testbed's random held-out configurations (``eval.random`` of them, every matrix at
     ``eval.random_min_bits`` weight bits or more, seeded by ``eval.seed``) as a JSON list of configurations:
@@ -910,13 +950,11 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     unseen_path = _unseen_configs(st, overrides)
     unseen_some = st.runs / "headroom-unseen-per-config.json"
     unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
-    rows: list[dict[str, Any]] = []
     seconds: list[dict[str, Any]] = []
     variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS)}
     per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
         pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
     snaps = snapshot_steps(cfg.train.steps)
-    curves: list[dict[str, Any]] = []
     for seed in seeds:
         base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
@@ -950,14 +988,20 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                              f"{hits}): an unfair comparison; fix train.init_budgets, or pass --exclude-trained")
         # --exclude-trained: those configurations leave every method's rows and curves; the report says so.
         seen_ids, budgets, unseen_ids, drop = kept_configs(hits, ids["seen"], list(cfg.eval.budgets), ids["unseen"])
-        for cid, by in drop.items():  # across seeds: every variant that trained on it, in any seed
-            st.excluded[cid] = sorted({*st.excluded.get(cid, []), *by})
-        curves += _headroom_curve(st, seed, outs, snaps, cfg.train.steps, losses, seen_ids, budgets,
-                                  unseen_ids, seen_path, unseen_path)
-        rows += headroom_rows(seed, losses, seen_ids, budgets, unseen_ids, HEADROOM_MATCH)
+        curves = _headroom_curve(st, seed, outs, snaps, cfg.train.steps, losses, seen_ids, budgets,
+                                 unseen_ids, seen_path, unseen_path)
+        # Every configuration's row; the seed's record leaves out the excluded ones (of this call and earlier).
+        rows = headroom_rows(seed, losses, ids["seen"], list(cfg.eval.budgets), ids["unseen"], HEADROOM_MATCH)
         for m, out in outs.items():
             meta = out / ("per_config.json" if m in per_configs else "meta.json")
             seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
+        record_seed(st.runs / f"headroom-s{seed}.json", {"rows": rows, "curves": curves, "seconds": seconds}, drop)
+        seconds = []
+    # The tables hold every seed and method recorded in the runs directory, this call's and earlier calls'.
+    tables, st.excluded = seed_records(st.runs)
+    rows, curves, seconds = tables.get("rows", []), tables.get("curves", []), tables.get("seconds", [])
+    print(f"   headroom tables: seeds {sorted({r['seed'] for r in rows})}, "
+          f"{len({r['method'] for r in rows})} methods (this call's and earlier calls' records)", flush=True)
     st.write_csv("headroom.csv", rows)
     # Always rewritten (header only when nothing was excluded), so the report never shows a stale list.
     with open(st.results / "headroom-excluded.csv", "w") as f:

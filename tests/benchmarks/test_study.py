@@ -304,6 +304,32 @@ def test_exclude_trained_keeps_the_same_configurations_for_rows_and_curves(study
     assert study.kept_configs({}, ["a"], [3.0], ["u"]) == (["a"], [3.0], ["u"], {})
 
 
+def test_seed_records_keep_every_calls_methods_and_leave_out_each_seeds_excluded_configs(study, tmp_path):
+    def row(method, seed, cid, loss):
+        return {"method": method, "seed": seed, "config_id": cid, "loss": loss}
+
+    # Seed 0: a first call with two methods; a second with one of them again (its rows replace the first's)
+    # and a new one, which trained on "b" (--exclude-trained).
+    s0 = tmp_path / "headroom-s0.json"
+    study.record_seed(s0, {"rows": [row("shared", 0, "a", 5.0), row("shared", 0, "b", 4.0), row("coa", 0, "a", 4.5)],
+                           "seconds": [{"method": "shared", "seed": 0, "train_seconds": 10.0}]}, {})
+    study.record_seed(s0, {"rows": [row("coa", 0, "a", 4.4), row("coa", 0, "b", 3.9), row("coa-bank", 0, "a", 4.0)]},
+                      {"b": ["coa-bank"]})
+    # Seed 10 (ordered after 2 by number, not by name), seed 2 with its own exclusion; a file of another
+    # kind (the testbed's seen configurations) is not a record.
+    study.record_seed(tmp_path / "headroom-s10.json", {"rows": [row("shared", 10, "a", 5.5)]}, {})
+    study.record_seed(tmp_path / "headroom-s2.json", {"rows": [row("shared", 2, "a", 5.2), row("shared", 2, "c", 5.1)]},
+                      {"c": ["coa"], "b": ["coa"]})
+    (tmp_path / "headroom-seen.json").write_text("[]")
+    tables, excluded = study.seed_records(tmp_path)
+    assert [(r["method"], r["seed"], r["config_id"], r["loss"]) for r in tables["rows"]] == [
+        ("shared", 0, "a", 5.0), ("coa", 0, "a", 4.4), ("coa-bank", 0, "a", 4.0),  # seed 0 without b, for all
+        ("shared", 2, "a", 5.2), ("shared", 10, "a", 5.5)]
+    assert tables["seconds"] == [{"method": "shared", "seed": 0, "train_seconds": 10.0}]  # kept by the second call
+    assert excluded == {"b": ["coa", "coa-bank"], "c": ["coa"]}
+    assert study.seed_records(tmp_path / "nothing") == ({}, {})
+
+
 def test_headroom_pairs_compare_a_variant_with_its_shared_variant_seed_by_seed(study, tmp_path):
     ev = lambda *losses: [{"loss": x} for x in losses]  # noqa: E731
     evals = {("coa-x", 0, "seen"): ev(4.0, 5.0), ("shared-x", 0, "seen"): ev(4.5, 4.9),
