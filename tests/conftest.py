@@ -19,12 +19,16 @@ import pytest  # noqa: E402
 
 
 # ---------------------------------------------------------------------- two workers (pytest-xdist)
-# `make test TEST_WORKERS=2` runs the suite in two xdist workers. The Ray tests must stay in one process: they
-# share the session's Ray cluster and reference run (session fixtures are per worker), and two workers'
-# clusters would starve each other. So a custom scheduler sends every Ray module, as one unit, to one worker,
-# and the other modules, whole, to whichever worker is free. (xdist's own `--dist loadgroup` does not group
-# on pytest 9.2: pytest-xdist issue #1386.)
-RAY_MODULES = ("tests/orchestration/", "tests/fuzz/test_fuzz_run_dir.py")
+# `make test` runs the suite in two xdist workers (TEST_WORKERS). The tests on the session's Ray cluster must
+# stay in one process: they share that cluster and the reference run (session fixtures are per worker), and
+# two such clusters, each with a reference run, would starve each other. So a custom scheduler sends those
+# modules, as one unit, to the first worker that asks, and every other module, whole, to whichever worker is
+# free; that includes the Ray tests that start clusters of their own (several nodes, a `ray start` head), which
+# share nothing with the session. (xdist's own `--dist loadgroup` does not group on pytest 9.2: pytest-xdist
+# issue #1386.)
+RAY_MODULES = tuple(f"tests/orchestration/test_{m}.py" for m in (
+    "concurrent", "evaluators", "multinode", "prepare", "run", "sweep", "tables")) + (
+    "tests/fuzz/test_fuzz_run_dir.py",)
 # fuzz_run_dir (tests/fuzz/conftest.py) asks for `reference` at run time, so pytest's static fixture list
 # does not show it: it is named here.
 RAY_FIXTURES = frozenset({"ray_local", "reference", "smoke_pair", "smoke_runs", "fuzz_run_dir"})
@@ -35,11 +39,15 @@ def _ray_module(nodeid: str) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that needs Ray must be in :data:`RAY_MODULES` (the scheduler only sees node ids)."""
-    stray = [it.nodeid for it in items if RAY_FIXTURES & set(getattr(it, "fixturenames", ()))
-             and not _ray_module(it.nodeid)]
+    """Every test on the session's Ray cluster must be in :data:`RAY_MODULES` (the scheduler only sees node
+    ids), and every module there must use it (or it holds the Ray unit up for nothing)."""
+    uses = {it.nodeid.split("::", 1)[0] for it in items if RAY_FIXTURES & set(getattr(it, "fixturenames", ()))}
+    stray = sorted(m for m in uses if not _ray_module(m))
     if stray:
-        raise pytest.UsageError(f"tests outside RAY_MODULES use Ray fixtures (add their modules): {stray[:3]}")
+        raise pytest.UsageError(f"modules outside RAY_MODULES use the session's Ray fixtures (add them): {stray[:3]}")
+    idle = sorted({it.nodeid.split("::", 1)[0] for it in items if _ray_module(it.nodeid)} - uses)
+    if idle:
+        raise pytest.UsageError(f"modules in RAY_MODULES do not use the session's Ray fixtures (remove them): {idle}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -47,12 +55,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class RayTogether(LoadScopeScheduling):
-        """Scopes: all of :data:`RAY_MODULES` as one ("ray"), every other module alone. xdist hands out the
-        largest scopes first (its --loadscope-reorder default); the Ray unit is one of the two largest (156
-        tests; test_quant.py has 159), so with two workers it starts at once."""
+        """Scopes: all of :data:`RAY_MODULES` as one ("ray"), every other module alone. The Ray unit is the
+        longest (about two thirds of the suite's time), so it goes first; the rest follow largest first
+        (xdist's --loadscope-reorder default)."""
 
         def _split_scope(self, nodeid: str) -> str:
             return "ray" if _ray_module(nodeid) else nodeid.split("::", 1)[0]
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if "ray" in self.workqueue:
+                self.workqueue.move_to_end("ray", last=False)
+            super()._assign_work_unit(node)
 
     return RayTogether(config, log)
 
