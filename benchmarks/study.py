@@ -1006,27 +1006,29 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     # Always rewritten (header only when nothing was excluded), so the report never shows a stale list.
     with open(st.results / "headroom-excluded.csv", "w") as f:
         f.write("config_id,trained_on_by\n" + "".join(f"{c},{' '.join(v)}\n" for c, v in st.excluded.items()))
-    pairs = {v: sh for v, (sh, _) in HEADROOM_MATCH.items() if v in variants and sh in variants}
+    recorded = {r["method"] for r in rows}
+    pairs = {v: sh for v, (sh, _) in HEADROOM_MATCH.items() if v in recorded and sh in recorded}
     st.write_csv("headroom-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs,
                                                       set(st.excluded)))
     summary = headroom_summary(rows)
     st.write_csv("headroom-summary.csv", summary)
     st.write_csv("headroom-curves.csv", curves)
+    # The plots show the first seed on record (the one every variant has).
     if curves:
-        first = [r for r in curves if r["seed"] == seeds[0] and r["set"] == "seen"]
+        first = [r for r in curves if r["seed"] == curves[0]["seed"] and r["set"] == "seen"]
         _plot(st.results / "headroom-curves.png",
               {m: (np.array([r["step"] for r in first if r["method"] == m]),
                    np.array([r["mean_loss"] for r in first if r["method"] == m]))
                for m in dict.fromkeys(r["method"] for r in first)},
               "training steps", "test loss at the evaluated budgets (nats)",
-              f"SmolLM2-135M, learning curves at the evaluated budgets (seed {seeds[0]})")
+              f"SmolLM2-135M, learning curves at the evaluated budgets (seed {curves[0]['seed']})")
     st.write_csv("headroom-seconds.csv", _aggregate(seconds, "method", ["train_seconds"]))
-    first = [r for r in rows if r["seed"] == seeds[0]]
+    first = [r for r in rows if r["seed"] == rows[0]["seed"]]
     series = {m: (np.array([r["avg_bits"] for r in first if r["method"] == m]),
                   np.array([r["loss"] for r in first if r["method"] == m]))
               for m in dict.fromkeys(r["method"] for r in first)}
     _plot(st.results / "headroom.png", series, "average bits", "test loss (nats)",
-          f"SmolLM2-135M / Wikipedia sample, {cfg.train.steps} steps, seen and unseen (seed {seeds[0]})",
+          f"SmolLM2-135M / Wikipedia sample, {cfg.train.steps} steps, seen and unseen (seed {rows[0]['seed']})",
           markers={m: "o" for m in series})
     return {"headroom": summary}
 
