@@ -45,7 +45,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from coalora.core.space import DTYPE_BITS, FAMILIES, QuantOption
 from coalora.errors import QuantError
@@ -88,8 +88,8 @@ def _nf_levels(k: int) -> torch.Tensor:
     # Negative side: 2^(k-1) quantiles on [1-offset, 0.5] (ends with the 0.5 quantile, the exact 0).
     # Positive side: 2^(k-1)+1 quantiles on [0.5, offset]; its 0.5 duplicates the zero and is dropped.
     # For k=1 the negative side is the single point 1-offset, so NF1 = [-1, 1] (no zero level).
-    neg = norm.ppf(np.linspace(1.0 - NF_OFFSET, 0.5, half))
-    pos = norm.ppf(np.linspace(0.5, NF_OFFSET, half + 1))[1:]
+    neg = ndtri(np.linspace(1.0 - NF_OFFSET, 0.5, half))
+    pos = ndtri(np.linspace(0.5, NF_OFFSET, half + 1))[1:]
     v = np.concatenate([neg, pos])
     v = v / v.max()  # ppf(1-offset) = -ppf(offset): the extremes become -1 and 1 (float64 compute)
     return torch.from_numpy(np.sort(v)).to(torch.float32)
