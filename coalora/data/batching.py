@@ -178,7 +178,8 @@ def _check_shard(rank: int, world_size: int) -> None:
 class TrainBatches:
     """Seeded training batches, reshuffled every epoch, sharded for data-parallel training.
 
-    Epoch ``e`` uses the permutation of ``numpy.random.default_rng([seed, e])``. Step ``s`` of an
+    Epoch ``e`` uses the permutation of ``numpy.random.default_rng([*seed, e])`` (``seed`` one integer or
+    several: an experiment passes its data and training seeds, see ``DataBundle.train_batches``). Step ``s`` of an
     epoch takes the global batch ``perm[s·G : (s+1)·G]`` with ``G = batch_size · world_size`` and
     rank ``r`` gets its slice ``[r·batch_size : (r+1)·batch_size]``. Every rank therefore runs the
     same number of steps (``len(data) // G`` per epoch; the tail is left out of that epoch), the
@@ -188,12 +189,13 @@ class TrainBatches:
     """
 
     def __init__(
-        self, data: Batchable, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+        self, data: Batchable, batch_size: int, seed: int | Sequence[int], rank: int = 0, world_size: int = 1
     ) -> None:
         _check_shard(rank, world_size)
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.data, self.batch_size = data, batch_size
+        self.seed: tuple[int, ...] = (seed,) if isinstance(seed, int) else tuple(seed)
         self.rank, self.world_size = rank, world_size
         self.global_batch = batch_size * world_size
         self.steps_per_epoch = len(data) // self.global_batch
@@ -211,7 +213,7 @@ class TrainBatches:
             raise DataError(f"step must be >= 0, got {step}")
         epoch, s = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
+            rng = np.random.default_rng([*self.seed, epoch])
             self._perm = torch.from_numpy(rng.permutation(len(self.data)))
             self._epoch = epoch
         start = s * self.global_batch + self.rank * self.batch_size

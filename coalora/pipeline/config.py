@@ -182,7 +182,7 @@ class DataSection:
     max_eval: int | None = None  # cap on validation/test examples (or LM blocks)
     batch_size: int = 32
     eval_batch_size: int = 64
-    seed: int = 0
+    seed: int = 0  # the split; the training order is seeded by this and train.seed together
 
     def validate(self) -> None:
         for key in ("max_length", "block_size", "batch_size", "eval_batch_size"):
@@ -239,7 +239,7 @@ class TrainSection:
     warmup_steps: int = 10
     configs_per_step: int = 2
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = 0  # initialisation, configuration sampling, dropout and (with data.seed) the batch order
     # Budgets of the initial training set (one allocation per budget); see coalora.allocation.
     init_budgets: list[float] = field(default_factory=lambda: [2.25 + 0.25 * i for i in range(20)])
     log_every: int = 10

@@ -120,8 +120,13 @@ class DataBundle:
     def train_batches(
         self, cfg: ExperimentConfig, rank: int = 0, world_size: int = 1, start_step: int = 0
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless seeded training batches for this rank, from ``start_step`` on."""
-        tb = TrainBatches(self.train, cfg.data.batch_size, seed=cfg.data.seed, rank=rank, world_size=world_size)
+        """Endless seeded training batches for this rank, from ``start_step`` on.
+
+        The order is seeded by ``data.seed`` and ``train.seed`` together: two seeds of a study then differ in
+        the data they see first as well as in their initialisation, while ``data.seed`` alone fixes the split
+        (every seed is scored on the same test set)."""
+        tb = TrainBatches(self.train, cfg.data.batch_size, seed=(cfg.data.seed, cfg.train.seed), rank=rank,
+                          world_size=world_size)
         return tb.iterate(start_step)
 
     def eval_batches(self, cfg: ExperimentConfig, which: str = "validation") -> list[dict[str, torch.Tensor]]:

@@ -213,6 +213,30 @@ def test_train_batches_are_deterministic_and_resumable():
     assert resumed == a[7:]
 
 
+def test_train_batches_take_several_seeds():
+    one = [_ids(b) for b in TrainBatches(_rows(10), 2, seed=1).iterate(num_steps=10)]
+    assert [_ids(b) for b in TrainBatches(_rows(10), 2, seed=[1]).iterate(num_steps=10)] == one
+    pair = [_ids(b) for b in TrainBatches(_rows(10), 2, seed=(1, 0)).iterate(num_steps=10)]
+    assert pair != one and sorted(sum(pair[:5], [])) == list(range(10))
+
+
+def test_an_experiments_training_order_follows_data_seed_and_train_seed():
+    """A study's seeds (``train.seed``) must differ in the data order too, not only in the initialisation."""
+    from coalora.pipeline.config import ExperimentConfig
+    from coalora.pipeline.experiment import DataBundle
+
+    bundle = DataBundle("causal_lm", _rows(10), _rows(2), _rows(2))
+
+    def order(**seeds: int) -> list[list[int]]:
+        cfg = ExperimentConfig()
+        cfg.data.batch_size, cfg.data.seed, cfg.train.seed = 2, seeds.get("data", 0), seeds.get("train", 0)
+        return [_ids(next(bundle.train_batches(cfg, start_step=s))) for s in range(10)]
+
+    base = order()
+    assert order() == base and order(train=1) != base and order(data=1) != base
+    assert order(train=1) == [_ids(b) for b in TrainBatches(_rows(10), 2, seed=(0, 1)).iterate(num_steps=10)]
+
+
 def test_train_batches_shard_like_one_big_batch():
     single = TrainBatches(_rows(10), batch_size=4, seed=0)
     ranks = [TrainBatches(_rows(10), batch_size=2, seed=0, rank=r, world_size=2) for r in range(2)]
