@@ -950,7 +950,6 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     unseen_path = _unseen_configs(st, overrides)
     unseen_some = st.runs / "headroom-unseen-per-config.json"
     unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
-    seconds: list[dict[str, Any]] = []
     variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS)}
     per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
         pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
@@ -962,6 +961,7 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
                 for m, (method, sets) in plan.items()}
         seen_path = _per_config_configs(outs["per-config"])  # the allocations at eval.budgets, in order
         losses = {}
+        seconds: list[dict[str, Any]] = []  # this seed's training times (its record holds them)
         for m, sets in per_configs.items():
             unseen_out = st.runs / f"hr-{m}-unseen-s{seed}"
             if not (unseen_out / "per_config.json").is_file():
@@ -996,7 +996,6 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
             meta = out / ("per_config.json" if m in per_configs else "meta.json")
             seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
         record_seed(st.runs / f"headroom-s{seed}.json", {"rows": rows, "curves": curves, "seconds": seconds}, drop)
-        seconds = []
     # The tables hold every seed and method recorded in the runs directory, this call's and earlier calls'.
     tables, st.excluded = seed_records(st.runs)
     rows, curves, seconds = tables.get("rows", []), tables.get("curves", []), tables.get("seconds", [])
