@@ -1394,9 +1394,13 @@ def _report_headroom(results: Path) -> str:
             r = by_set.get(set_name)
             cells.append("" if r is None else _num(r["mean_loss"], 3))
             for key in ("gap_closed", "gap_closed_match"):
+                if r is None or r.get(key) in (None, ""):  # shared and per-config have no G
+                    cells.append("")
+                    continue
                 # "±" is the spread across seeds: with one seed there is none to show.
-                spread = "" if r is None or r.get("seeds") in (None, 1.0) else f" ± {_num(r[f'{key}_std'], 2)}"
-                cells.append("" if r is None or r.get(key) in (None, "") else f"{_num(r[key], 2)}{spread}")
+                std = r.get(f"{key}_std")
+                one = r.get("seeds") in (None, 1.0) or std in (None, "")
+                cells.append(f"{_num(r[key], 2)}{'' if one else f' ± {_num(std, 2)}'}")
         t = secs.get(method)
         line = (by_set.get("unseen") or {}).get("unseen_vs_seen_line_pct")
         rows.append([method, *cells, "" if line is None else f"{_num(line, 1)} %",

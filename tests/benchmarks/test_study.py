@@ -216,6 +216,26 @@ def test_report_renders_tables_from_the_result_files(study, tmp_path):
     assert lines[-1] == "_Not run yet: `python benchmarks/study.py --parts seen-unseen`._"
 
 
+def test_the_headroom_table_shows_the_spread_of_g_where_there_is_a_g(study, tmp_path):
+    # Two seeds of shared (no G), a coa variant with G and G_match, one seed of another: as headroom writes them.
+    res = tmp_path / "results"
+    res.mkdir()
+    _write_csv(res / "headroom-summary.csv",
+               "method,set,seeds,configs,mean_loss,gap_closed,gap_closed_std,gap_closed_match,gap_closed_match_std,"
+               "unseen_vs_seen_line_pct",
+               "shared,seen,2,3,4.8297,,,,,", "shared,unseen,2,8,4.2188,,,,,-6.12907",
+               "coa-bank,seen,2,3,3.95352,0.95846,0.02113,0.05415,0.01847,",
+               "coa-bank,unseen,2,8,4.00629,0.64332,0.00262,0.01452,0.00339,2.72085",
+               "coa,seen,1,3,6.04735,-0.29398,0.0,,,", "coa,unseen,1,8,4.1864,0.07221,0.0,,,-16.34288")
+    _write_csv(res / "headroom-seconds.csv", "method,seeds,train_seconds,train_seconds_std", "coa-bank,2,1365.0,10.0")
+    (res / "report-template.md").write_text("{{headroom}}\n")
+    lines = study.render_report(res, tmp_path / "docs" / "results.md").splitlines()
+    assert lines[2:] == ["| coa | 6.047 | -0.29 |  | 4.186 | 0.07 |  | -16.3 % |  |",  # one seed: no spread
+                         "| shared | 4.830 |  |  | 4.219 |  |  | -6.1 % |  |",
+                         "| coa-bank | 3.954 | 0.96 ± 0.02 | 0.05 ± 0.02 | 4.006 | 0.64 ± 0.00 | 0.01 ± 0.00 | 2.7 % "
+                         "| 1,365 |"]
+
+
 def test_report_only_writes_the_report_and_runs_nothing(study, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "ROOT", tmp_path)
     res = study.results_dir(quick=False)
