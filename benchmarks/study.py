@@ -445,9 +445,11 @@ def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
 
 # Issue #15's options on Table 2 (MiniLM, where quantization costs little): the options that lead on the
 # headroom testbed, for coa (orchestrated) and shared, against Table 2's plain runs of the same seeds. Each
-# is the headroom variant of that name (``--variants`` picks some of them).
+# is the headroom variant of that name (``--variants`` picks some of them). The -random pair tells the bank's
+# cost on MiniLM from that of its random training configurations (drawn across eval.random_bits).
 TABLE2_OPTIONS: dict[str, tuple[str, list[str]]] = {
-    name: HEADROOM_VARIANTS[name] for name in ("coa-residual-fit", "shared-residual", "coa-bank", "shared-bank")}
+    name: HEADROOM_VARIANTS[name] for name in ("coa-residual-fit", "shared-residual", "coa-residual-fit-random",
+                                               "shared-residual-random", "coa-bank", "shared-bank")}
 
 
 def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
