@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -195,7 +196,8 @@ class TrainBatches:
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size = data, batch_size
-        self.seed: tuple[int, ...] = (seed,) if isinstance(seed, int) else tuple(seed)
+        # One integer of any kind (a NumPy integer from a sweep too) is one seed; anything else is several.
+        self.seed: tuple[int, ...] = (int(seed),) if isinstance(seed, numbers.Integral) else tuple(int(s) for s in seed)
         self.rank, self.world_size = rank, world_size
         self.global_batch = batch_size * world_size
         self.steps_per_epoch = len(data) // self.global_batch

@@ -11,6 +11,7 @@ import os
 import sys
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -218,6 +219,9 @@ def test_train_batches_take_several_seeds():
     assert [_ids(b) for b in TrainBatches(_rows(10), 2, seed=[1]).iterate(num_steps=10)] == one
     pair = [_ids(b) for b in TrainBatches(_rows(10), 2, seed=(1, 0)).iterate(num_steps=10)]
     assert pair != one and sorted(sum(pair[:5], [])) == list(range(10))
+    # A NumPy integer (a seed drawn by a sweep) is one seed, like a Python int.
+    assert [_ids(b) for b in TrainBatches(_rows(10), 2, seed=np.int64(1)).iterate(num_steps=10)] == one
+    assert [_ids(b) for b in TrainBatches(_rows(10), 2, seed=(np.int64(1), 0)).iterate(num_steps=10)] == pair
 
 
 def test_an_experiments_training_order_follows_data_seed_and_train_seed():
