@@ -466,17 +466,21 @@ class CoaModel(nn.Module):
         return targets, gram_b, gram_a
 
     def fit_cores_to_residuals(self, configs: np.ndarray, steps: int, lr: float = 1e-3,
-                               inputs: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[float]:
+                               inputs: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                               radius: float = 0.0) -> list[float]:
         """``hypernet.residual_fit``: fit U_θ so that each configuration's cores correct its own residual.
 
         Full-batch Adam on ``mean over (config, matrix) of ‖s·B_i (M_i(C) − M*_i(C)) A_i‖²/‖W_i‖²`` (with
         ``inputs``, on the inputs: see :meth:`residual_core_targets`) with the targets of
-        :meth:`residual_core_targets`; only U_θ moves. Deterministic for given weights and ``configs``
-        ``(C, N, 5)``. Returns the loss before each step and after the last.
+        :meth:`residual_core_targets`, bounded by ``radius`` (> 0: :func:`within_radius`); only U_θ moves.
+        Deterministic for given weights and ``configs`` ``(C, N, 5)``. Returns the loss before each step and
+        after the last.
         """
         if self.hypernet is None:
             raise ValueError("fitting cores needs a configuration-aware model (hypernet)")
         targets, gram_b, gram_a = self.residual_core_targets(configs, inputs)
+        if radius > 0:
+            targets = within_radius(targets, radius)
         device = self.device
         targets, gram_b, gram_a = targets.to(device), gram_b.to(device), gram_a.to(device)
         idx = as_index_tensor(configs, device)
@@ -529,6 +533,21 @@ class CoaModel(nn.Module):
     def folded_rank(self) -> int:
         """The rank of :meth:`folded_lora`'s factors: r, plus R with ``lora.bank``."""
         return self.lora_settings.rank + self.lora_settings.bank
+
+
+def within_radius(cores: torch.Tensor, radius: float) -> torch.Tensor:
+    """``cores`` ``(..., r, r)`` each pulled towards the identity until ``‖M − I‖_F ≤ radius·√r``.
+
+    A core outside that ball becomes ``I + (M − I)·radius·√r/‖M − I‖_F``, the point where the segment from
+    I to M leaves the ball; one inside is unchanged. On that segment a convex quadratic error with its
+    minimum at M is never above its value at I, so the bounded target still improves on the identity.
+    """
+    r = cores.shape[-1]
+    eye = torch.eye(r, dtype=cores.dtype, device=cores.device)
+    step = cores - eye
+    norm = step.flatten(-2).norm(dim=-1)[..., None, None]  # (..., 1, 1)
+    shrink = torch.clamp(radius * r ** 0.5 / norm.clamp_min(1e-30), max=1.0)
+    return eye + step * shrink
 
 
 def _ridged(gram: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,14 @@ class HypernetConfig:
             weights, ``‖X_i (s·B_i (M − M*) A_i)ᵀ‖²/‖X_i W_iᵀ‖²``, and M* is the least-squares core on them:
             directions the inputs never take cost nothing (as GPTQ weighs its rounding). Needs
             ``residual_fit``.
+        residual_fit_radius: a trust region for the fit (0: none, the default). Each target core is pulled
+            back towards the identity along the segment between them until ``‖M* − I‖_F ≤ radius·√r``
+            (``√r`` = ‖I‖_F), which keeps every point of that segment at least as good as the identity (the
+            fit's error is a convex quadratic with its minimum at M*). Why: at the lowest budgets M* can be
+            many times the identity (MiniLM at 2.25 bits: ‖M*‖_F median 19 against ‖I‖_F = 4), and a core of
+            gain g multiplies what each step of A and B does to that configuration by g, which at the usual
+            learning rate stopped a classifier learning. ``1`` lets a core at most cancel or double the
+            shared correction.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
@@ -110,6 +118,7 @@ class HypernetConfig:
     residual_fit: int = 0
     residual_fit_configs: int = 32
     residual_fit_calibration: int = 0
+    residual_fit_radius: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.gates, bool) or int(self.gates) != self.gates or self.gates < 0:
@@ -121,6 +130,9 @@ class HypernetConfig:
         for key in ("embed_dim", "hidden"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"hypernet.{key}: must be positive, got {getattr(self, key)}")
+        if isinstance(self.residual_fit_radius, bool) or not (
+                math.isfinite(self.residual_fit_radius) and self.residual_fit_radius >= 0):
+            raise ConfigError(f"hypernet.residual_fit_radius: must be >= 0 (0: no bound), got {self.residual_fit_radius}")
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ConfigError(f"hypernet.init_std: must be >= 0, got {self.init_std}")
         if isinstance(self.warm_start, bool) or not 0.0 <= self.warm_start <= 1.0:  # `not <=` refuses NaN

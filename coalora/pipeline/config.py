@@ -392,6 +392,9 @@ class ExperimentConfig:
         _check(self.hypernet.residual_fit_calibration == 0 or self.hypernet.residual_fit > 0,
                "hypernet.residual_fit_calibration", "weighs the residual fit, which is off; set "
                "hypernet.residual_fit to its steps")
+        _check(self.hypernet.residual_fit_radius == 0 or self.hypernet.residual_fit > 0,
+               "hypernet.residual_fit_radius", "bounds the residual fit, which is off; set "
+               "hypernet.residual_fit to its steps")
         gates = self.hypernet.gates
         _check(gates == 0 or self.lora.rank % gates == 0, "hypernet.gates",
                f"{gates} gates must divide lora.rank ({self.lora.rank}) into equal blocks")

@@ -101,9 +101,11 @@ def init_lora(cfg: ExperimentConfig, model: CoaModel, trainset: np.ndarray,
         inputs = model.input_statistics(itertools.islice(batches, h.residual_fit_calibration))
     # lr 3e-3: on SmolLM2 at 2.75-4.5 bits, 200 steps cut the held-out configurations' in-span error 5.7x
     # (1e-3: 3.8x); it is a smooth full-batch problem.
-    losses = model.fit_cores_to_residuals(configs, h.residual_fit, lr=3e-3, inputs=inputs)
+    losses = model.fit_cores_to_residuals(configs, h.residual_fit, lr=3e-3, inputs=inputs,
+                                          radius=h.residual_fit_radius)
     on = f"on {h.residual_fit_calibration} batches' inputs" if inputs is not None else "of the weights"
-    say(f"residual fit of U_θ: {len(configs)} configurations, {h.residual_fit} steps, "
+    bound = f", cores within {h.residual_fit_radius:g}·‖I‖ of I" if h.residual_fit_radius else ""
+    say(f"residual fit of U_θ: {len(configs)} configurations, {h.residual_fit} steps{bound}, "
         f"relative error {on} {losses[0]:.3g} -> {losses[-1]:.3g}")
 
 
