@@ -601,6 +601,15 @@ def test_residual_fit_runs_before_coa_trains(workdir, tmp_path, capsys):
     m2 = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error on 2 batches' inputs "
                       r"(\S+) -> (\S+)", line)
     assert m2 and float(m2.group(2)) < float(m2.group(1)) and m2.group(1) != m.group(1), line
+    # Within a trust region: the targets sit nearer the identity U_θ starts at, so the starting error is lower.
+    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "fit-r"),
+                 "--set", "lora.init=residual", "--set", "hypernet.residual_fit=50",
+                 "--set", "hypernet.residual_fit_configs=5", "--set", "hypernet.residual_fit_radius=0.01",
+                 "--set", "train.steps=2"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
+    m3 = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, cores within 0\.01·‖I‖ of I, relative "
+                      r"error of the weights (\S+) -> (\S+)", line)
+    assert m3 and float(m3.group(1)) < float(m.group(1)), line
 
 
 def test_snapshots_are_the_model_after_their_step(workdir, tmp_path):

@@ -10,7 +10,7 @@ from coalora.core.quant import fake_quantize
 from coalora.core.space import QuantSpace
 from coalora.errors import CheckpointMismatchError
 from coalora.model.hypernet import HypernetConfig
-from coalora.model.lora import CoaLinear, CoaModel, LoraSettings
+from coalora.model.lora import CoaLinear, CoaModel, LoraSettings, within_radius
 from tests.coalora._tiny import tiny_bert, tiny_llama
 
 
@@ -419,3 +419,45 @@ def test_residual_fit_settings_are_checked():
         load_config(None, ["hypernet.residual_fit_calibration=4"])
     with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_calibration: must be a whole number >= 0"):
         HypernetConfig(residual_fit_calibration=1.5)
+    with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_radius: bounds the residual fit, which is off; "
+                                          r"set hypernet\.residual_fit to its steps$"):
+        load_config(None, ["hypernet.residual_fit_radius=1"])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_radius: must be >= 0 \(0: no bound\)"):
+            HypernetConfig(residual_fit_radius=bad)
+    cfg = load_config(None, ["hypernet.residual_fit=10", "lora.init=residual", "hypernet.residual_fit_radius=0.5"])
+    assert cfg.hypernet.residual_fit_radius == 0.5
+
+
+def test_within_radius_pulls_a_core_back_along_the_segment_to_the_identity():
+    # r = 1: ‖I‖ = 1, so radius 1 lets the core go from 0 to 2: 5 -> 2, -3 -> 0, 1.5 stays.
+    got = within_radius(torch.tensor([[[5.0]], [[-3.0]], [[1.5]]]), 1.0)
+    torch.testing.assert_close(got, torch.tensor([[[2.0]], [[0.0]], [[1.5]]]))
+    # r = 2: ‖I‖ = √2; M − I = [[3, 0], [0, 4]] has norm 5, radius 0.5 allows √2/2.
+    m = torch.tensor([[4.0, 0.0], [0.0, 5.0]])
+    want = torch.eye(2) + torch.tensor([[3.0, 0.0], [0.0, 4.0]]) * (0.5 * 2 ** 0.5 / 5)
+    torch.testing.assert_close(within_radius(m, 0.5), want)
+    torch.testing.assert_close(within_radius(torch.eye(2), 0.1), torch.eye(2))
+
+
+def test_bounded_targets_never_correct_less_than_the_identity_and_the_fit_stays_in_the_ball():
+    """The bounded target's weight error tr(Dᵀ Gb D Ga) (D its distance to M*) is at most the identity's, for
+    every configuration and matrix; a fit to targets within radius 0.1 leaves every core near the ball."""
+    space = QuantSpace.from_model(tiny_llama())
+    configs = space.sample(np.random.default_rng(5), 6)
+    torch.manual_seed(0)
+    model = _residual_model(configs[:2])
+    targets, gram_b, gram_a = model.residual_core_targets(configs)
+
+    def error(cores: torch.Tensor) -> torch.Tensor:
+        d = cores - targets
+        return torch.einsum("knab,nae,knef,nfb->kn", d, gram_b, d, gram_a)
+
+    bounded = within_radius(targets, 0.1)
+    assert ((bounded - torch.eye(4)).flatten(2).norm(dim=-1) <= 0.1 * 2 + 1e-5).all()
+    assert (targets - torch.eye(4)).flatten(2).norm(dim=-1).max() > 0.1 * 2  # the bound is active somewhere
+    assert (error(bounded) <= error(torch.eye(4).expand_as(targets)) * (1 + 1e-5)).all()
+    model.fit_cores_to_residuals(configs, steps=300, lr=3e-3, radius=0.1)
+    with torch.no_grad():
+        cores = model.hypernet(torch.as_tensor(configs))
+    assert (cores - torch.eye(4)).flatten(2).norm(dim=-1).max() < 0.1 * 2 * 1.5
