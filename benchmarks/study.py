@@ -89,6 +89,10 @@ HEADROOM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "shared-residual-distill": ("shared", ["lora.init=residual", "train.distill=0.5"]),
     # U_θ fitted, before any data, to each configuration's own residual within the residual-initialised LoRA.
     "coa-residual-fit": ("coa", ["lora.init=residual", "hypernet.residual_fit=200"]),
+    # That fit within a trust region (hypernet.residual_fit_radius): each target core at most 0.5 or 1 × ‖I‖
+    # from the identity. Unbounded, the lowest budgets' targets reach 8 × ‖I‖ on MiniLM and stopped it learning.
+    "coa-residual-fit-r05": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", "hypernet.residual_fit_radius=0.5"]),
+    "coa-residual-fit-r1": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", "hypernet.residual_fit_radius=1"]),
     # Both that fit and the random configurations (which help every method on the unseen set).
     "coa-residual-fit-random": ("coa", ["lora.init=residual", "hypernet.residual_fit=200", *RANDOM_ONE]),
     # The fit weighed by the inputs of 8 training batches (the output error rather than the weight error).
@@ -113,6 +117,8 @@ HEADROOM_PER_CONFIG: dict[str, list[str]] = {"per-config": [], "per-config-resid
 HEADROOM_MATCH: dict[str, tuple[str, str]] = {
     "coa-residual": ("shared-residual", "per-config-residual"),
     "coa-residual-fit": ("shared-residual", "per-config-residual"),
+    "coa-residual-fit-r05": ("shared-residual", "per-config-residual"),
+    "coa-residual-fit-r1": ("shared-residual", "per-config-residual"),
     "coa-residual-fit-random": ("shared-residual-random", "per-config-residual"),
     "coa-residual-fit-x": ("shared-residual", "per-config-residual"),
     "coa-residual-fit-slow": ("shared-residual", "per-config-residual"),
@@ -449,7 +455,8 @@ def table2(st: Study, seeds: list[int]) -> dict[str, Any]:
 # cost on MiniLM from that of its random training configurations (drawn across eval.random_bits).
 TABLE2_OPTIONS: dict[str, tuple[str, list[str]]] = {
     name: HEADROOM_VARIANTS[name] for name in ("coa-residual-fit", "shared-residual", "coa-residual-fit-random",
-                                               "shared-residual-random", "coa-bank", "shared-bank")}
+                                               "shared-residual-random", "coa-bank", "shared-bank",
+                                               "coa-residual-fit-r05", "coa-residual-fit-r1")}
 
 
 def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
