@@ -585,31 +585,29 @@ def test_distill_and_random_configs_train_a_causal_lm_and_refuse_a_classifier(wo
 def test_residual_fit_runs_before_coa_trains(workdir, tmp_path, capsys):
     """``hypernet.residual_fit``: U_θ is fitted to the training set and the extra random configurations,
     before the first step; the fitted error falls and is said."""
-    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "fit"),
-                 "--set", "lora.init=residual", "--set", "hypernet.residual_fit=50",
-                 "--set", "hypernet.residual_fit_configs=5", "--set", "train.steps=2"]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
-    m = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error of the weights "
-                     r"(\S+) -> (\S+)", line)
-    assert m and float(m.group(2)) < float(m.group(1)), line
+
+    def fit(name: str, *sets: str, said: str) -> re.Match:
+        """Train 2 steps after a 50-step fit with ``sets``; the fit's line must read ``said`` then
+        ``<error before> -> <error after>``."""
+        args = ["lora.init=residual", "hypernet.residual_fit=50", "hypernet.residual_fit_configs=5",
+                *sets, "train.steps=2"]
+        assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / name),
+                     *[x for a in args for x in ("--set", a)]]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
+        m = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, " + re.escape(said) + r" (\S+) -> (\S+)",
+                         line)
+        assert m, line
+        return m
+
+    m = fit("fit", said="relative error of the weights")
+    assert float(m.group(2)) < float(m.group(1))
     # Weighed by the inputs of two training batches: a different error, measured on the outputs.
-    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "fit-x"),
-                 "--set", "lora.init=residual", "--set", "hypernet.residual_fit=50",
-                 "--set", "hypernet.residual_fit_configs=5", "--set", "hypernet.residual_fit_calibration=2",
-                 "--set", "train.steps=2"]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
-    m2 = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, relative error on 2 batches' inputs "
-                      r"(\S+) -> (\S+)", line)
-    assert m2 and float(m2.group(2)) < float(m2.group(1)) and m2.group(1) != m.group(1), line
+    m2 = fit("fit-x", "hypernet.residual_fit_calibration=2", said="relative error on 2 batches' inputs")
+    assert float(m2.group(2)) < float(m2.group(1)) and m2.group(1) != m.group(1)
     # Within a trust region: the targets sit nearer the identity U_θ starts at, so the starting error is lower.
-    assert main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(tmp_path / "fit-r"),
-                 "--set", "lora.init=residual", "--set", "hypernet.residual_fit=50",
-                 "--set", "hypernet.residual_fit_configs=5", "--set", "hypernet.residual_fit_radius=0.01",
-                 "--set", "train.steps=2"]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("residual fit of U_θ"))
-    m3 = re.fullmatch(r"residual fit of U_θ: 8 configurations, 50 steps, cores within 0\.01·‖I‖ of I, relative "
-                      r"error of the weights (\S+) -> (\S+)", line)
-    assert m3 and float(m3.group(1)) < float(m.group(1)), line
+    m3 = fit("fit-r", "hypernet.residual_fit_radius=0.01",
+             said="cores within 0.01·‖I‖ of I, relative error of the weights")
+    assert float(m3.group(1)) < float(m.group(1))
 
 
 def test_snapshots_are_the_model_after_their_step(workdir, tmp_path):
