@@ -17,7 +17,8 @@ change only what a run can change half-way (``run.rounds``, memory and cluster s
 
 Exit status: 0 on success; 2 for bad input (a bad configuration, run directory, storage, model, data
 or resource plan, also when only the cluster reveals it: one line on stderr); 1 for a failure of the
-run itself (its traceback).
+run itself (its traceback); 130 when Ctrl-C (SIGINT) stopped it: the complete rounds are kept, and one
+line on stderr says how to continue (``--resume``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _interrupted(run_dir, rounds: int) -> int:  # noqa: ANN001
+    """Ctrl-C: one line saying what the run directory keeps and how to continue; exit status 130 (128 +
+    SIGINT, as a shell reports a process that SIGINT ended)."""
+    from orchestration.store import RunStore
+
+    try:
+        kept = f"keeps {RunStore(run_dir).completed_rounds()} of {rounds} round(s)"
+    except Exception:  # noqa: BLE001 (storage unreachable now: the message still says how to continue)
+        kept = "keeps its complete rounds"
+    print(f"orchestration/run.py: interrupted: {run_dir} {kept}; continue with: "
+          f"python orchestration/run.py --resume {run_dir}", file=sys.stderr)
+    return 130
+
+
 def init_ray(cfg) -> None:  # noqa: ANN001
     """Join the cluster named by ``RAY_ADDRESS`` or start a local one sized for the run's plan."""
     from orchestration.connect import connect
@@ -73,6 +88,17 @@ def _log_path(name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:  # Ctrl-C outside the round loop (_main handles one inside it)
+        started = getattr(args, "started", None)  # (run directory, rounds) once the run has begun
+        if started is not None:
+            return _interrupted(*started)
+        print("orchestration/run.py: interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
     from orchestration.prepare import describe, expected_cause, input_errors, one_line, prepare
 
     # Everything that can be checked is checked before Ray starts; nothing is written until it passes.
@@ -92,19 +118,21 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, run_dir = prep.cfg, prep.run_dir
     console = Console(_log_path(cfg.run.name), verbose=args.verbose)
+    args.started = (run_dir, cfg.run.rounds)  # from here an interrupted run has a directory to resume
     failure = None
+    interrupted = False
     with console:
         console.say(f"log: {console.log_path}")
-        end_leftovers(run_dir, say=console.say)  # what a killed earlier session of this run left running
-        own_ray = not os.environ.get("RAY_ADDRESS")  # a local Ray this driver starts (and must not leave behind)
-        init_ray(cfg)
-        from orchestration.loop import Orchestrator
-
-        orch = Orchestrator(cfg, run_dir, resume=prep.resume, say=console.say, log_file=console.log_path,
-                            base=prep.loaded, resume_overrides=prep.overrides, record_processes=own_ray,
-                            validated_rounds=prep.completed if prep.resume else None)
-        del prep
         try:
+            end_leftovers(run_dir, say=console.say)  # what a killed earlier session of this run left running
+            own_ray = not os.environ.get("RAY_ADDRESS")  # a local Ray this driver starts (and must not leave behind)
+            init_ray(cfg)
+            from orchestration.loop import Orchestrator
+
+            orch = Orchestrator(cfg, run_dir, resume=prep.resume, say=console.say, log_file=console.log_path,
+                                base=prep.loaded, resume_overrides=prep.overrides, record_processes=own_ray,
+                                validated_rounds=prep.completed if prep.resume else None)
+            del prep
             orch.preflight()
             if args.overwrite and not args.resume and run_dir.is_dir():
                 # A new name needs nothing replaced. An existing non-empty directory got here only as a
@@ -113,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                     orch.store.check_replaceable()
                 run_dir.rmtree()
             summary = orch.run()
+        except KeyboardInterrupt:  # Ctrl-C: the complete rounds are kept, the round in progress is not
+            interrupted = True
         except Exception as e:  # bad input that only the cluster could reveal is one line; a bug is not
             cause = expected_cause(e)
             if cause is None:
@@ -123,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
             # Disconnect while the console still routes output: Ray forwards its workers' last lines late.
             ray.shutdown()
+    if interrupted:
+        return _interrupted(run_dir, cfg.run.rounds)
     if failure is not None:
         return _fail(failure)
     orch.save_log()  # the whole session's log, now that the console has closed it

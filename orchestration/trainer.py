@@ -185,7 +185,8 @@ def train_round(
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
-    result = trainer.fit() if on_tick is None else _fit_ticking(trainer, on_tick)
+    # Never fit() in the main thread: see _fit_ticking (Ray Train would take over Ctrl-C).
+    result = _fit_ticking(trainer, on_tick or (lambda: None))
     metrics_extra = {"train_attempts": max(1, len(list(attempts.iterdir())))}
     ckpt = result.checkpoint
     if ckpt is None:
@@ -199,19 +200,33 @@ def train_round(
 
 
 def _fit_ticking(trainer: TorchTrainer, on_tick: Callable[[], None], every_s: float = 2.0) -> Any:
-    """``trainer.fit()``, calling ``on_tick`` every ``every_s`` seconds from a thread (fit blocks)."""
+    """``trainer.fit()`` in a thread, calling ``on_tick`` every ``every_s`` seconds here until it returns.
+
+    Why fit does not run in the main thread: there, Ray Train installs its own SIGINT handler and never
+    restores the one it replaced. Measured on Ray 2.60: a Ctrl-C during training was swallowed (the run
+    went on into the next round), and one after the first round's fit reached a handler bound to a dead
+    controller, which exited with status 1 and no message. From another thread Ray installs nothing, so
+    Ctrl-C stays Python's KeyboardInterrupt, raised here or wherever the driver is, and ``run.py`` ends
+    the run cleanly. The thread is a daemon: an interrupted driver does not wait for it, and its Ray
+    Train controller, owned by this driver, ends with the driver's Ray session.
+    """
     import threading
 
-    done = threading.Event()
+    outcome: dict[str, Any] = {}
 
-    def tick() -> None:
-        while not done.wait(every_s):
-            on_tick()
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 (handed to the caller's thread below)
+            outcome["error"] = e
 
-    t = threading.Thread(target=tick, daemon=True)
+    t = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     t.start()
-    try:
-        return trainer.fit()
-    finally:
-        done.set()
-        t.join(timeout=10)
+    while True:
+        t.join(every_s)
+        if not t.is_alive():
+            break
+        on_tick()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

@@ -190,3 +190,42 @@ def test_relative_out_dir_inside_a_jobs_working_dir_is_refused(tmp_path, monkeyp
     assert run_main(["--smoke-test", "--set", "run.out_dir=s3://"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_ctrl_c_during_training_ends_the_run_and_says_how_to_resume(tmp_path):
+    """SIGINT while round 0 trains. Before the fit left the driver's main thread, Ray Train (2.60) took over
+    SIGINT there: a Ctrl-C during a fit was swallowed (the run went on to the end), and one after a fit exited
+    1 with no message. Now: exit 130 within seconds, one line, and a directory that resumes."""
+    import os
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, like a user's
+    out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-u", str(ROOT / "orchestration" / "run.py"), "--smoke-test",
+                                 "--set", f"run.out_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=err, text=True)
+        try:
+            deadline = time.time() + 600
+            while "round 1/2 | train:" not in out_path.read_text() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(5)  # Ray Train's fit is under way (its worker group takes longer than this to start)
+            assert proc.poll() is None, out_path.read_text()[-3000:] + err_path.read_text()[-3000:]
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)  # it ends; it does not train on
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    said, shown = err_path.read_text(), out_path.read_text()
+    assert proc.returncode == 130, said[-3000:] + shown[-3000:]
+    run_dir = tmp_path / "runs" / "smoke"
+    assert [x for x in said.splitlines() if x.strip()] == [
+        f"orchestration/run.py: interrupted: {run_dir} keeps 0 of 2 round(s); continue with: "
+        f"python orchestration/run.py --resume {run_dir}"], said[-3000:]
+    assert "train done" not in shown and not any(x.startswith("done:") for x in shown.splitlines()), shown
+    # The directory is a run that resumes from the start: it passes the checks of --resume.
+    res = _run_cli("--resume", str(run_dir), "--check", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resume {run_dir} after 0 of 2 round(s)" in res.stdout, res.stdout
