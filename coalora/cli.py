@@ -384,6 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line whatever the message holds (a value quoted from a damaged file may carry newlines).
         print(f"coalora: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; 130 = 128 + SIGINT, as a shell reports it
+        # Checkpoints and adapters are written whole or not at all (coalora.io.atomic_dir): what an
+        # interrupted command was writing is not there; a per-config run keeps the adapters it finished.
+        print("coalora: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

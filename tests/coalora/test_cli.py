@@ -45,6 +45,24 @@ def workdir(tmp_path_factory):
     return d
 
 
+def test_ctrl_c_ends_a_training_with_one_line_and_leaves_no_half_written_checkpoint(workdir, tmp_path, capsys):
+    # SIGINT delivered to this process while `coalora train` runs in it (a training far too long to end first).
+    import signal
+    import threading
+
+    out = tmp_path / "coa"
+    timer = threading.Timer(2.0, signal.raise_signal, (signal.SIGINT,))
+    timer.start()
+    try:
+        rc = main(["train", "--config", str(workdir / "tiny.yaml"), "--out", str(out), "--quiet",
+                   "--set", "train.steps=1000000"])
+    finally:
+        timer.cancel()
+    assert rc == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "coalora: interrupted"
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no checkpoint, no temporary beside it
+
+
 def test_train_writes_checkpoint_with_trainset(workdir):
     meta = json.loads((workdir / "coa" / "meta.json").read_text())
     assert meta["method"] == "coa" and meta["step"] == 12
