@@ -63,7 +63,12 @@ def _interrupted(run_dir, rounds: int) -> int:  # noqa: ANN001
     from orchestration.store import RunStore
 
     try:
-        kept = f"keeps {RunStore(run_dir).completed_rounds()} of {rounds} round(s)"
+        store = RunStore(run_dir)
+        if not store.config_path.is_file():  # stopped before round 0 wrote anything: nothing to resume
+            print(f"orchestration/run.py: interrupted before {run_dir} was written; nothing was kept",
+                  file=sys.stderr)
+            return 130
+        kept = f"keeps {store.completed_rounds()} of {rounds} round(s)"
     except Exception:  # noqa: BLE001 (storage unreachable now: the message still says how to continue)
         kept = "keeps its complete rounds"
     print(f"orchestration/run.py: interrupted: {run_dir} {kept}; continue with: "
@@ -149,10 +154,12 @@ def _main(args: argparse.Namespace) -> int:
                 raise
             failure = one_line(cause)
         finally:
-            import ray
-
             # Disconnect while the console still routes output: Ray forwards its workers' last lines late.
-            ray.shutdown()
+            # Only a Ray that finished importing: a Ctrl-C during `import ray` leaves a half-imported
+            # package behind, which a second import would trip over.
+            ray = sys.modules.get("ray")
+            if ray is not None and hasattr(ray, "shutdown"):
+                ray.shutdown()
     if interrupted:
         return _interrupted(run_dir, cfg.run.rounds)
     if failure is not None:
