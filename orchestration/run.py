@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return _main(args)
-    except KeyboardInterrupt:  # Ctrl-C outside the round loop (_main handles one inside it)
+    except KeyboardInterrupt:  # Ctrl-C: Ray is shut down and the console closed on the way out (_main)
         started = getattr(args, "started", None)  # (run directory, rounds) once the run has begun
         if started is not None:
             return _interrupted(*started)
@@ -125,7 +125,6 @@ def _main(args: argparse.Namespace) -> int:
     console = Console(_log_path(cfg.run.name), verbose=args.verbose)
     args.started = (run_dir, cfg.run.rounds)  # from here an interrupted run has a directory to resume
     failure = None
-    interrupted = False
     with console:
         console.say(f"log: {console.log_path}")
         try:
@@ -146,8 +145,6 @@ def _main(args: argparse.Namespace) -> int:
                     orch.store.check_replaceable()
                 run_dir.rmtree()
             summary = orch.run()
-        except KeyboardInterrupt:  # Ctrl-C: the complete rounds are kept, the round in progress is not
-            interrupted = True
         except Exception as e:  # bad input that only the cluster could reveal is one line; a bug is not
             cause = expected_cause(e)
             if cause is None:
@@ -160,8 +157,6 @@ def _main(args: argparse.Namespace) -> int:
             ray = sys.modules.get("ray")
             if ray is not None and hasattr(ray, "shutdown"):
                 ray.shutdown()
-    if interrupted:
-        return _interrupted(run_dir, cfg.run.rounds)
     if failure is not None:
         return _fail(failure)
     orch.save_log()  # the whole session's log, now that the console has closed it

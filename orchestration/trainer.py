@@ -186,7 +186,7 @@ def train_round(
         ),
     )
     # Never fit() in the main thread: see _fit_ticking (Ray Train would take over Ctrl-C).
-    result = _fit_ticking(trainer, on_tick or (lambda: None))
+    result = _fit_ticking(trainer, on_tick)
     metrics_extra = {"train_attempts": max(1, len(list(attempts.iterdir())))}
     ckpt = result.checkpoint
     if ckpt is None:
@@ -199,7 +199,7 @@ def train_round(
     return metrics
 
 
-def _fit_ticking(trainer: TorchTrainer, on_tick: Callable[[], None], every_s: float = 2.0) -> Any:
+def _fit_ticking(trainer: TorchTrainer, on_tick: Callable[[], None] | None, every_s: float = 2.0) -> Any:
     """``trainer.fit()`` in a thread, calling ``on_tick`` every ``every_s`` seconds here until it returns.
 
     Why fit does not run in the main thread: there, Ray Train installs its own SIGINT handler and never
@@ -226,7 +226,8 @@ def _fit_ticking(trainer: TorchTrainer, on_tick: Callable[[], None], every_s: fl
         t.join(every_s)
         if not t.is_alive():
             break
-        on_tick()
+        if on_tick is not None:
+            on_tick()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
