@@ -103,6 +103,9 @@ class HypernetConfig:
             gain g multiplies what each step of A and B does to that configuration by g, which at the usual
             learning rate stopped a classifier learning. ``1`` lets a core at most cancel or double the
             shared correction.
+        residual_fit_lr: Adam's learning rate for the fit (default 3e-3: on SmolLM2 at 2.75-4.5 bits, 200
+            steps cut the held-out configurations' in-span error 5.7x, 1e-3 only 3.8x; it is a smooth
+            full-batch problem). Used only with ``residual_fit``.
 
     Raises:
         ConfigError: on construction, naming the key, e.g. ``hypernet.hidden: must be positive, got 0``.
@@ -119,6 +122,7 @@ class HypernetConfig:
     residual_fit_configs: int = 32
     residual_fit_calibration: int = 0
     residual_fit_radius: float = 0.0
+    residual_fit_lr: float = 3e-3
 
     def __post_init__(self) -> None:
         if isinstance(self.gates, bool) or int(self.gates) != self.gates or self.gates < 0:
@@ -133,6 +137,9 @@ class HypernetConfig:
         if isinstance(self.residual_fit_radius, bool) or not (
                 math.isfinite(self.residual_fit_radius) and self.residual_fit_radius >= 0):
             raise ConfigError(f"hypernet.residual_fit_radius: must be >= 0 (0: no bound), got {self.residual_fit_radius}")
+        if isinstance(self.residual_fit_lr, bool) or not (
+                math.isfinite(self.residual_fit_lr) and self.residual_fit_lr > 0):
+            raise ConfigError(f"hypernet.residual_fit_lr: must be positive, got {self.residual_fit_lr}")
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ConfigError(f"hypernet.init_std: must be >= 0, got {self.init_std}")
         if isinstance(self.warm_start, bool) or not 0.0 <= self.warm_start <= 1.0:  # `not <=` refuses NaN

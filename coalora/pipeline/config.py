@@ -395,6 +395,10 @@ class ExperimentConfig:
         _check(self.hypernet.residual_fit_radius == 0 or self.hypernet.residual_fit > 0,
                "hypernet.residual_fit_radius", "bounds the residual fit, which is off; set "
                "hypernet.residual_fit to its steps")
+        # The rate has a default, so only a changed one says the user meant a fit.
+        _check(self.hypernet.residual_fit_lr == HypernetConfig.residual_fit_lr or self.hypernet.residual_fit > 0,
+               "hypernet.residual_fit_lr", "sets the residual fit's learning rate, but the fit is off; set "
+               "hypernet.residual_fit to its steps")
         gates = self.hypernet.gates
         _check(gates == 0 or self.lora.rank % gates == 0, "hypernet.gates",
                f"{gates} gates must divide lora.rank ({self.lora.rank}) into equal blocks")

@@ -99,9 +99,7 @@ def init_lora(cfg: ExperimentConfig, model: CoaModel, trainset: np.ndarray,
         if batches is None:
             raise ValueError("hypernet.residual_fit_calibration needs the training batches")
         inputs = model.input_statistics(itertools.islice(batches, h.residual_fit_calibration))
-    # lr 3e-3: on SmolLM2 at 2.75-4.5 bits, 200 steps cut the held-out configurations' in-span error 5.7x
-    # (1e-3: 3.8x); it is a smooth full-batch problem.
-    losses = model.fit_cores_to_residuals(configs, h.residual_fit, lr=3e-3, inputs=inputs,
+    losses = model.fit_cores_to_residuals(configs, h.residual_fit, lr=h.residual_fit_lr, inputs=inputs,
                                           radius=h.residual_fit_radius)
     on = f"on {h.residual_fit_calibration} batches' inputs" if inputs is not None else "of the weights"
     bound = f", cores within {h.residual_fit_radius:g}·‖I‖ of I" if h.residual_fit_radius else ""

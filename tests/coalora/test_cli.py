@@ -626,6 +626,9 @@ def test_residual_fit_runs_before_coa_trains(workdir, tmp_path, capsys):
     m3 = fit("fit-r", "hypernet.residual_fit_radius=0.01",
              said="cores within 0.01·‖I‖ of I, relative error of the weights")
     assert float(m3.group(1)) < float(m.group(1))
+    # hypernet.residual_fit_lr is the fit's rate: the same start, and at a vanishing rate U_θ stays put.
+    m4 = fit("fit-lr", "hypernet.residual_fit_lr=1e-9", said="relative error of the weights")
+    assert m4.group(1) == m.group(1) and float(m4.group(2)) > 0.999 * float(m4.group(1)) > float(m.group(2))
 
 
 def test_snapshots_are_the_model_after_their_step(workdir, tmp_path):

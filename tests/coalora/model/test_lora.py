@@ -427,6 +427,15 @@ def test_residual_fit_settings_are_checked():
             HypernetConfig(residual_fit_radius=bad)
     cfg = load_config(None, ["hypernet.residual_fit=10", "lora.init=residual", "hypernet.residual_fit_radius=0.5"])
     assert cfg.hypernet.residual_fit_radius == 0.5
+    with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_lr: sets the residual fit's learning rate, but "
+                                          r"the fit is off; set hypernet\.residual_fit to its steps$"):
+        load_config(None, ["hypernet.residual_fit_lr=0.001"])
+    for bad in (0.0, -1e-3, float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match=r"^hypernet\.residual_fit_lr: must be positive, got "):
+            HypernetConfig(residual_fit_lr=bad)
+    assert HypernetConfig().residual_fit_lr == 3e-3
+    cfg = load_config(None, ["hypernet.residual_fit=10", "lora.init=residual", "hypernet.residual_fit_lr=1e-3"])
+    assert cfg.hypernet.residual_fit_lr == 1e-3
 
 
 def test_within_radius_pulls_a_core_back_along_the_segment_to_the_identity():
