@@ -953,13 +953,15 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
     2.75–3.5 bits; the gap closed per budget and on random unseen configurations."""
     from coalora.pipeline.config import load_config
 
+    variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS) if m in HEADROOM_VARIANTS}
+    if not variants:
+        raise SystemExit(f"study: --variants names none of headroom's variants {list(HEADROOM_VARIANTS)}")
     quick = QUICK_HEADROOM if st.quick else []
     overrides = st.overrides_for(lm=True) + quick
     cfg = load_config(ROOT / LOWBIT, overrides)
     unseen_path = _unseen_configs(st, overrides)
     unseen_some = st.runs / "headroom-unseen-per-config.json"
     unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
-    variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS)}
     per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
         pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
     snaps = snapshot_steps(cfg.train.steps)
@@ -1060,17 +1062,24 @@ def _seen_configs(st: Study, overrides: list[str]) -> Path:
 def headroom_search(st: Study, seeds: list[int]) -> dict[str, Any]:
     """The search ablation on the headroom testbed: the orchestrated coa (the options of
     :data:`HEADROOM_SEARCH_VARIANT`) with the GP search, a frozen training set and random extension, each
-    scored on the testbed's evaluated budgets and unseen configurations (test loss, nats)."""
+    scored on the testbed's evaluated budgets and unseen configurations (test loss, nats).
+
+    ``--variants`` may name some of :data:`HEADROOM_SEARCH_METHODS` (an orchestrated SmolLM2 run is about
+    an hour on 2 cores): the tables keep the rows and curves of earlier calls for every (seed, method) this
+    call does not run, so the methods can be run in separate calls."""
     from coalora.pipeline.config import load_config
 
+    methods = [m for m in HEADROOM_SEARCH_METHODS if st.variants is None or m in st.variants]
+    if not methods:
+        raise SystemExit(f"study: --variants names none of headroom-search's methods {list(HEADROOM_SEARCH_METHODS)}")
     quick = QUICK_HEADROOM if st.quick else []
     overrides = st.overrides_for(lm=True) + quick
     cfg = load_config(ROOT / LOWBIT, overrides + HEADROOM_SEARCH_SETS)
     seen_path, unseen_path = _seen_configs(st, overrides), _unseen_configs(st, overrides)
     per_round = max(1, cfg.train.steps // cfg.run.rounds)
-    summary, curves = [], {}
+    summary, curves = [], []
     for seed in seeds:
-        for method in HEADROOM_SEARCH_METHODS:
+        for method in methods:
             name = f"hrs-{method}-s{seed}"
             run = st.orchestrated(name, LOWBIT, quick + HEADROOM_SEARCH_SETS + HEADROOM_VARIANTS[HEADROOM_SEARCH_VARIANT][1]
                                   + _seed_sets(seed) + [f"search.method={method}", f"run.steps_per_round={per_round}"],
@@ -1082,18 +1091,43 @@ def headroom_search(st: Study, seeds: list[int]) -> dict[str, Any]:
             losses = {set_name: [r["loss"] for r in st.evaluate(f"{name}-{set_name}", "--run", str(run), "--config",
                                                                str(path))]
                       for set_name, path in (("seen", seen_path), ("unseen", unseen_path))}
-            row, curve = _search_run_row(run, seed, method, {"seen_mean_loss": float(np.mean(losses["seen"])),
-                                                             "unseen_mean_loss": float(np.mean(losses["unseen"]))})
+            row, (rounds, hv) = _search_run_row(run, seed, method, {
+                "seen_mean_loss": float(np.mean(losses["seen"])), "unseen_mean_loss": float(np.mean(losses["unseen"]))})
             summary.append(row)
-            if seed == seeds[0]:
-                curves[method] = curve
+            curves += [{"seed": seed, "method": method, "round": int(k), "hypervolume": float(h)}
+                       for k, h in zip(rounds, hv)]
+    summary = _with_earlier(st.results / "headroom-search-seeds.csv", summary)
+    curves = _with_earlier(st.results / "headroom-search-curves.csv", curves)
+    order = {m: i for i, m in enumerate(HEADROOM_SEARCH_METHODS)}
+    summary.sort(key=lambda r: (r["seed"], order.get(r["method"], len(order))))
     st.write_csv("headroom-search-seeds.csv", summary)
+    st.write_csv("headroom-search-curves.csv", curves)
     agg = _aggregate(summary, "method", ["seen_mean_loss", "unseen_mean_loss", "final_hypervolume", "evaluations",
                                        "total_seconds"])
     st.write_csv("headroom-search.csv", agg)
-    _plot(st.results / "headroom-search.png", curves, "round", "hypervolume (validation loss vs bits)",
-          f"Search ablation on the headroom testbed, SmolLM2-135M (seed {seeds[0]})")
+    first = min(r["seed"] for r in curves)
+    _plot(st.results / "headroom-search.png",
+          {m: (np.array([r["round"] for r in curves if r["seed"] == first and r["method"] == m], dtype=float),
+               np.array([r["hypervolume"] for r in curves if r["seed"] == first and r["method"] == m]))
+           for m in sorted({r["method"] for r in summary if r["seed"] == first}, key=lambda m: order.get(m, 99))},
+          "round", "hypervolume (validation loss vs bits)",
+          f"Search ablation on the headroom testbed, SmolLM2-135M (seed {first})")
     return {"headroom_search": agg}
+
+
+_WHOLE = ("seed", "round", "rounds", "evaluations", "distinct_configs", "final_set_size")
+
+
+def _with_earlier(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` plus those of the CSV at ``path`` (an earlier call's) for every (seed, method) ``rows`` lacks:
+    a part run one method per call still tabulates them all. Counts and seeds come back as whole numbers."""
+    mine = {(r["seed"], r["method"]) for r in rows}
+    earlier = _read_csv(path) if path.is_file() else []
+    for r in earlier:
+        for k in _WHOLE:
+            if isinstance(r.get(k), float):
+                r[k] = int(r[k])
+    return rows + [r for r in earlier if (r["seed"], r["method"]) not in mine]
 
 
 # The residual-span analyses: name -> residual_span.py arguments. The bank run measures lora.bank's reach.
@@ -1525,7 +1559,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"headroom and table2-options parts: the comma-separated variants to run (default all: "
                         f"{','.join(HEADROOM_VARIANTS)}); on the testbed shared and per-config always run, and the "
                         f"baselines a chosen variant is matched with; table2-options runs those of "
-                        f"{','.join(TABLE2_OPTIONS)} named")
+                        f"{','.join(TABLE2_OPTIONS)} named; headroom-search those of "
+                        f"{','.join(HEADROOM_SEARCH_METHODS)} named (earlier calls' rows stay in its tables)")
     p.add_argument("--exclude-trained", action="store_true",
                    help="headroom part: score without the evaluated configurations that a shared or coa training "
                         "set holds (listed in headroom-excluded.csv and the report) instead of stopping")
@@ -1540,9 +1575,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = None if args.variants is None else args.variants.split(",")
-    wrong = [v for v in variants or [] if v not in HEADROOM_VARIANTS]
+    wrong = [v for v in variants or [] if v not in HEADROOM_VARIANTS and v not in HEADROOM_SEARCH_METHODS]
     if wrong:
-        p.error(f"unknown variant(s) {wrong}; choose from {list(HEADROOM_VARIANTS)}")
+        p.error(f"unknown variant(s) {wrong}; choose from {list(HEADROOM_VARIANTS)} (headroom-search: "
+                f"{list(HEADROOM_SEARCH_METHODS)})")
     st = Study(args.quick, args.set, variants)
     st.exclude_trained = args.exclude_trained
     fns = {"table2": table2, "table2-options": table2_options, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,

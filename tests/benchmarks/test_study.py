@@ -456,6 +456,55 @@ def test_a_search_run_row_counts_what_the_search_did(study, tmp_path):
     assert x.tolist() == [0.0, 1.0] and hv.tolist() == [0.25, 0.5]
 
 
+def test_the_headroom_search_can_run_one_method_a_call_and_keeps_the_others_rows(study, tmp_path, monkeypatch):
+    """``--variants gp`` then ``--variants frozen``: the second call's tables hold both methods (each run
+    is an hour on 2 cores, so they may be run in separate calls), and a method run again replaces its rows."""
+    from orchestration.store import RunStore
+
+    st = _study_in(study, tmp_path, monkeypatch)
+    monkeypatch.setattr(study, "ROOT", ROOT)  # the real configs/study/smollm2-lowbit.yaml
+    monkeypatch.setattr(study, "_seen_configs", lambda st, o: st.runs / "seen.json")
+    monkeypatch.setattr(study, "_unseen_configs", lambda st, o: st.runs / "unseen.json")
+    monkeypatch.setattr(study, "trained_on", lambda runs, paths: {})
+    hv = {"gp": [0.4, 0.5], "frozen": [0.4, 0.45]}
+    ran = []
+
+    def orchestrated(name, config, sets, lm=False):
+        ran.append(name)
+        method = name.split("-")[1]
+        run = st.runs / name
+        run.mkdir(parents=True, exist_ok=True)
+        store = RunStore(run)
+        for k, h in enumerate(hv[method]):
+            store.append_round([], {"round": k, "hypervolume": h, "set_size": 8 + k, "train_seconds": 10.0,
+                                    "eval_seconds": 5.0, "search_seconds": 1.0})
+        return run
+
+    monkeypatch.setattr(st, "orchestrated", orchestrated)
+    monkeypatch.setattr(st, "evaluate", lambda name, *a: [{"loss": 4.0 if "seen" in name.split("-")[-1] else 4.5}])
+    st.variants = ["gp"]
+    study.headroom_search(st, [0])
+    st.variants = ["frozen"]
+    hv["gp"] = [0.1, 0.2]  # not run in this call: gp's rows must stay as the first call wrote them
+    agg = {r["method"]: r for r in study.headroom_search(st, [0])["headroom_search"]}
+    assert ran == ["hrs-gp-s0", "hrs-frozen-s0"]
+    assert agg["gp"]["final_hypervolume"] == pytest.approx(0.5) and agg["frozen"]["final_hypervolume"] == 0.45
+    rows = study._read_csv(st.results / "headroom-search-seeds.csv")
+    assert [(r["seed"], r["method"], r["rounds"], r["final_set_size"]) for r in rows] == [(0, "gp", 2, 9),
+                                                                                          (0, "frozen", 2, 9)]
+    assert (st.results / "headroom-search-seeds.csv").read_text().splitlines()[1].startswith("0,gp,2,")
+    curves = study._read_csv(st.results / "headroom-search-curves.csv")
+    assert [(r["method"], r["round"], r["hypervolume"]) for r in curves] == [
+        ("frozen", 0, 0.4), ("frozen", 1, 0.45), ("gp", 0, 0.4), ("gp", 1, 0.5)]
+    assert (st.results / "headroom-search.png").is_file()
+    st.variants = ["coa-bank"]
+    with pytest.raises(SystemExit, match="none of headroom-search's methods"):
+        study.headroom_search(st, [0])
+    st.variants = ["gp"]  # and the headroom part has no variant of that name
+    with pytest.raises(SystemExit, match="none of headroom's variants"):
+        study.headroom(st, [0])
+
+
 def test_unseen_configurations_are_compared_with_a_line_through_the_seen_ones(study):
     """Through (3.0 bits, 5.0) and (3.5 bits, 4.0) the line predicts 4.5 at 3.25 bits: 4.95 there is 10 %
     above it (seed 0), 4.5 is on it (seed 1); the mean over seeds is 5 %."""
