@@ -20,18 +20,28 @@ Parts (``--parts``, comma-separated; default all):
   that coa's gap must beat (cheaper than all of table2 at a new seed; table2 reuses these runs).
 - ``causal-lm``: SmolLM2-135M on the Wikipedia sample (configs/study/smollm2-wiki.yaml): coa, shared and
   per-config at the budgets of ``eval.budgets``, perplexity on held-out text.
+- ``table2-options``: issue #15's options (``TABLE2_OPTIONS``) on Table 2's seeds, against Table 2's own
+  runs (needs ``table2`` of the same seeds): no regression where quantization costs little.
+- ``headroom``: the testbed where quantization hurts (configs/study/smollm2-lowbit.yaml): shared,
+  per-config and coa's variants (``HEADROOM_VARIANTS``), test loss at the evaluated budgets and on random
+  unseen configurations, and the gap each variant closes; learning curves from snapshots.
+- ``headroom-search``: the search ablation on that testbed (gp, frozen, random-extend), orchestrated.
+- ``headroom-span``: how much of each configuration's quantization residual the LoRA's directions can
+  reach (benchmarks/residual_span.py).
 
 Outputs: runs under ``runs/study/`` (checkpoints, archives, logs of every command), the small tables
 and plots under ``benchmarks/results/study/`` (with ``manifest.json``: commands, commit, hardware), and
 the report ``docs/results.md``, rendered from those tables (:func:`render_report`) into the prose of
 ``benchmarks/results/study/report-template.md``.
 
-    python benchmarks/study.py [--parts table2,seen-unseen,search-ablation,causal-lm,baseline-seeds] [--seeds 0,1]
-                               [--quick] [--set KEY=VALUE ...] [--report-only]
+    python benchmarks/study.py [--parts table2,seen-unseen,...] [--seeds 0,1] [--quick] [--set KEY=VALUE ...]
+                               [--variants NAME,...] [--exclude-trained] [--report-only]
 
 ``--quick`` shrinks every part (2 rounds of 4 steps, 64 evaluation sentences) to check the pipeline
 in a few minutes; its results and report go to ``benchmarks/results/study-quick/``. ``--report-only``
-rewrites the report from the result files already there and runs nothing.
+rewrites the report from the result files already there and runs nothing. ``--variants`` runs only the
+named variants of ``headroom`` and ``table2-options`` and the named search methods of ``headroom-search``;
+their tables keep what earlier calls recorded for the others.
 """
 
 from __future__ import annotations
