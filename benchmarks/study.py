@@ -509,6 +509,7 @@ def table2_options(st: Study, seeds: list[int]) -> dict[str, Any]:
                             "gap_to_per_config_pt": float((acc[m] - acc["per-config"]).mean() * 100),
                             "gap_to_shared_pt": float((acc[m] - acc["shared"]).mean() * 100),
                             "train_seconds": seconds})
+    summary = _with_earlier(st.results / "table2-options-seeds.csv", summary)  # --variants: keep the others
     st.write_csv("table2-options-seeds.csv", summary)
     agg = _aggregate(summary, "method", ["mean_accuracy", "gap_to_per_config_pt", "gap_to_shared_pt", "train_seconds"])
     st.write_csv("table2-options.csv", agg)

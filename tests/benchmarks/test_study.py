@@ -159,6 +159,16 @@ def test_table2_options_compare_each_option_with_table2s_own_runs(study, tmp_pat
     assert ("coa-residual-fit-s0", ["train.seed=0", "search.seed=0", "lora.init=residual",
                                     "hypernet.residual_fit=200"]) in calls
     assert ("shared-residual-s0", ["train.seed=0", "search.seed=0", "train.steps=200", "lora.init=residual"]) in calls
+    # A later call with one option keeps the other's rows (and refreshes its own and the plain runs').
+    st.variants = ["shared-residual"]
+    acc["shared-residual"] = [0.74, 0.80]
+    rows = {r["method"]: r for r in study.table2_options(st, [0])["table2_options"]}
+    assert set(rows) == {"coa", "shared", "coa-residual-fit", "shared-residual"}
+    assert rows["coa-residual-fit"]["gap_to_shared_pt"] == pytest.approx(1.0)
+    assert rows["shared-residual"]["gap_to_shared_pt"] == pytest.approx(1.0)
+    seeds_rows = study._read_csv(st.results / "table2-options-seeds.csv")
+    assert [(r["seed"], r["method"]) for r in seeds_rows] == [(0, "coa"), (0, "shared"), (0, "shared-residual"),
+                                                              (0, "coa-residual-fit")]
     # An option that trained on an evaluated allocation makes the comparison unfair: the study stops.
     (st.runs / "shared-residual-s0" / "meta.json").write_text(json.dumps({"trainset": [allocation], "train_seconds": 1}))
     with pytest.raises(SystemExit, match="in a training set"):
