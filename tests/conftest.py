@@ -95,6 +95,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"{n:6d}  {name}")
 
 
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt in this process during the test, and takes its default action in the
+    processes the test starts, as in a terminal, whatever the suite inherited. A suite started in the
+    background by a non-interactive shell (``cmd &``, as a CI runner may) inherits SIGINT *ignored*; Python
+    then never installs its handler, and an ignored signal stays ignored across exec, so a Ctrl-C test would
+    test nothing. A signal with a handler is reset to its default in an exec'd child."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     import torch

@@ -45,7 +45,7 @@ def workdir(tmp_path_factory):
     return d
 
 
-def test_ctrl_c_ends_a_training_with_one_line_and_leaves_no_half_written_checkpoint(workdir, tmp_path, capsys):
+def test_ctrl_c_ends_a_training_with_one_line_and_leaves_no_half_written_checkpoint(workdir, tmp_path, capsys, ctrl_c):
     # SIGINT delivered to this process while `coalora train` runs in it (a training far too long to end first).
     import signal
     import threading

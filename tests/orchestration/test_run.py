@@ -192,7 +192,7 @@ def test_relative_out_dir_inside_a_jobs_working_dir_is_refused(tmp_path, monkeyp
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
-def test_ctrl_c_during_training_ends_the_run_and_says_how_to_resume(tmp_path):
+def test_ctrl_c_during_training_ends_the_run_and_says_how_to_resume(tmp_path, ctrl_c):
     """SIGINT while round 0 trains. Before the fit left the driver's main thread, Ray Train (2.60) took over
     SIGINT there: a Ctrl-C during a fit was swallowed (the run went on to the end), and one after a fit exited
     1 with no message. Now: exit 130 within seconds, one line, and a directory that resumes."""
