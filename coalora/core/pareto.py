@@ -189,16 +189,23 @@ def segment_edges(lo: float, hi: float, n_segments: int) -> np.ndarray:
     return np.linspace(float(lo), float(hi), int(n_segments) + 1)
 
 
+# Bits by which a point may miss the outer edges of the segments and still count as inside: far above a
+# float sum's rounding (1e-15) and far below any step between options (1/64 of a bit and more).
+EDGE_TOLERANCE = 1e-9
+
+
 def segment_index(bits: Any, edges: Any) -> np.ndarray:
     """Segment of each point: ``(n,)`` bits → ``(n,)`` int in ``[0, U)``, or ``-1`` outside the range.
 
-    Segments are half-open ``[e_u, e_{u+1})`` except the last, which includes its right edge.
+    Segments are half-open ``[e_u, e_{u+1})`` except the last, which includes its right edge. A point
+    within :data:`EDGE_TOLERANCE` bits of an outer edge is inside: an average of bits is a weighted sum, and
+    the allocation at a 2.7-bit budget averages 2.6999999999999997 bits, which would otherwise leave the
+    range's own lowest configuration out of every segment (and of the gp search's training set).
     """
     b = np.asarray(bits, dtype=np.float64).reshape(-1)
     e = np.asarray(edges, dtype=np.float64)
-    seg = np.searchsorted(e, b, side="right") - 1
-    seg = np.where(b == e[-1], len(e) - 2, seg)
-    outside = (b < e[0]) | (b > e[-1]) | ~np.isfinite(b)
+    seg = np.clip(np.searchsorted(e, b, side="right") - 1, 0, len(e) - 2)
+    outside = (b < e[0] - EDGE_TOLERANCE) | (b > e[-1] + EDGE_TOLERANCE) | ~np.isfinite(b)
     return np.where(outside, -1, seg).astype(np.int64)
 
 

@@ -110,6 +110,8 @@ def test_segment_edges_and_index():
     e = segment_edges(2.0, 6.0, 4)
     assert e.tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]
     assert segment_index([2.0, 2.99, 3.0, 6.0, 1.9, 6.1], e).tolist() == [0, 0, 1, 3, -1, -1]
+    # Rounding of a weighted average of bits does not put the range's own edges outside it.
+    assert segment_index([2.0 - 4e-16, 6.0 + 9e-16, 2.0 - 1e-6, 6.0 + 1e-6], e).tolist() == [0, 3, -1, -1]
     with pytest.raises(ParetoError, match="positive integer"):
         segment_edges(2.0, 6.0, 0)
     with pytest.raises(ParetoError, match="hi > lo"):

@@ -27,6 +27,19 @@ def test_segment_fronts_warn_about_outside_and_refuse_all_outside():
         SegmentFronts(EDGES).select(None, KEYS[:1], LOSSES[:1], np.array([7.0]))
 
 
+def test_segment_fronts_keep_a_configuration_at_the_ranges_edge_despite_rounding():
+    # SmolLM2's allocation at the 2.7-bit budget averages 2.6999999999999997 bits (a weighted sum). With
+    # bits_range [2.7, 4.5] the gp search once dropped it after round 0 as "outside the bit range".
+    import warnings
+
+    edges = np.linspace(2.7, 4.5, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = SegmentFronts(edges).select(None, [b"lo", b"hi"], np.array([6.5, 4.5]),
+                                           np.array([2.6999999999999997, 4.500000000000001]))
+    assert kept == [b"lo", b"hi"]
+
+
 def test_frozen_keeps_the_first_selection_and_random_extend_everything():
     assert KeepFirst().select(None, KEYS, LOSSES, BITS) == KEYS
     assert KeepFirst().select([b"b"], KEYS, LOSSES, BITS) == [b"b"]
