@@ -172,7 +172,8 @@ class EvaluatorPool:
         results: list[list[dict[str, Any]] | None] = [None] * len(chunks)
         attempts = [0] * len(chunks)
         queue = collections.deque(range(len(chunks)))
-        inflight: dict[Any, tuple[int, int]] = {}  # ref -> (actor slot, chunk)
+        # ref -> (actor slot, chunk, the actor it went to): a slot's actor changes when it is replaced.
+        inflight: dict[Any, tuple[int, int, Any]] = {}
         load = [0] * len(self.actors)
         box = [state_ref]
         done = 0
@@ -183,11 +184,11 @@ class EvaluatorPool:
                     break
                 c = queue.popleft()
                 ref = self.actors[slot].evaluate.remote(round_k, box, chunks[c])
-                inflight[ref] = (slot, c)
+                inflight[ref] = (slot, c, self.actors[slot])
                 load[slot] += 1
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
-                slot, c = inflight.pop(ref)
+                slot, c, actor = inflight.pop(ref)
                 load[slot] -= 1
                 try:
                     results[c] = ray.get(ref)
@@ -196,14 +197,16 @@ class EvaluatorPool:
                         on_done(done, len(configs))
                 except EvaluatorOutOfMemory as e:
                     self._out_of_memory(slot, e)
-                    load[slot] = sum(1 for s, _ in inflight.values() if s == slot)
+                    load[slot] = sum(1 for s, _, _ in inflight.values() if s == slot)
                     queue.appendleft(c)  # the configuration did nothing wrong: redo it, no attempt counted
                 except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
                     attempts[c] += 1
-                    if self.actors[slot] is not None and not self._alive(slot):
-                        # Its other in-flight calls fail too and are re-queued as they come back.
+                    # Only the actor this call went to is in question. Its other in-flight calls fail too
+                    # and come back after it was replaced: they are re-queued, and the replacement, which
+                    # may still be starting (a ready() past _alive's timeout on a busy machine), is kept.
+                    if self.actors[slot] is actor and not self._alive(slot):
                         self._replace(slot)
-                        load[slot] = sum(1 for s, _ in inflight.values() if s == slot)
+                        load[slot] = sum(1 for s, _, _ in inflight.values() if s == slot)
                     if attempts[c] > self.cfg.ray.max_retries:
                         results[c] = [{"actor": self.names[slot], "status": "error", "loss": float("nan"),
                                        "accuracy": None, "perplexity": None, "seconds": 0.0,
