@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from coalora.core.space import QuantSpace
 from coalora.errors import USER_ERRORS, ConfigError, InputError, RunDirError, StorageError
@@ -166,9 +166,9 @@ def describe(prep: Prepared) -> str:
             f"{sp.min_bits!r}-{sp.max_bits!r} bits attainable")
 
 
-def expected_cause(error: BaseException) -> BaseException | None:
-    """The bad-input error behind ``error``, if any: Ray wraps a worker's exception (a task error is
-    also an instance of its cause's class; Ray Train keeps each worker's in ``worker_failures``)."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception behind it: causes, contexts, a Ray task error's ``cause`` and
+    Ray Train's ``worker_failures``, each once."""
     seen: set[int] = set()
     todo: list[Any] = [error]
     while todo:
@@ -176,14 +176,31 @@ def expected_cause(error: BaseException) -> BaseException | None:
         if e is None or id(e) in seen or not isinstance(e, BaseException):
             continue
         seen.add(id(e))
-        if isinstance(e, input_errors()):
-            inner = getattr(e, "cause", None)  # a RayTaskError's cause is the worker's own exception
-            return inner if isinstance(inner, input_errors()) else e
+        yield e
         todo.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
         failures = getattr(e, "worker_failures", None)
         if isinstance(failures, dict):
             todo.extend(failures.values())
+
+
+def expected_cause(error: BaseException) -> BaseException | None:
+    """The bad-input error behind ``error``, if any: Ray wraps a worker's exception (a task error is
+    also an instance of its cause's class; Ray Train keeps each worker's in ``worker_failures``)."""
+    for e in _chain(error):
+        if isinstance(e, input_errors()):
+            inner = getattr(e, "cause", None)  # a RayTaskError's cause is the worker's own exception
+            return inner if isinstance(inner, input_errors()) else e
     return None
+
+
+def killed_for_memory(error: BaseException) -> bool:
+    """Whether Ray's memory monitor ended the processes behind ``error``: a task's or actor's
+    ``OutOfMemoryError``, or Ray Train's controller error that says its workers were killed because
+    the node ran low on memory (Ray 2.60 words it so and keeps no typed cause)."""
+    for e in _chain(error):
+        if type(e).__name__ == "OutOfMemoryError" or "running low on memory" in str(e):
+            return True
+    return False
 
 
 def one_line(error: BaseException) -> str:

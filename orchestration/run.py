@@ -17,8 +17,9 @@ change only what a run can change half-way (``run.rounds``, memory and cluster s
 
 Exit status: 0 on success; 2 for bad input (a bad configuration, run directory, storage, model, data
 or resource plan, also when only the cluster reveals it: one line on stderr); 1 for a failure of the
-run itself (its traceback); 130 when Ctrl-C (SIGINT) stopped it: the complete rounds are kept, and one
-line on stderr says how to continue (``--resume``).
+run itself (its traceback, then one line on stderr saying what the run directory keeps and how to
+continue); 130 when Ctrl-C (SIGINT) stopped it: the complete rounds are kept, and one line on stderr
+says how to continue (``--resume``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import datetime as _dt
 import os
 import sys
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +78,32 @@ def _interrupted(run_dir, rounds: int) -> int:  # noqa: ANN001
     return 130
 
 
+def _failed(run_dir, rounds: int, error: BaseException) -> int:  # noqa: ANN001
+    """The run failed after it began: one last line on stderr, under the traceback, saying what the run
+    directory keeps and how to continue once the cause is dealt with; exit status 1. When Ray's memory
+    monitor ended the workers, the line says so and names the settings a resumed run may lower."""
+    from orchestration.prepare import killed_for_memory
+    from orchestration.store import RunStore
+
+    why = ""
+    if killed_for_memory(error):
+        why = ("Ray's memory monitor ended its workers: the node ran out of memory (every process on it counts, "
+               "other runs too); a resumed run may set a lower model.cache_gib or ray.evaluators_during_training="
+               "release; ")
+    try:
+        store = RunStore(run_dir)
+        if not store.config_path.is_file():  # failed before round 0 wrote anything: nothing to resume
+            print(f"orchestration/run.py: the run failed: {why}before {run_dir} was written; nothing was kept",
+                  file=sys.stderr)
+            return 1
+        kept = f"keeps {store.completed_rounds()} of {rounds} round(s)"
+    except Exception:  # noqa: BLE001 (storage unreachable now: the message still says how to continue)
+        kept = "keeps its complete rounds"
+    print(f"orchestration/run.py: the run failed: {why}{run_dir} {kept}; continue with: "
+          f"python orchestration/run.py --resume {run_dir}", file=sys.stderr)
+    return 1
+
+
 def init_ray(cfg) -> None:  # noqa: ANN001
     """Join the cluster named by ``RAY_ADDRESS`` or start a local one sized for the run's plan."""
     from orchestration.connect import connect
@@ -101,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted(*started)
         print("orchestration/run.py: interrupted before the run started; nothing was written", file=sys.stderr)
         return 130
+    except Exception as e:
+        started = getattr(args, "started", None)
+        if started is None:
+            raise
+        traceback.print_exc()  # a failure of the run is its traceback, and then what is kept
+        return _failed(*started, e)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -176,6 +176,28 @@ def test_a_cluster_side_error_is_found_under_rays_wrapping(ray_local):
     assert expected_cause(RuntimeError("a bug")) is None
 
 
+def test_a_kill_by_rays_memory_monitor_is_recognised_under_its_wrapping():
+    """Ray's own exception types; the controller's text is Ray 2.60's, from a real run's log (two SmolLM2 runs
+    on one 24 GiB machine), which Ray Train wraps with no typed cause."""
+    from ray.exceptions import OutOfMemoryError
+    from ray.train import ControllerError
+
+    from orchestration.prepare import killed_for_memory
+
+    said = ("4 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 192.0.2.2) "
+            "was 22.29GB used / 23.54GB limit (0.946683)")
+    assert killed_for_memory(ControllerError(RuntimeError(said)))
+    try:
+        try:
+            raise OutOfMemoryError("Task was killed due to the node running low on memory.")
+        except OutOfMemoryError as e:
+            raise RuntimeError("evaluation failed") from e
+    except RuntimeError as wrapped:
+        assert killed_for_memory(wrapped)
+    assert not killed_for_memory(ControllerError(RuntimeError("worker group failed to start")))
+    assert not killed_for_memory(MemoryError())  # this process's own allocation: not Ray's monitor
+
+
 def test_a_resumed_run_records_its_overrides(tmp_path):
     from orchestration.loop import Orchestrator
     from tests.conftest import smoke_config

@@ -229,3 +229,53 @@ def test_ctrl_c_during_training_ends_the_run_and_says_how_to_resume(tmp_path, ct
     res = _run_cli("--resume", str(run_dir), "--check", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"resume {run_dir} after 0 of 2 round(s)" in res.stdout, res.stdout
+
+
+def test_a_failed_run_shows_its_traceback_then_says_how_to_resume(tmp_path):
+    """A Ray Train worker killed while round 0 trains (as Ray's memory monitor kills one, with SIGKILL), with
+    no retries allowed: exit 1, the traceback, and as the last line what the run directory keeps and the command that
+    continues it; the directory passes --resume's checks."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray: its processes are ours
+    out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-u", str(ROOT / "orchestration" / "run.py"), "--smoke-test",
+                                 "--set", f"run.out_dir={tmp_path / 'runs'}", "--set", "ray.max_failures=0",
+                                 "--set", "run.steps_per_round=300"],  # ~30 s of steps: time to kill one mid-way
+                                cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
+        try:
+            driver, killed, deadline = psutil.Process(proc.pid), None, time.time() + 600
+            while killed is None and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+                if "train worker 0: memory plan" not in out_path.read_text():
+                    continue  # not training yet: a worker killed while Ray starts it is started again
+                for child in driver.children(recursive=True):
+                    try:
+                        if " ".join(child.cmdline()).startswith("ray::RayTrainWorker"):
+                            child.send_signal(signal.SIGKILL)
+                            killed = child.pid
+                            break
+                    except psutil.Error:  # it ended between the listing and the look
+                        continue
+            assert killed is not None, out_path.read_text()[-3000:] + err_path.read_text()[-3000:]
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    said, shown = err_path.read_text(), out_path.read_text()
+    assert proc.returncode == 1, said[-3000:] + shown[-3000:]
+    run_dir = tmp_path / "runs" / "smoke"
+    lines = [x for x in said.splitlines() if x.strip()]
+    assert "Traceback (most recent call last):" in said, said[-3000:]
+    assert lines[-1] == (f"orchestration/run.py: the run failed: {run_dir} keeps 0 of 2 round(s); continue with: "
+                         f"python orchestration/run.py --resume {run_dir}"), said[-3000:]
+    assert not any(x.startswith("done:") for x in shown.splitlines()), shown
+    res = _run_cli("--resume", str(run_dir), "--check", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resume {run_dir} after 0 of 2 round(s)" in res.stdout, res.stdout
