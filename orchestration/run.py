@@ -59,20 +59,26 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _interrupted(run_dir, rounds: int) -> int:  # noqa: ANN001
-    """Ctrl-C: one line saying what the run directory keeps and how to continue; exit status 130 (128 +
-    SIGINT, as a shell reports a process that SIGINT ended)."""
+def _kept(run_dir, rounds: int) -> str | None:  # noqa: ANN001
+    """What a stopped run's directory keeps, in words; None when round 0 wrote nothing (no run to resume)."""
     from orchestration.store import RunStore
 
     try:
         store = RunStore(run_dir)
-        if not store.config_path.is_file():  # stopped before round 0 wrote anything: nothing to resume
-            print(f"orchestration/run.py: interrupted before {run_dir} was written; nothing was kept",
-                  file=sys.stderr)
-            return 130
-        kept = f"keeps {store.completed_rounds()} of {rounds} round(s)"
+        if not store.config_path.is_file():
+            return None
+        return f"keeps {store.completed_rounds()} of {rounds} round(s)"
     except Exception:  # noqa: BLE001 (storage unreachable now: the message still says how to continue)
-        kept = "keeps its complete rounds"
+        return "keeps its complete rounds"
+
+
+def _interrupted(run_dir, rounds: int) -> int:  # noqa: ANN001
+    """Ctrl-C: one line saying what the run directory keeps and how to continue; exit status 130 (128 +
+    SIGINT, as a shell reports a process that SIGINT ended)."""
+    kept = _kept(run_dir, rounds)
+    if kept is None:  # stopped before round 0 wrote anything: nothing to resume
+        print(f"orchestration/run.py: interrupted before {run_dir} was written; nothing was kept", file=sys.stderr)
+        return 130
     print(f"orchestration/run.py: interrupted: {run_dir} {kept}; continue with: "
           f"python orchestration/run.py --resume {run_dir}", file=sys.stderr)
     return 130
@@ -83,22 +89,17 @@ def _failed(run_dir, rounds: int, error: BaseException) -> int:  # noqa: ANN001
     directory keeps and how to continue once the cause is dealt with; exit status 1. When Ray's memory
     monitor ended the workers, the line says so and names the settings a resumed run may lower."""
     from orchestration.prepare import killed_for_memory
-    from orchestration.store import RunStore
 
     why = ""
     if killed_for_memory(error):
         why = ("Ray's memory monitor ended its workers: the node ran out of memory (every process on it counts, "
                "other runs too); a resumed run may set a lower model.cache_gib or ray.evaluators_during_training="
                "release; ")
-    try:
-        store = RunStore(run_dir)
-        if not store.config_path.is_file():  # failed before round 0 wrote anything: nothing to resume
-            print(f"orchestration/run.py: the run failed: {why}before {run_dir} was written; nothing was kept",
-                  file=sys.stderr)
-            return 1
-        kept = f"keeps {store.completed_rounds()} of {rounds} round(s)"
-    except Exception:  # noqa: BLE001 (storage unreachable now: the message still says how to continue)
-        kept = "keeps its complete rounds"
+    kept = _kept(run_dir, rounds)
+    if kept is None:  # failed before round 0 wrote anything: nothing to resume
+        print(f"orchestration/run.py: the run failed: {why}before {run_dir} was written; nothing was kept",
+              file=sys.stderr)
+        return 1
     print(f"orchestration/run.py: the run failed: {why}{run_dir} {kept}; continue with: "
           f"python orchestration/run.py --resume {run_dir}", file=sys.stderr)
     return 1
