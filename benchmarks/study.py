@@ -25,6 +25,10 @@ Parts (``--parts``, comma-separated; default all):
 - ``headroom``: the testbed where quantization hurts (configs/study/smollm2-lowbit.yaml): shared,
   per-config and coa's variants (``HEADROOM_VARIANTS``), test loss at the evaluated budgets and on random
   unseen configurations, and the gap each variant closes; learning curves from snapshots.
+- ``headroom-full``: the same at the testbed configuration's own size (120 steps, 64 test blocks: about an
+  hour per method on one core), beside the ``headroom`` tables: runs under ``runs/study-full/``, tables
+  ``headroom-full*.csv``. (``headroom`` itself is published as a mid-size pass: ``--set train.steps=60
+  --set train.warmup_steps=6 --set data.max_eval=32``.)
 - ``headroom-search``: the search ablation on that testbed (gp, frozen, random-extend), orchestrated.
 - ``headroom-span``: how much of each configuration's quantization residual the LoRA's directions can
   reach (benchmarks/residual_span.py).
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -69,8 +74,8 @@ from coalora.pipeline.rundir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 TEMPLATE = "report-template.md"  # in the results directory: the prose around the generated tables
-PARTS = ("table2", "table2-options", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom", "headroom-search",
-         "headroom-span")
+PARTS = ("table2", "table2-options", "seen-unseen", "search-ablation", "causal-lm", "baseline-seeds", "headroom", "headroom-full",
+         "headroom-search", "headroom-span")
 MINILM = "configs/study/minilm-rt.yaml"
 SMOLLM = "configs/study/smollm2-wiki.yaml"
 LOWBIT = "configs/study/smollm2-lowbit.yaml"  # the headroom testbed (issue #15)
@@ -959,9 +964,12 @@ def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int
     return headroom_curves(seed, by_step, seen_ids, budgets, unseen_ids)
 
 
-def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
+def headroom(st: Study, seeds: list[int], tables: str = "headroom") -> dict[str, Any]:
     """The testbed where quantization hurts (issue #15): shared, per-config and coa's variants on SmolLM2 at
-    2.75–3.5 bits; the gap closed per budget and on random unseen configurations."""
+    2.75–3.5 bits; the gap closed per budget and on random unseen configurations.
+
+    ``tables`` names the result files (``<tables>.csv``, ``<tables>-summary.csv``, ..., ``<tables>.png``)
+    and the returned table, so that another pass (:func:`headroom_full`) stands beside this one."""
     from coalora.pipeline.config import load_config
 
     variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS) if m in HEADROOM_VARIANTS}
@@ -1019,39 +1027,54 @@ def headroom(st: Study, seeds: list[int]) -> dict[str, Any]:
             seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
         record_seed(st.runs / f"headroom-s{seed}.json", {"rows": rows, "curves": curves, "seconds": seconds}, drop)
     # The tables hold every seed and method recorded in the runs directory, this call's and earlier calls'.
-    tables, st.excluded = seed_records(st.runs)
-    rows, curves, seconds = tables.get("rows", []), tables.get("curves", []), tables.get("seconds", [])
+    records, st.excluded = seed_records(st.runs)
+    rows, curves, seconds = records.get("rows", []), records.get("curves", []), records.get("seconds", [])
     print(f"   headroom tables: seeds {sorted({r['seed'] for r in rows})}, "
           f"{len({r['method'] for r in rows})} methods (this call's and earlier calls' records)", flush=True)
-    st.write_csv("headroom.csv", rows)
+    st.write_csv(f"{tables}.csv", rows)
     # Always rewritten (header only when nothing was excluded), so the report never shows a stale list.
-    with open(st.results / "headroom-excluded.csv", "w") as f:
+    with open(st.results / f"{tables}-excluded.csv", "w") as f:
         f.write("config_id,trained_on_by\n" + "".join(f"{c},{' '.join(v)}\n" for c, v in st.excluded.items()))
     recorded = {r["method"] for r in rows}
     pairs = {v: sh for v, (sh, _) in HEADROOM_MATCH.items() if v in recorded and sh in recorded}
-    st.write_csv("headroom-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs,
+    st.write_csv(f"{tables}-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs,
                                                       set(st.excluded)))
     summary = headroom_summary(rows)
-    st.write_csv("headroom-summary.csv", summary)
-    st.write_csv("headroom-curves.csv", curves)
+    st.write_csv(f"{tables}-summary.csv", summary)
+    st.write_csv(f"{tables}-curves.csv", curves)
     # The plots show the first seed on record (the one every variant has).
     if curves:
         first = [r for r in curves if r["seed"] == curves[0]["seed"] and r["set"] == "seen"]
-        _plot(st.results / "headroom-curves.png",
+        _plot(st.results / f"{tables}-curves.png",
               {m: (np.array([r["step"] for r in first if r["method"] == m]),
                    np.array([r["mean_loss"] for r in first if r["method"] == m]))
                for m in dict.fromkeys(r["method"] for r in first)},
               "training steps", "test loss at the evaluated budgets (nats)",
               f"SmolLM2-135M, learning curves at the evaluated budgets (seed {curves[0]['seed']})")
-    st.write_csv("headroom-seconds.csv", _aggregate(seconds, "method", ["train_seconds"]))
+    st.write_csv(f"{tables}-seconds.csv", _aggregate(seconds, "method", ["train_seconds"]))
     first = [r for r in rows if r["seed"] == rows[0]["seed"]]
     series = {m: (np.array([r["avg_bits"] for r in first if r["method"] == m]),
                   np.array([r["loss"] for r in first if r["method"] == m]))
               for m in dict.fromkeys(r["method"] for r in first)}
-    _plot(st.results / "headroom.png", series, "average bits", "test loss (nats)",
+    _plot(st.results / f"{tables}.png", series, "average bits", "test loss (nats)",
           f"SmolLM2-135M / Wikipedia sample, {cfg.train.steps} steps, seen and unseen (seed {rows[0]['seed']})",
           markers={m: "o" for m in series})
-    return {"headroom": summary}
+    return {tables: summary}
+
+
+def headroom_full(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """:func:`headroom` at the testbed configuration's own size, kept apart from the mid-size pass: its runs
+    (same names) under ``runs/study-full/`` (``runs/study-quick-full/`` with ``--quick``) and its tables
+    ``headroom-full*.csv`` beside ``headroom*.csv``. ``--set`` values still apply (``model.cache_gib``, say);
+    one that changes the size makes it another pass than the one the report calls full."""
+    saved = st.runs, st.logs, st.excluded
+    st.runs = st.runs.with_name(st.runs.name + "-full")
+    st.logs = st.runs / "logs"
+    st.logs.mkdir(parents=True, exist_ok=True)
+    try:
+        return headroom(st, seeds, tables="headroom-full")
+    finally:
+        st.runs, st.logs, st.excluded = saved
 
 
 def _seen_configs(st: Study, overrides: list[str]) -> Path:
@@ -1435,11 +1458,11 @@ def _report_provenance(results: Path) -> str:
             f"`{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}/manifest.json`).")
 
 
-def _report_headroom(results: Path) -> str:
+def _report_headroom(results: Path, tables: str = "headroom") -> str:
     """Per method: mean test loss on the evaluated budgets and on the unseen configurations, the gap closed
-    G on each (mean over seeds ± std across seeds), and the training seconds."""
-    summary = _read_csv(results / "headroom-summary.csv")
-    secs = {r["method"]: r for r in _read_csv(results / "headroom-seconds.csv")}
+    G on each (mean over seeds ± std across seeds), and the training seconds (of the pass ``tables``)."""
+    summary = _read_csv(results / f"{tables}-summary.csv")
+    secs = {r["method"]: r for r in _read_csv(results / f"{tables}-seconds.csv")}
     rows = []
     for method, mine in _by_method(summary).items():
         by_set = {r["set"]: r for r in mine}
@@ -1463,28 +1486,28 @@ def _report_headroom(results: Path) -> str:
                    "G on unseen", "G_match on unseen", "unseen vs the seen line", "training s"], rows)
 
 
-def _report_headroom_excluded(results: Path) -> str:
+def _report_headroom_excluded(results: Path, tables: str = "headroom") -> str:
     """The evaluated configurations left out because a training set held them (``--exclude-trained``)."""
-    rows = _read_csv(results / "headroom-excluded.csv")
+    rows = _read_csv(results / f"{tables}-excluded.csv")
     if not rows:
         return "No evaluated configuration is in any method's training set."
     return "Left out of every table because a training set held them (`--exclude-trained`): " + "; ".join(
         f"{r['config_id']} (trained on by {r['trained_on_by'].replace(' ', ', ')})" for r in rows) + "."
 
 
-def _report_headroom_pairs(results: Path) -> str:
+def _report_headroom_pairs(results: Path, tables: str = "headroom") -> str:
     """Each coa variant against the shared variant with its option, seed by seed."""
     rows = [[r["variant"], r["against"], str(int(r["seed"])), r["set"], _num(r["loss"], 3), _num(r["loss_against"], 3),
              _num(r["difference"], 3), f"{int(r['lower_on'])} of {int(r['configs'])}"]
-            for r in _read_csv(results / "headroom-pairs.csv")]
+            for r in _read_csv(results / f"{tables}-pairs.csv")]
     return _table(["variant", "against", "seed", "set", "loss", "loss (against)", "difference",
                    "lower on"], rows)
 
 
-def _report_headroom_curves(results: Path) -> str:
+def _report_headroom_curves(results: Path, tables: str = "headroom") -> str:
     """Learning curves: per method and set, the mean loss after each step count (mean over seeds), with G
     where the method is neither baseline."""
-    rows = _read_csv(results / "headroom-curves.csv")
+    rows = _read_csv(results / f"{tables}-curves.csv")
     steps = sorted({int(r["step"]) for r in rows})
     out = []
     for method, mine in _by_method(rows).items():
@@ -1514,12 +1537,23 @@ _TABLES = {"table2": (_report_table2, ("table2-seeds.csv", "table2.csv")),
            "headroom-span": (_report_headroom_span, ("headroom-span.csv",)),
            "headroom-span-bank": (_report_headroom_span_bank, ("headroom-span-bank.csv",)),
            "headroom-excluded": (_report_headroom_excluded, ("headroom-excluded.csv",)),
+           # The full-size pass (headroom_full): the same tables from its own files.
+           "headroom-full": (functools.partial(_report_headroom, tables="headroom-full"),
+                             ("headroom-full-summary.csv", "headroom-full-seconds.csv")),
+           "headroom-full-pairs": (functools.partial(_report_headroom_pairs, tables="headroom-full"),
+                                   ("headroom-full-pairs.csv",)),
+           "headroom-full-curves": (functools.partial(_report_headroom_curves, tables="headroom-full"),
+                                    ("headroom-full-curves.csv",)),
+           "headroom-full-excluded": (functools.partial(_report_headroom_excluded, tables="headroom-full"),
+                                      ("headroom-full-excluded.csv",)),
            "provenance": (_report_provenance, ("manifest.json",))}
 
 
 # The part that writes a table's files, where the placeholder is not named after it.
 _PART_OF = {"table2-budgets": "table2", "headroom-pairs": "headroom", "headroom-excluded": "headroom",
-            "headroom-curves": "headroom", "headroom-span-bank": "headroom-span", "provenance": "<any>"}
+            "headroom-curves": "headroom", "headroom-span-bank": "headroom-span", "provenance": "<any>",
+            "headroom-full-pairs": "headroom-full", "headroom-full-curves": "headroom-full",
+            "headroom-full-excluded": "headroom-full"}
 
 
 def render_report(results: Path, out: Path) -> str:
@@ -1567,13 +1601,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the report from the result files already there; run nothing")
     p.add_argument("--variants", default=None,
-                   help=f"headroom and table2-options parts: the comma-separated variants to run (default all: "
-                        f"{','.join(HEADROOM_VARIANTS)}); on the testbed shared and per-config always run, and the "
+                   help=f"headroom, headroom-full and table2-options parts: the comma-separated variants to run "
+                        f"(default all: {','.join(HEADROOM_VARIANTS)}); on the testbed shared and per-config always run, and the "
                         f"baselines a chosen variant is matched with; table2-options runs those of "
                         f"{','.join(TABLE2_OPTIONS)} named; headroom-search those of "
                         f"{','.join(HEADROOM_SEARCH_METHODS)} named (earlier calls' rows stay in its tables)")
     p.add_argument("--exclude-trained", action="store_true",
-                   help="headroom part: score without the evaluated configurations that a shared or coa training "
+                   help="headroom parts: score without the evaluated configurations that a shared or coa training "
                         "set holds (listed in headroom-excluded.csv and the report) instead of stopping")
     args = p.parse_args(argv)
     results = results_dir(args.quick)
@@ -1593,7 +1627,8 @@ def main(argv: list[str] | None = None) -> int:
     st = Study(args.quick, args.set, variants)
     st.exclude_trained = args.exclude_trained
     fns = {"table2": table2, "table2-options": table2_options, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
-           "baseline-seeds": baseline_seeds, "headroom": headroom, "headroom-search": headroom_search,
+           "baseline-seeds": baseline_seeds, "headroom": headroom, "headroom-full": headroom_full,
+           "headroom-search": headroom_search,
            "headroom-span": headroom_span}
     for part in parts:
         t0 = time.perf_counter()

@@ -567,3 +567,86 @@ def test_the_span_part_runs_each_analysis_once_and_splits_the_bank_table(study, 
     (st.results / "report-template.md").write_text("{{headroom-span-bank}}\n")
     lines = study.render_report(st.results, tmp_path / "r.md").splitlines()
     assert lines[2] == "| 16 | unseen | 3.10 | 1.0 % | 2.0 % | 2.0 % | 4.0 % | 11.0 % | 0.15 | 0.35 |"
+
+
+def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_ones(study, tmp_path, monkeypatch):
+    """``--parts headroom-full``: the headroom part at the testbed's own size, with the same run names under
+    ``runs/study-full/`` and its tables in ``headroom-full*.csv``; the mid-size pass's tables are left as they
+    were, and the report renders the full pass from its own files. Every command is answered here (each is
+    an hour of SmolLM2): the bookkeeping around them is what is tested, with exact G."""
+    st = _study_in(study, tmp_path, monkeypatch)
+    monkeypatch.setattr(study, "ROOT", ROOT)  # the real configs/study/smollm2-lowbit.yaml (4 budgets)
+    mid = st.results / "headroom-summary.csv"
+    mid.write_text("method,set,mean_loss\nshared,seen,5.0\n")  # the mid-size pass's table: must stay
+    seen_ids, unseen_ids = [f"b{i}" for i in range(4)], [f"u{i}" for i in range(8)]
+    monkeypatch.setattr(study, "_unseen_configs", lambda st, o: _json_file(st.runs / "headroom-unseen.json",
+                                                                               unseen_ids))
+    monkeypatch.setattr(study, "trained_on", lambda outs, paths: {})
+    loss = {"shared": 5.0, "per-config": 4.0, "per-config-residual": 3.8, "shared-residual-random": 4.8,
+            "coa-residual-fit-random": 4.5}
+    trained, commands = [], []
+
+    def fake_trained(name, config, method, sets, lm=False):
+        out = st.runs / name
+        trained.append(out)
+        if method == "per-config":
+            _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(4)], "train_seconds": 40.0})
+            for i, cid in enumerate(seen_ids):
+                _json_file(out / f"c{i}" / "meta.json", {"trainset": [cid]})
+        else:
+            _json_file(out / "meta.json", {"train_seconds": 10.0, "trainset": []})
+        return out
+
+    def fake_coalora(*args, log, echo=False):
+        commands.append(args[0])
+        a = dict(zip(args[1::2], args[2::2])) if args[0] == "evaluate" else {}
+        if args[0] == "train":  # per-config's adapters for the first unseen configurations
+            _json_file(Path(args[args.index("--out") + 1]) / "per_config.json", {"train_seconds": 30.0})
+            return ""
+        ckpt = Path(a["--checkpoint"])
+        method = ckpt.name.removeprefix("hr-").removesuffix("-s0").removesuffix("-unseen")
+        assert ckpt.parent == tmp_path / "runs" / "study-full", ckpt
+        if "--config" in a:
+            ids = seen_ids if a["--config"].endswith("configs.json") else unseen_ids
+        else:  # a per-config directory: its own adapters' configurations
+            ids = unseen_ids[:study.HEADROOM_UNSEEN_PER_CONFIG] if "unseen" in ckpt.name else seen_ids
+        return json.dumps([{"config_id": c, "avg_bits": 3.0 + i / 10, "loss": loss[method]} for i, c in enumerate(ids)])
+
+    monkeypatch.setattr(st, "trained", fake_trained)
+    monkeypatch.setattr(st, "coalora", fake_coalora)
+    st.variants = ["coa-residual-fit-random", "shared-residual-random"]
+    runs = st.runs
+    summary = study.headroom_full(st, [0])["headroom-full"]
+    assert st.runs == runs and st.logs == runs / "logs"  # the next part runs where it should
+    full = tmp_path / "runs" / "study-full"
+    assert {p.name for p in trained} == {"hr-shared-s0", "hr-per-config-s0", "hr-per-config-residual-s0",
+                                         "hr-coa-residual-fit-random-s0", "hr-shared-residual-random-s0"}
+    assert all(p.parent == full for p in trained) and (full / "headroom-s0.json").is_file()
+    assert commands.count("train") == 2  # per-config and per-config-residual, each on 3 unseen configurations
+    assert mid.read_text() == "method,set,mean_loss\nshared,seen,5.0\n"
+    assert not (st.results / "headroom.csv").exists()
+    for name in ("headroom-full.csv", "headroom-full-summary.csv", "headroom-full-pairs.csv",
+                 "headroom-full-seconds.csv", "headroom-full-excluded.csv", "headroom-full.png"):
+        assert (st.results / name).is_file(), name
+    got = {(r["method"], r["set"]): r for r in summary}
+    # G = (5.0 - 4.5) / (5.0 - 4.0); G_match = (4.8 - 4.5) / (4.8 - 3.8), on every budget and on the 3
+    # unseen configurations per-config trained for.
+    for set_name in ("seen", "unseen"):
+        assert got[("coa-residual-fit-random", set_name)]["gap_closed"] == pytest.approx(0.5)
+        assert got[("coa-residual-fit-random", set_name)]["gap_closed_match"] == pytest.approx(0.3)
+    assert got[("per-config", "unseen")]["mean_loss"] == 4.0
+    pairs = study._read_csv(st.results / "headroom-full-pairs.csv")
+    assert [(r["set"], r["configs"], r["difference"]) for r in pairs] == [("seen", 4, pytest.approx(-0.3)),
+                                                                         ("unseen", 8, pytest.approx(-0.3))]
+    (st.results / "report-template.md").write_text("{{headroom-full}}\n\n{{headroom-full-curves}}\n")
+    report = study.render_report(st.results, tmp_path / "r.md")
+    line = next(x for x in report.splitlines() if x.startswith("| coa-residual-fit-random "))
+    assert "0.50" in line and "0.30" in line and "4.500" in line, line
+    # No snapshots in these runs, so no curves: the report says which part makes them.
+    assert report.endswith("_Not run yet: `python benchmarks/study.py --parts headroom-full`._\n")
+
+
+def _json_file(path: Path, value) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return path
