@@ -39,13 +39,14 @@ the report ``docs/results.md``, rendered from those tables (:func:`render_report
 ``benchmarks/results/study/report-template.md``.
 
     python benchmarks/study.py [--parts table2,seen-unseen,...] [--seeds 0,1] [--quick] [--set KEY=VALUE ...]
-                               [--variants NAME,...] [--exclude-trained] [--report-only]
+                               [--variants NAME,...] [--exclude-trained] [--jobs N] [--report-only]
 
 ``--quick`` shrinks every part (2 rounds of 4 steps, 64 evaluation sentences) to check the pipeline
 in a few minutes; its results and report go to ``benchmarks/results/study-quick/``. ``--report-only``
 rewrites the report from the result files already there and runs nothing. ``--variants`` runs only the
 named variants of ``headroom`` and ``table2-options`` and the named search methods of ``headroom-search``;
-their tables keep what earlier calls recorded for the others.
+their tables keep what earlier calls recorded for the others. ``--jobs 2`` runs the headroom parts'
+trainings of a seed two at a time, then their evaluations (each command is one process on one core).
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -164,6 +166,10 @@ QUICK = ["train.steps=4", "run.rounds=2", "data.max_eval=64", "data.max_train=51
 QUICK_LM = ["train.steps=3", "data.max_eval=8", "data.max_train=64"]
 
 
+class _NotStarted(Exception):
+    """A call of :meth:`Study.run_all` skipped because another had failed."""
+
+
 class Study:
     """Runs commands (skipping finished ones), keeps their logs and the manifest."""
 
@@ -171,6 +177,10 @@ class Study:
         self.quick = quick
         self.overrides = overrides
         self.variants = variants  # the headroom part's coa/shared variants to run (None: all)
+        # Commands run at once where a part has independent ones (--jobs): each is one process with one
+        # thread (OMP_NUM_THREADS=1), so one job leaves all but one core idle.
+        self.jobs = 1
+        self._manifest_lock = threading.Lock()
         self.exclude_trained = False  # headroom: drop evaluated configurations a training set holds, not stop
         self.excluded: dict[str, list[str]] = {}  # config id -> the variants that trained on it
         self.runs = ROOT / "runs" / ("study-quick" if quick else "study")
@@ -207,6 +217,8 @@ class Study:
         """
         shown = " ".join(shlex.quote(c) for c in cmd)
         print(f"$ {shown}", flush=True)
+        # Side by side, two commands' progress bars would interleave line by line: the logs have them.
+        echo = echo and self.jobs <= 1
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         t0 = time.perf_counter()
         out: list[str] = []
@@ -235,10 +247,38 @@ class Study:
         if code != 0:
             tail = "\n".join((self.logs / log).read_text().strip().splitlines()[-15:])
             raise SystemExit(f"study: command failed (exit {code}; log {self.logs / log}):\n{shown}\n{tail}")
-        self.manifest["commands"].append({"command": shown.replace(str(ROOT) + "/", ""), "seconds": round(seconds, 1),
-                                          "log": str((self.logs / log).relative_to(ROOT))})
-        self.save_manifest()
+        if self.jobs > 1:
+            print(f"   done in {seconds:.0f} s: {log}", flush=True)
+        with self._manifest_lock:
+            self.manifest["commands"].append({"command": shown.replace(str(ROOT) + "/", ""),
+                                              "seconds": round(seconds, 1),
+                                              "log": str((self.logs / log).relative_to(ROOT))})
+            self.save_manifest()
         return "".join(out)
+
+    def run_all(self, calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+        """Every call of ``calls`` (name → a function of no arguments that runs study commands), up to
+        :attr:`jobs` at once; name → what it returned. After a failure no further call starts; the calls
+        under way finish (their commands are hours of work that a rerun reuses), then the failure is raised."""
+        if self.jobs <= 1 or len(calls) <= 1:
+            return {name: call() for name, call in calls.items()}
+        failed = threading.Event()
+
+        def guarded(call: Callable[[], Any]) -> Any:
+            if failed.is_set():
+                raise _NotStarted
+            try:
+                return call()
+            except BaseException:
+                failed.set()  # before this call's future ends, so the pool's next call sees it
+                raise
+
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:  # leaving it waits for every call
+            futures = {name: pool.submit(guarded, call) for name, call in calls.items()}
+        errors = [f.exception() for f in futures.values() if not isinstance(f.exception(), (_NotStarted, type(None)))]
+        if errors:
+            raise errors[0]
+        return {name: f.result() for name, f in futures.items()}
 
     def save_manifest(self) -> None:
         self.manifest_path.write_text(json.dumps(self.manifest, indent=1))
@@ -246,6 +286,10 @@ class Study:
     def reuse(self, log: str) -> None:
         """Record a finished command that is being skipped (run earlier, perhaps by hand with the same
         command line and log) in the manifest, from the first and last lines of its log."""
+        with self._manifest_lock:  # calls of run_all record side by side
+            self._reuse(log)
+
+    def _reuse(self, log: str) -> None:
         path = self.logs / log
         if not path.is_file():
             return
@@ -936,6 +980,47 @@ def _unseen_configs(st: Study, overrides: list[str]) -> Path:
     return path
 
 
+def _train_unseen_per_config(st: Study, name: str, sets: list[str], configs: Path) -> Path:
+    """Per-config's adapters for the first :data:`HEADROOM_UNSEEN_PER_CONFIG` unseen configurations
+    (``configs``) into ``runs/<study>/<name>`` (skipped when it is there)."""
+    out = st.runs / name
+    if (out / "per_config.json").is_file():
+        st.reuse(f"train-{name}.log")
+        return out
+    st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(configs), "--out", str(out),
+               "--overwrite", "--json", *st.sets(sets, lm=True), log=f"train-{name}.log", echo=True)
+    return out
+
+
+def _headroom_evaluations(st: Study, seed: int, outs: dict[str, Path], per_configs: list[str], snaps: list[int],
+                          seen_path: Path, unseen_path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """Every ``coalora evaluate`` the headroom part makes for one seed, as (cache name, arguments): the
+    finals of :func:`headroom` and the snapshots of :func:`_headroom_curve`, which make the same calls."""
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def of(m: str, path: Path, suffix: str = "") -> None:
+        if m in per_configs:  # its adapters, on their own configurations
+            calls.append((f"hr-{m}-s{seed}{suffix}", ("--checkpoint", str(path))))
+            unseen = st.runs / f"hr-{m}-unseen-s{seed}"
+            if suffix:
+                unseen = snapshot_dir(unseen, int(suffix.removeprefix("-step")))
+            calls.append((f"hr-{m}-unseen-s{seed}{suffix}", ("--checkpoint", str(unseen))))
+        else:
+            calls.extend((f"hr-{m}-s{seed}-{set_name}{suffix}", ("--checkpoint", str(path), "--config", str(c)))
+                         for set_name, c in (("seen", seen_path), ("unseen", unseen_path)))
+
+    from coalora.pipeline.methods import snapshot_dir
+
+    for m, out in outs.items():
+        of(m, out)
+    curves = [m for m in HEADROOM_CURVES if m in outs]
+    if all(snapshot_dir(outs[m], k).is_dir() for m in curves for k in snaps):  # else no curve at all
+        for m in curves:
+            for k in snaps:
+                of(m, snapshot_dir(outs[m], k), f"-step{k}")
+    return calls
+
+
 def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int], steps: int,
                     final: dict[str, dict[str, dict[str, Any]]], seen_ids: list[str], budgets: list[float],
                     unseen_ids: list[str], seen_path: Path, unseen_path: Path) -> list[dict[str, Any]]:
@@ -946,12 +1031,15 @@ def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int
 
     methods = [m for m in HEADROOM_CURVES if m in outs]
     by_step: dict[int, dict[str, dict[str, dict[str, Any]]]] = {steps: {m: final[m] for m in methods}}
+    # Checked before any is evaluated: a curve with a method missing is no curve (and no wasted evaluation).
+    missing = [(m, k) for m in methods for k in snaps if not snapshot_dir(outs[m], k).is_dir()]
+    if missing:
+        m, k = missing[0]
+        print(f"   {outs[m].name}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
+        return []
     for m in methods:
         for k in snaps:
             snap = snapshot_dir(outs[m], k)
-            if not snap.is_dir():
-                print(f"   {outs[m].name}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
-                return []
             if m.startswith("per-config"):
                 got = st.evaluate(f"hr-{m}-s{seed}-step{k}", "--checkpoint", str(snap))
                 got += st.evaluate(f"hr-{m}-unseen-s{seed}-step{k}", "--checkpoint",
@@ -987,19 +1075,21 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom") -> dict[str,
     for seed in seeds:
         base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
-        outs = {m: st.trained(f"hr-{m}-s{seed}", LOWBIT, method, base + sets, lm=True)
-                for m, (method, sets) in plan.items()}
+        # Every training of the seed is independent of the others: --jobs runs them side by side.
+        trained = st.run_all({
+            **{m: functools.partial(st.trained, f"hr-{m}-s{seed}", LOWBIT, method, base + sets, lm=True)
+               for m, (method, sets) in plan.items()},
+            **{f"{m}-unseen": functools.partial(_train_unseen_per_config, st, f"hr-{m}-unseen-s{seed}",
+                                                base + sets, unseen_some) for m, sets in per_configs.items()}})
+        outs = {m: trained[m] for m in plan}
         seen_path = _per_config_configs(outs["per-config"])  # the allocations at eval.budgets, in order
+        # So are the evaluations: made here side by side, then read back from their cache below.
+        st.run_all({name: functools.partial(st.evaluate, name, *args) for name, args in _headroom_evaluations(
+            st, seed, outs, list(per_configs), snaps, seen_path, unseen_path)})
         losses = {}
         seconds: list[dict[str, Any]] = []  # this seed's training times (its record holds them)
         for m, sets in per_configs.items():
-            unseen_out = st.runs / f"hr-{m}-unseen-s{seed}"
-            if not (unseen_out / "per_config.json").is_file():
-                st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(unseen_some),
-                           "--out", str(unseen_out), "--overwrite", "--json", *st.sets(base + sets, lm=True),
-                           log=f"train-hr-{m}-unseen-s{seed}.log", echo=True)
-            else:
-                st.reuse(f"train-hr-{m}-unseen-s{seed}.log")
+            unseen_out = trained[f"{m}-unseen"]
             rows_pc = st.evaluate(f"hr-{m}-s{seed}", "--checkpoint", str(outs[m]))
             rows_pc += st.evaluate(f"hr-{m}-unseen-s{seed}", "--checkpoint", str(unseen_out))
             losses[m] = {r["config_id"]: r for r in rows_pc}
@@ -1606,6 +1696,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"baselines a chosen variant is matched with; table2-options runs those of "
                         f"{','.join(TABLE2_OPTIONS)} named; headroom-search those of "
                         f"{','.join(HEADROOM_SEARCH_METHODS)} named (earlier calls' rows stay in its tables)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="headroom parts: run up to N of a seed's trainings (then its evaluations) at once; each "
+                        "uses one core, so 2 on a 2-core machine halves the wall time (default 1)")
     p.add_argument("--exclude-trained", action="store_true",
                    help="headroom parts: score without the evaluated configurations that a shared or coa training "
                         "set holds (listed in headroom-excluded.csv and the report) instead of stopping")
@@ -1626,6 +1719,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{list(HEADROOM_SEARCH_METHODS)})")
     st = Study(args.quick, args.set, variants)
     st.exclude_trained = args.exclude_trained
+    if args.jobs < 1:
+        p.error(f"--jobs must be 1 or more, not {args.jobs}")
+    st.jobs = args.jobs
     fns = {"table2": table2, "table2-options": table2_options, "seen-unseen": seen_unseen, "search-ablation": search_ablation, "causal-lm": causal_lm,
            "baseline-seeds": baseline_seeds, "headroom": headroom, "headroom-full": headroom_full,
            "headroom-search": headroom_search,

@@ -3,6 +3,7 @@ aggregation, and reusing finished commands without losing them from the manifest
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -569,12 +570,21 @@ def test_the_span_part_runs_each_analysis_once_and_splits_the_bank_table(study, 
     assert lines[2] == "| 16 | unseen | 3.10 | 1.0 % | 2.0 % | 2.0 % | 4.0 % | 11.0 % | 0.15 | 0.35 |"
 
 
-def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_ones(study, tmp_path, monkeypatch):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_ones(study, tmp_path, monkeypatch,
+                                                                                    jobs):
     """``--parts headroom-full``: the headroom part at the testbed's own size, with the same run names under
     ``runs/study-full/`` and its tables in ``headroom-full*.csv``; the mid-size pass's tables are left as they
     were, and the report renders the full pass from its own files. Every command is answered here (each is
-    an hour of SmolLM2): the bookkeeping around them is what is tested, with exact G."""
+    an hour of SmolLM2): the bookkeeping around them is what is tested, with exact G. With ``--jobs 2`` the
+    trainings run side by side, then every evaluation, finals and learning curves alike (none is left to
+    run one at a time after them), and the tables are the same."""
+    import threading
+
+    from coalora.pipeline.methods import snapshot_dir
+
     st = _study_in(study, tmp_path, monkeypatch)
+    st.jobs = jobs
     monkeypatch.setattr(study, "ROOT", ROOT)  # the real configs/study/smollm2-lowbit.yaml (4 budgets)
     mid = st.results / "headroom-summary.csv"
     mid.write_text("method,set,mean_loss\nshared,seen,5.0\n")  # the mid-size pass's table: must stay
@@ -586,9 +596,16 @@ def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_on
             "coa-residual-fit-random": 4.5}
     trained, commands = [], []
 
+    def per_config_dir(out, ids):
+        _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(len(ids))], "train_seconds": 40.0})
+        for i, cid in enumerate(ids):
+            _json_file(out / f"c{i}" / "meta.json", {"trainset": [cid]})
+
     def fake_trained(name, config, method, sets, lm=False):
         out = st.runs / name
         trained.append(out)
+        for k in (30, 60, 90):  # train.snapshots of 120 steps
+            snapshot_dir(out, k).mkdir(parents=True)
         if method == "per-config":
             _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(4)], "train_seconds": 40.0})
             for i, cid in enumerate(seen_ids):
@@ -598,19 +615,26 @@ def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_on
         return out
 
     def fake_coalora(*args, log, echo=False):
-        commands.append(args[0])
+        commands.append((args[0], threading.current_thread() is threading.main_thread()))
         a = dict(zip(args[1::2], args[2::2])) if args[0] == "evaluate" else {}
         if args[0] == "train":  # per-config's adapters for the first unseen configurations
-            _json_file(Path(args[args.index("--out") + 1]) / "per_config.json", {"train_seconds": 30.0})
+            out = Path(args[args.index("--out") + 1])
+            for k in (30, 60, 90):
+                snapshot_dir(out, k).mkdir(parents=True)
+            _json_file(out / "per_config.json", {"train_seconds": 30.0})
             return ""
         ckpt = Path(a["--checkpoint"])
-        method = ckpt.name.removeprefix("hr-").removesuffix("-s0").removesuffix("-unseen")
-        assert ckpt.parent == tmp_path / "runs" / "study-full", ckpt
+        run = next(p for p in [ckpt, *ckpt.parents] if p.name.startswith("hr-"))
+        assert run.parent == tmp_path / "runs" / "study-full", ckpt
+        method = run.name.removeprefix("hr-").removesuffix("-s0").removesuffix("-unseen")
+        step = int(ckpt.name.removeprefix("step-")) if ckpt != run else 120
         if "--config" in a:
             ids = seen_ids if a["--config"].endswith("configs.json") else unseen_ids
         else:  # a per-config directory: its own adapters' configurations
-            ids = unseen_ids[:study.HEADROOM_UNSEEN_PER_CONFIG] if "unseen" in ckpt.name else seen_ids
-        return json.dumps([{"config_id": c, "avg_bits": 3.0 + i / 10, "loss": loss[method]} for i, c in enumerate(ids)])
+            ids = unseen_ids[:study.HEADROOM_UNSEEN_PER_CONFIG] if "unseen" in run.name else seen_ids
+        # The loss falls by 0.01 nats a step to its final value, the same for every method.
+        return json.dumps([{"config_id": c, "avg_bits": 3.0 + i / 10, "loss": loss[method] + (120 - step) / 100}
+                           for i, c in enumerate(ids)])
 
     monkeypatch.setattr(st, "trained", fake_trained)
     monkeypatch.setattr(st, "coalora", fake_coalora)
@@ -622,7 +646,12 @@ def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_on
     assert {p.name for p in trained} == {"hr-shared-s0", "hr-per-config-s0", "hr-per-config-residual-s0",
                                          "hr-coa-residual-fit-random-s0", "hr-shared-residual-random-s0"}
     assert all(p.parent == full for p in trained) and (full / "headroom-s0.json").is_file()
-    assert commands.count("train") == 2  # per-config and per-config-residual, each on 3 unseen configurations
+    # per-config and per-config-residual, each on 3 unseen configurations
+    assert [c for c, _ in commands].count("train") == 2
+    # Finals: 2 per-config methods × (budgets, unseen) + 3 others × (seen, unseen); curves: 3 snapshots of
+    # each of those 5 (HEADROOM_CURVES). With --jobs 2 every one ran in the pool, none after it.
+    assert [c for c, _ in commands].count("evaluate") == 10 * 4
+    assert all(main for _, main in commands) if jobs == 1 else not any(main for _, main in commands)
     assert mid.read_text() == "method,set,mean_loss\nshared,seen,5.0\n"
     assert not (st.results / "headroom.csv").exists()
     for name in ("headroom-full.csv", "headroom-full-summary.csv", "headroom-full-pairs.csv",
@@ -638,15 +667,49 @@ def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_on
     pairs = study._read_csv(st.results / "headroom-full-pairs.csv")
     assert [(r["set"], r["configs"], r["difference"]) for r in pairs] == [("seen", 4, pytest.approx(-0.3)),
                                                                          ("unseen", 8, pytest.approx(-0.3))]
+    curves = {(r["method"], r["set"], r["step"]): r for r in study._read_csv(st.results / "headroom-full-curves.csv")}
+    assert curves[("shared", "seen", 30)]["mean_loss"] == pytest.approx(5.9)
+    assert curves[("coa-residual-fit-random", "seen", 30)]["gap_closed"] == pytest.approx(0.5)
+    assert (st.results / "headroom-full-curves.png").is_file()
     (st.results / "report-template.md").write_text("{{headroom-full}}\n\n{{headroom-full-curves}}\n")
     report = study.render_report(st.results, tmp_path / "r.md")
     line = next(x for x in report.splitlines() if x.startswith("| coa-residual-fit-random "))
     assert "0.50" in line and "0.30" in line and "4.500" in line, line
-    # No snapshots in these runs, so no curves: the report says which part makes them.
-    assert report.endswith("_Not run yet: `python benchmarks/study.py --parts headroom-full`._\n")
+    line = next(x for x in report.splitlines() if x.startswith("| shared | seen |"))
+    assert line.split(" | ")[2:] == ["5.900", "5.600", "5.300", "5.000 |"], line
 
 
 def _json_file(path: Path, value) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value))
     return path
+
+
+def test_run_all_starts_nothing_after_a_failure_and_raises_it_once_the_running_calls_end(study, tmp_path, monkeypatch):
+    """``--jobs 2``: a command fails while another runs; the running one finishes (a rerun reuses it), the
+    queued ones never start, and the failure is what the part raises. With one job, calls run in order."""
+    import threading
+    import time
+
+    st = _study_in(study, tmp_path, monkeypatch)
+    ran, second_started = [], threading.Event()
+
+    def fails():
+        second_started.wait(10)
+        raise SystemExit("study: command failed")
+
+    def slow():
+        second_started.set()
+        time.sleep(0.3)
+        ran.append("slow")
+        return "slow"
+
+    st.jobs = 2
+    with pytest.raises(SystemExit, match="command failed"):
+        st.run_all({"a": fails, "b": slow, "c": lambda: ran.append("c"), "d": lambda: ran.append("d")})
+    assert ran == ["slow"]
+    assert st.run_all({"x": lambda: 1, "y": lambda: 2}) == {"x": 1, "y": 2}
+    st.jobs = 1
+    order = []
+    assert st.run_all({k: functools.partial(order.append, k) for k in "cab"}) == {"c": None, "a": None, "b": None}
+    assert order == ["c", "a", "b"]
