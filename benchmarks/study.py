@@ -218,6 +218,8 @@ class Study:
         shown = " ".join(shlex.quote(c) for c in cmd)
         print(f"$ {shown}", flush=True)
         # Side by side, two commands' progress bars would interleave line by line: the logs have them.
+        if echo and self.jobs > 1:
+            print(f"   its progress: tail -f {self.logs / log}", flush=True)
         echo = echo and self.jobs <= 1
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         t0 = time.perf_counter()

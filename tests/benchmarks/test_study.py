@@ -713,3 +713,23 @@ def test_run_all_starts_nothing_after_a_failure_and_raises_it_once_the_running_c
     order = []
     assert st.run_all({k: functools.partial(order.append, k) for k in "cab"}) == {"c": None, "a": None, "b": None}
     assert order == ["c", "a", "b"]
+
+
+def test_side_by_side_commands_point_at_their_logs_instead_of_echoing(study, tmp_path, monkeypatch, capsys):
+    """With ``--jobs 2`` a command's output goes to its log only (two progress bars would interleave): the
+    console says where to follow it and when it ended; the manifest records it like any other."""
+    import sys
+
+    st = _study_in(study, tmp_path, monkeypatch)
+    st.jobs = 2
+    out = st.sh([sys.executable, "-c", "import sys; print('rows'); print('step 3/4', file=sys.stderr)"], "one.log",
+                echo=True)
+    said = capsys.readouterr().out
+    assert out == "rows\n"
+    assert f"   its progress: tail -f {st.logs / 'one.log'}\n" in said and "   done in 0 s: one.log\n" in said
+    assert "    step 3/4" not in said and "step 3/4\n" in (st.logs / "one.log").read_text()
+    assert [c["log"] for c in json.loads(st.manifest_path.read_text())["commands"]] == ["runs/study/logs/one.log"]
+    st.jobs = 1
+    st.sh([sys.executable, "-c", "import sys; print('step 4/4', file=sys.stderr)"], "two.log", echo=True)
+    said = capsys.readouterr().out
+    assert "    step 4/4\n" in said and "tail -f" not in said
