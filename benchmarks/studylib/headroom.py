@@ -1,0 +1,529 @@
+"""The headroom testbed (issue #15, configs/study/smollm2-lowbit.yaml): shared, per-config and coa's variants
+where quantization hurts, scored by the gap closed at the evaluated budgets and on unseen configurations,
+with learning curves; its full-size pass, its search ablation and the residual-span analysis."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import aggregate, per_config_configs, plot, search_run_row, seed_sets, trained_on, with_earlier
+from .runner import Study
+from .settings import (
+    HEADROOM_CURVES,
+    HEADROOM_MATCH,
+    HEADROOM_PER_CONFIG,
+    HEADROOM_SEARCH_METHODS,
+    HEADROOM_SEARCH_SETS,
+    HEADROOM_SEARCH_VARIANT,
+    HEADROOM_SPAN_RUNS,
+    HEADROOM_UNSEEN_PER_CONFIG,
+    HEADROOM_VARIANTS,
+    LOWBIT,
+    QUICK_HEADROOM,
+    ROOT,
+)
+
+
+def gap_closed(shared: float, coa: float, per_config: float) -> float | None:
+    """G = (L_shared − L_coa) / (L_shared − L_per-config): the share of the shared → per-config gap that coa
+    closes (1: as good as per-config; 0: no better than shared; < 0: worse). None without a gap."""
+    gap = shared - per_config
+    return None if gap <= 0 else (shared - coa) / gap
+
+
+def headroom_rows(seed: int, losses: dict[str, dict[str, dict[str, Any]]], seen: list[str],
+                  budgets: list[float], unseen: list[str], match: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per method and evaluated configuration of one seed (``headroom.csv``).
+
+    Args:
+        losses: method → config id → evaluation row (``loss``, ``avg_bits``); per-config has only the
+            configurations it trained an adapter for.
+        seen: the ids of the allocations at ``budgets`` (in that order); unseen: the random held-out ids.
+        match: coa variant → (shared variant, per-config variant) with the same option; its rows get
+            ``gap_closed_match``, G with those in place of shared and per-config (``HEADROOM_MATCH``).
+    """
+    match = match or {}
+    rows = []
+    for method, mine in losses.items():
+        for set_name, ids in (("seen", seen), ("unseen", unseen)):
+            for i, cid in enumerate(ids):
+                if cid not in mine:
+                    continue
+                r = mine[cid]
+                g = g_match = None
+                baseline = method == "shared" or method.startswith("per-config")
+                if not baseline and cid in losses["per-config"]:
+                    g = gap_closed(losses["shared"][cid]["loss"], r["loss"], losses["per-config"][cid]["loss"])
+                sh, pc = match.get(method, (None, None))
+                if not baseline and sh in losses and cid in losses.get(pc, {}):
+                    g_match = gap_closed(losses[sh][cid]["loss"], r["loss"], losses[pc][cid]["loss"])
+                rows.append({"method": method, "seed": seed, "set": set_name,
+                             "budget": budgets[i] if set_name == "seen" else None, "config_id": cid,
+                             "avg_bits": r["avg_bits"], "loss": r["loss"], "gap_closed": g,
+                             "gap_closed_match": g_match})
+    return rows
+
+
+def snapshot_steps(steps: int) -> list[int]:
+    """The learning curve's intermediate points: a quarter, half and three quarters of ``steps``."""
+    return sorted({steps * q // 4 for q in (1, 2, 3)} - {0})
+
+
+def headroom_curves(seed: int, by_step: dict[int, dict[str, dict[str, dict[str, Any]]]], seen: list[str],
+                    budgets: list[float], unseen: list[str]) -> list[dict[str, Any]]:
+    """``headroom-curves.csv``'s rows for one seed: per step, method and set, the mean loss and mean G (and
+    G_match) over the configurations per-config trained for, as :func:`headroom_summary` computes them.
+
+    Args:
+        by_step: step → method → config id → evaluation row, as ``losses`` of :func:`headroom_rows`.
+    """
+    out = []
+    for step, losses in sorted(by_step.items()):
+        pc = losses["per-config"]
+        rows = headroom_rows(seed, losses, [c for c in seen if c in pc], [b for c, b in zip(seen, budgets) if c in pc],
+                             [c for c in unseen if c in pc], HEADROOM_MATCH)
+        out += [{"seed": seed, "step": step, **r} for r in headroom_summary(rows)]
+    return out
+
+
+def headroom_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and set: mean loss over the set, mean G where per-config was trained, training seconds."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for set_name in ("seen", "unseen"):
+            mine = [r for r in rows if r["method"] == method and r["set"] == set_name]
+            if not mine:
+                continue
+            seeds = sorted({r["seed"] for r in mine})
+            row = {"method": method, "set": set_name, "seeds": len(seeds), "configs": len(mine) // len(seeds),
+                   "mean_loss": float(np.mean([r["loss"] for r in mine]))}
+            for key in ("gap_closed", "gap_closed_match"):
+                gs = [r[key] for r in mine if r.get(key) is not None]
+                per_seed = [float(np.mean([r[key] for r in mine if r["seed"] == s and r.get(key) is not None]))
+                            for s in seeds if any(r["seed"] == s and r.get(key) is not None for r in mine)]
+                row[key] = float(np.mean(gs)) if gs else None
+                row[f"{key}_std"] = float(np.std(per_seed)) if per_seed else None
+            if set_name == "unseen":
+                row["unseen_vs_seen_line_pct"] = _unseen_vs_seen_line(
+                    [r for r in rows if r["method"] == method and r["set"] == "seen"], mine)
+            out.append(row)
+    return out
+
+
+def _unseen_vs_seen_line(seen: list[dict[str, Any]], unseen: list[dict[str, Any]]) -> float | None:
+    """Seen against unseen (issue #15's third target): per seed, a least-squares line of loss against average
+    bits through the seen configurations, and the unseen ones' mean relative excess over it, in percent
+    (positive: worse than the line), averaged over seeds. None without two seen bit widths in a seed."""
+    per_seed = []
+    for seed in sorted({r["seed"] for r in unseen}):
+        sb = np.array([r["avg_bits"] for r in seen if r["seed"] == seed])
+        sl = np.array([r["loss"] for r in seen if r["seed"] == seed])
+        if len(np.unique(sb)) < 2:
+            continue
+        line = np.polyfit(sb, sl, 1)
+        mine = [r for r in unseen if r["seed"] == seed]
+        pred = np.polyval(line, [r["avg_bits"] for r in mine])
+        per_seed.append(float(np.mean((np.array([r["loss"] for r in mine]) - pred) / pred) * 100))
+    return float(np.mean(per_seed)) if per_seed else None
+
+
+def headroom_pairs(evals: dict[tuple[str, int, str], list[dict[str, Any]]],
+                   pairs: dict[str, str], exclude: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """A coa variant against its matching shared variant, seed by seed: does it help on every seed?
+
+    Args:
+        evals: (method, seed, set) → that evaluation's rows (``loss`` per configuration, the same
+            configurations in the same order for every method of a set).
+        pairs: coa variant → shared variant.
+        exclude: configuration ids left out (``--exclude-trained``).
+    Returns one row per pair, seed and set: both mean losses, their difference and on how many of the
+    configurations the coa variant's loss is the lower.
+    """
+    out = []
+    for coa, shared in pairs.items():
+        for (method, seed, set_name), rows in sorted(evals.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+            other = evals.get((shared, seed, set_name))
+            if method != coa or other is None:
+                continue
+            keep = [r.get("config_id") not in exclude for r in rows]
+            a = np.array([r["loss"] for r, k in zip(rows, keep) if k])
+            b = np.array([r["loss"] for r, k in zip(other, keep) if k])
+            out.append({"variant": coa, "against": shared, "seed": seed, "set": set_name, "configs": len(a),
+                        "loss": float(a.mean()), "loss_against": float(b.mean()), "difference": float((a - b).mean()),
+                        "lower_on": int((a < b).sum())})
+    return out
+
+
+def _pair_evals(st: Study, methods: list[str]) -> dict[tuple[str, int, str], list[dict[str, Any]]]:
+    """Every headroom evaluation of ``methods`` in the runs directory, whatever the seed (some seeds may have
+    only the variants that decide: ``eval-hr-<method>-s<seed>-<set>.json``)."""
+    found = {}
+    for m in methods:
+        for path in st.runs.glob(f"eval-hr-{m}-s*-*.json"):
+            got = re.fullmatch(rf"eval-hr-{re.escape(m)}-s(\d+)-(seen|unseen)\.json", path.name)
+            if got:
+                found[(m, int(got.group(1)), got.group(2))] = json.loads(path.read_text())
+    return found
+
+
+def kept_configs(hits: dict[str, list[int]], seen: list[str], budgets: list[float],
+                 unseen: list[str]) -> tuple[list[str], list[float], list[str], dict[str, list[str]]]:
+    """What ``--exclude-trained`` keeps of ``seen`` (with its ``budgets``) and ``unseen`` config ids: all but
+    those at the positions of :func:`trained_on`'s ``hits`` (variant → positions, ``seen`` then ``unseen``).
+
+    Returns the kept seen ids, their budgets, the kept unseen ids, and each dropped id → the variants that
+    trained on it (in position order).
+    """
+    every = seen + unseen
+    drop: dict[str, list[str]] = {}
+    for i in sorted({i for found in hits.values() for i in found}):
+        drop[every[i]] = sorted(v for v, found in hits.items() if i in found)
+    return ([c for c in seen if c not in drop], [b for c, b in zip(seen, budgets) if c not in drop],
+            [c for c in unseen if c not in drop], drop)
+
+
+def record_seed(path: Path, tables: dict[str, list[dict[str, Any]]], drop: dict[str, list[str]]) -> None:
+    """Add one headroom call's results of one seed to that seed's record (``runs/<study>/headroom-s<seed>.json``).
+
+    A call may run only some variants (``--variants``); the record keeps every method any call gave that
+    seed, so the tables show them all. A method's rows from this call replace its earlier ones.
+
+    Args:
+        tables: table name (``rows``, ``curves``, ``seconds``) → rows, each with a ``method``.
+        drop: configuration id → the variants that trained on it (``--exclude-trained``), added to the
+            seed's earlier list: those leave every method's rows of the seed (see :func:`seed_records`).
+    """
+    rec = json.loads(path.read_text()) if path.is_file() else {}
+    for name, rows in tables.items():
+        mine = rec.setdefault(name, {})
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine[method] = [r for r in rows if r["method"] == method]
+    excluded = rec.setdefault("excluded", {})
+    for cid, by in drop.items():
+        excluded[cid] = sorted({*excluded.get(cid, []), *by})
+    path.write_text(json.dumps(rec, indent=1))
+
+
+def seed_records(runs: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[str]]]:
+    """Every seed's record in ``runs`` (:func:`record_seed`), in seed order: table name → rows of all
+    seeds and methods, with each seed's excluded configurations left out of its ``rows``; and every
+    excluded id → the variants that trained on it, over all seeds."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    excluded: dict[str, list[str]] = {}
+    paths = [p for p in runs.glob("headroom-s*.json") if re.fullmatch(r"headroom-s\d+\.json", p.name)]
+    for path in sorted(paths, key=lambda p: int(p.stem[len("headroom-s"):])):
+        rec = json.loads(path.read_text())
+        drop = rec.get("excluded", {})
+        for name in ("rows", "curves", "seconds"):
+            rows = [r for method_rows in rec.get(name, {}).values() for r in method_rows]
+            tables.setdefault(name, []).extend(r for r in rows if name != "rows" or r["config_id"] not in drop)
+        for cid, by in drop.items():
+            excluded[cid] = sorted({*excluded.get(cid, []), *by})
+    return tables, excluded
+
+
+def _unseen_configs(st: Study, overrides: list[str]) -> Path:
+    """The testbed's random held-out configurations (``eval.random`` of them, every matrix at
+    ``eval.random_min_bits`` weight bits or more, seeded by ``eval.seed``) as a JSON list of configurations:
+    ``runs/<study>/headroom-unseen.json``. The same for every seed and method; never trained on except by
+    per-config, which trains one adapter for each of the first few."""
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.experiment import build_space, load_base, random_configs
+
+    path = st.runs / "headroom-unseen.json"
+    if not path.is_file():
+        cfg = load_config(ROOT / LOWBIT, overrides)
+        space = build_space(cfg, load_base(cfg).model)
+        path.write_text(json.dumps([space.to_json(c) for c in random_configs(cfg, space)]))
+    return path
+
+
+def _train_unseen_per_config(st: Study, name: str, sets: list[str], configs: Path) -> Path:
+    """Per-config's adapters for the first :data:`HEADROOM_UNSEEN_PER_CONFIG` unseen configurations
+    (``configs``) into ``runs/<study>/<name>`` (skipped when it is there)."""
+    out = st.runs / name
+    if (out / "per_config.json").is_file():
+        st.reuse(f"train-{name}.log")
+        return out
+    st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(configs), "--out", str(out),
+               "--overwrite", "--json", *st.sets(sets, lm=True), log=f"train-{name}.log", echo=True)
+    return out
+
+
+def _headroom_evaluations(st: Study, seed: int, outs: dict[str, Path], per_configs: list[str], snaps: list[int],
+                          seen_path: Path, unseen_path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """Every ``coalora evaluate`` the headroom part makes for one seed, as (cache name, arguments): the
+    finals of :func:`headroom` and the snapshots of :func:`_headroom_curve`, which make the same calls."""
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def of(m: str, path: Path, suffix: str = "") -> None:
+        if m in per_configs:  # its adapters, on their own configurations
+            calls.append((f"hr-{m}-s{seed}{suffix}", ("--checkpoint", str(path))))
+            unseen = st.runs / f"hr-{m}-unseen-s{seed}"
+            if suffix:
+                unseen = snapshot_dir(unseen, int(suffix.removeprefix("-step")))
+            calls.append((f"hr-{m}-unseen-s{seed}{suffix}", ("--checkpoint", str(unseen))))
+        else:
+            calls.extend((f"hr-{m}-s{seed}-{set_name}{suffix}", ("--checkpoint", str(path), "--config", str(c)))
+                         for set_name, c in (("seen", seen_path), ("unseen", unseen_path)))
+
+    from coalora.pipeline.methods import snapshot_dir
+
+    for m, out in outs.items():
+        of(m, out)
+    curves = [m for m in HEADROOM_CURVES if m in outs]
+    if all(snapshot_dir(outs[m], k).is_dir() for m in curves for k in snaps):  # else no curve at all
+        for m in curves:
+            for k in snaps:
+                of(m, snapshot_dir(outs[m], k), f"-step{k}")
+    return calls
+
+
+def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int], steps: int,
+                    final: dict[str, dict[str, dict[str, Any]]], seen_ids: list[str], budgets: list[float],
+                    unseen_ids: list[str], seen_path: Path, unseen_path: Path) -> list[dict[str, Any]]:
+    """One seed's learning curves: the snapshots of :data:`HEADROOM_CURVES` evaluated like the finals (a
+    per-config snapshot on its adapters' own configurations, seen and unseen). Runs made without
+    snapshots (before ``train.snapshots`` existed) give no curve, and the log says so."""
+    from coalora.pipeline.methods import snapshot_dir
+
+    methods = [m for m in HEADROOM_CURVES if m in outs]
+    by_step: dict[int, dict[str, dict[str, dict[str, Any]]]] = {steps: {m: final[m] for m in methods}}
+    # Checked before any is evaluated: a curve with a method missing is no curve (and no wasted evaluation).
+    missing = [(m, k) for m in methods for k in snaps if not snapshot_dir(outs[m], k).is_dir()]
+    if missing:
+        m, k = missing[0]
+        print(f"   {outs[m].name}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
+        return []
+    for m in methods:
+        for k in snaps:
+            snap = snapshot_dir(outs[m], k)
+            if m.startswith("per-config"):
+                got = st.evaluate(f"hr-{m}-s{seed}-step{k}", "--checkpoint", str(snap))
+                got += st.evaluate(f"hr-{m}-unseen-s{seed}-step{k}", "--checkpoint",
+                                   str(snapshot_dir(st.runs / f"hr-{m}-unseen-s{seed}", k)))
+            else:
+                got = [r for set_name, path in (("seen", seen_path), ("unseen", unseen_path))
+                       for r in st.evaluate(f"hr-{m}-s{seed}-{set_name}-step{k}", "--checkpoint", str(snap),
+                                            "--config", str(path))]
+            by_step.setdefault(k, {})[m] = {r["config_id"]: r for r in got}
+    return headroom_curves(seed, by_step, seen_ids, budgets, unseen_ids)
+
+
+def headroom(st: Study, seeds: list[int], tables: str = "headroom") -> dict[str, Any]:
+    """The testbed where quantization hurts (issue #15): shared, per-config and coa's variants on SmolLM2 at
+    2.75–3.5 bits; the gap closed per budget and on random unseen configurations.
+
+    ``tables`` names the result files (``<tables>.csv``, ``<tables>-summary.csv``, ..., ``<tables>.png``)
+    and the returned table, so that another pass (:func:`headroom_full`) stands beside this one."""
+    from coalora.pipeline.config import load_config
+
+    variants = {m: HEADROOM_VARIANTS[m] for m in (st.variants or HEADROOM_VARIANTS) if m in HEADROOM_VARIANTS}
+    if not variants:
+        raise SystemExit(f"study: --variants names none of headroom's variants {list(HEADROOM_VARIANTS)}")
+    quick = QUICK_HEADROOM if st.quick else []
+    overrides = st.overrides_for(lm=True) + quick
+    cfg = load_config(ROOT / LOWBIT, overrides)
+    unseen_path = _unseen_configs(st, overrides)
+    unseen_some = st.runs / "headroom-unseen-per-config.json"
+    unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
+    per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
+        pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
+    snaps = snapshot_steps(cfg.train.steps)
+    for seed in seeds:
+        base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
+        plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
+        # Every training of the seed is independent of the others: --jobs runs them side by side.
+        trained = st.run_all({
+            **{m: functools.partial(st.trained, f"hr-{m}-s{seed}", LOWBIT, method, base + sets, lm=True)
+               for m, (method, sets) in plan.items()},
+            **{f"{m}-unseen": functools.partial(_train_unseen_per_config, st, f"hr-{m}-unseen-s{seed}",
+                                                base + sets, unseen_some) for m, sets in per_configs.items()}})
+        outs = {m: trained[m] for m in plan}
+        seen_path = per_config_configs(outs["per-config"])  # the allocations at eval.budgets, in order
+        # So are the evaluations: made here side by side, then read back from their cache below.
+        st.run_all({name: functools.partial(st.evaluate, name, *args) for name, args in _headroom_evaluations(
+            st, seed, outs, list(per_configs), snaps, seen_path, unseen_path)})
+        losses = {}
+        seconds: list[dict[str, Any]] = []  # this seed's training times (its record holds them)
+        for m, sets in per_configs.items():
+            unseen_out = trained[f"{m}-unseen"]
+            rows_pc = st.evaluate(f"hr-{m}-s{seed}", "--checkpoint", str(outs[m]))
+            rows_pc += st.evaluate(f"hr-{m}-unseen-s{seed}", "--checkpoint", str(unseen_out))
+            losses[m] = {r["config_id"]: r for r in rows_pc}
+            seconds.append({"method": f"{m}-unseen", "seed": seed,
+                            "train_seconds": json.loads((unseen_out / "per_config.json").read_text())["train_seconds"]})
+        ids: dict[str, list[str]] = {}
+        for m in ("shared", *variants):
+            losses[m] = {}
+            for set_name, path in (("seen", seen_path), ("unseen", unseen_path)):
+                got = st.evaluate(f"hr-{m}-s{seed}-{set_name}", "--checkpoint", str(outs[m]), "--config", str(path))
+                ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
+                losses[m].update({r["config_id"]: r for r in got})
+        hits = trained_on(outs, [seen_path, unseen_path])
+        if hits and not st.exclude_trained:
+            raise SystemExit(f"study: evaluated configurations are in training sets (positions, seen then unseen: "
+                             f"{hits}): an unfair comparison; fix train.init_budgets, or pass --exclude-trained")
+        # --exclude-trained: those configurations leave every method's rows and curves; the report says so.
+        seen_ids, budgets, unseen_ids, drop = kept_configs(hits, ids["seen"], list(cfg.eval.budgets), ids["unseen"])
+        curves = _headroom_curve(st, seed, outs, snaps, cfg.train.steps, losses, seen_ids, budgets,
+                                 unseen_ids, seen_path, unseen_path)
+        # Every configuration's row; the seed's record leaves out the excluded ones (of this call and earlier).
+        rows = headroom_rows(seed, losses, ids["seen"], list(cfg.eval.budgets), ids["unseen"], HEADROOM_MATCH)
+        for m, out in outs.items():
+            meta = out / ("per_config.json" if m in per_configs else "meta.json")
+            seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
+        record_seed(st.runs / f"headroom-s{seed}.json", {"rows": rows, "curves": curves, "seconds": seconds}, drop)
+    # The tables hold every seed and method recorded in the runs directory, this call's and earlier calls'.
+    records, st.excluded = seed_records(st.runs)
+    rows, curves, seconds = records.get("rows", []), records.get("curves", []), records.get("seconds", [])
+    print(f"   headroom tables: seeds {sorted({r['seed'] for r in rows})}, "
+          f"{len({r['method'] for r in rows})} methods (this call's and earlier calls' records)", flush=True)
+    st.write_csv(f"{tables}.csv", rows)
+    # Always rewritten (header only when nothing was excluded), so the report never shows a stale list.
+    with open(st.results / f"{tables}-excluded.csv", "w") as f:
+        f.write("config_id,trained_on_by\n" + "".join(f"{c},{' '.join(v)}\n" for c, v in st.excluded.items()))
+    recorded = {r["method"] for r in rows}
+    pairs = {v: sh for v, (sh, _) in HEADROOM_MATCH.items() if v in recorded and sh in recorded}
+    st.write_csv(f"{tables}-pairs.csv", headroom_pairs(_pair_evals(st, [*pairs, *pairs.values()]), pairs,
+                                                      set(st.excluded)))
+    summary = headroom_summary(rows)
+    st.write_csv(f"{tables}-summary.csv", summary)
+    st.write_csv(f"{tables}-curves.csv", curves)
+    # The plots show the first seed on record (the one every variant has).
+    if curves:
+        first = [r for r in curves if r["seed"] == curves[0]["seed"] and r["set"] == "seen"]
+        plot(st.results / f"{tables}-curves.png",
+              {m: (np.array([r["step"] for r in first if r["method"] == m]),
+                   np.array([r["mean_loss"] for r in first if r["method"] == m]))
+               for m in dict.fromkeys(r["method"] for r in first)},
+              "training steps", "test loss at the evaluated budgets (nats)",
+              f"SmolLM2-135M, learning curves at the evaluated budgets (seed {curves[0]['seed']})")
+    st.write_csv(f"{tables}-seconds.csv", aggregate(seconds, "method", ["train_seconds"]))
+    first = [r for r in rows if r["seed"] == rows[0]["seed"]]
+    series = {m: (np.array([r["avg_bits"] for r in first if r["method"] == m]),
+                  np.array([r["loss"] for r in first if r["method"] == m]))
+              for m in dict.fromkeys(r["method"] for r in first)}
+    plot(st.results / f"{tables}.png", series, "average bits", "test loss (nats)",
+          f"SmolLM2-135M / Wikipedia sample, {cfg.train.steps} steps, seen and unseen (seed {rows[0]['seed']})",
+          markers={m: "o" for m in series})
+    return {tables: summary}
+
+
+def headroom_full(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """:func:`headroom` at the testbed configuration's own size, kept apart from the mid-size pass: its runs
+    (same names) under ``runs/study-full/`` (``runs/study-quick-full/`` with ``--quick``) and its tables
+    ``headroom-full*.csv`` beside ``headroom*.csv``. ``--set`` values still apply (``model.cache_gib``, say);
+    one that changes the size makes it another pass than the one the report calls full."""
+    saved = st.runs, st.logs, st.excluded
+    st.runs = st.runs.with_name(st.runs.name + "-full")
+    st.logs = st.runs / "logs"
+    st.logs.mkdir(parents=True, exist_ok=True)
+    try:
+        return headroom(st, seeds, tables="headroom-full")
+    finally:
+        st.runs, st.logs, st.excluded = saved
+
+
+def _seen_configs(st: Study, overrides: list[str]) -> Path:
+    """The testbed's allocations at ``eval.budgets`` as a JSON list of configurations:
+    ``runs/<study>/headroom-seen.json`` (the configurations per-config trains for)."""
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.experiment import budget_configs, build_space, error_table_for, load_base
+
+    path = st.runs / "headroom-seen.json"
+    if not path.is_file():
+        cfg = load_config(ROOT / LOWBIT, overrides)
+        model = load_base(cfg).model
+        space = build_space(cfg, model)
+        configs = budget_configs(cfg, space, error_table_for(cfg, model, space, progress=False))
+        path.write_text(json.dumps([space.to_json(c) for c in configs]))
+    return path
+
+
+def headroom_search(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """The search ablation on the headroom testbed: the orchestrated coa (the options of
+    :data:`HEADROOM_SEARCH_VARIANT`) with the GP search, a frozen training set and random extension, each
+    scored on the testbed's evaluated budgets and unseen configurations (test loss, nats).
+
+    ``--variants`` may name some of :data:`HEADROOM_SEARCH_METHODS` (an orchestrated SmolLM2 run is about
+    an hour on 2 cores): the tables keep the rows and curves of earlier calls for every (seed, method) this
+    call does not run, so the methods can be run in separate calls."""
+    from coalora.pipeline.config import load_config
+
+    methods = [m for m in HEADROOM_SEARCH_METHODS if st.variants is None or m in st.variants]
+    if not methods:
+        raise SystemExit(f"study: --variants names none of headroom-search's methods {list(HEADROOM_SEARCH_METHODS)}")
+    quick = QUICK_HEADROOM if st.quick else []
+    overrides = st.overrides_for(lm=True) + quick
+    cfg = load_config(ROOT / LOWBIT, overrides + HEADROOM_SEARCH_SETS)
+    seen_path, unseen_path = _seen_configs(st, overrides), _unseen_configs(st, overrides)
+    per_round = max(1, cfg.train.steps // cfg.run.rounds)
+    summary, curves = [], []
+    for seed in seeds:
+        for method in methods:
+            name = f"hrs-{method}-s{seed}"
+            run = st.orchestrated(name, LOWBIT, quick + HEADROOM_SEARCH_SETS + HEADROOM_VARIANTS[HEADROOM_SEARCH_VARIANT][1]
+                                  + seed_sets(seed) + [f"search.method={method}", f"run.steps_per_round={per_round}"],
+                                  lm=True)
+            hits = trained_on({name: run}, [seen_path, unseen_path])
+            if hits:
+                raise SystemExit(f"study: {name} trained on evaluated configurations (positions {hits[name]}, "
+                                 "seen then unseen): an unfair comparison")
+            losses = {set_name: [r["loss"] for r in st.evaluate(f"{name}-{set_name}", "--run", str(run), "--config",
+                                                               str(path))]
+                      for set_name, path in (("seen", seen_path), ("unseen", unseen_path))}
+            row, (rounds, hv) = search_run_row(run, seed, method, {
+                "seen_mean_loss": float(np.mean(losses["seen"])), "unseen_mean_loss": float(np.mean(losses["unseen"]))})
+            summary.append(row)
+            curves += [{"seed": seed, "method": method, "round": int(k), "hypervolume": float(h)}
+                       for k, h in zip(rounds, hv)]
+    summary = with_earlier(st.results / "headroom-search-seeds.csv", summary)
+    curves = with_earlier(st.results / "headroom-search-curves.csv", curves)
+    order = {m: i for i, m in enumerate(HEADROOM_SEARCH_METHODS)}
+    summary.sort(key=lambda r: (r["seed"], order.get(r["method"], len(order))))
+    st.write_csv("headroom-search-seeds.csv", summary)
+    st.write_csv("headroom-search-curves.csv", curves)
+    agg = aggregate(summary, "method", ["seen_mean_loss", "unseen_mean_loss", "final_hypervolume", "evaluations",
+                                       "total_seconds"])
+    st.write_csv("headroom-search.csv", agg)
+    first = min(r["seed"] for r in curves)
+    plot(st.results / "headroom-search.png",
+          {m: (np.array([r["round"] for r in curves if r["seed"] == first and r["method"] == m], dtype=float),
+               np.array([r["hypervolume"] for r in curves if r["seed"] == first and r["method"] == m]))
+           for m in sorted({r["method"] for r in summary if r["seed"] == first}, key=lambda m: order.get(m, 99))},
+          "round", "hypervolume (validation loss vs bits)",
+          f"Search ablation on the headroom testbed, SmolLM2-135M (seed {first})")
+    return {"headroom_search": agg}
+
+
+def headroom_span(st: Study, seeds: list[int]) -> dict[str, Any]:
+    """How much of each evaluated configuration's quantization residual the shared B·A, the best in-span
+    core and the configuration's own top-r directions remove, at rank 16 and 64, and what a rank-16 bank
+    per bit width adds (``benchmarks/residual_span.py``; exact, seed-independent, no training; each run's
+    table kept in ``runs/<study>/headroom-span-<name>.csv`` and skipped once there):
+    ``headroom-span.csv`` (the ranks) and ``headroom-span-bank.csv``."""
+    tables = {}
+    for name, args in HEADROOM_SPAN_RUNS.items():
+        path = st.runs / f"headroom-span-{name}.csv"
+        if path.is_file():
+            st.reuse(f"headroom-span-{name}.log")
+        else:
+            partial = st.runs / f"headroom-span-{name}.partial.csv"  # the script appends: start empty
+            partial.unlink(missing_ok=True)
+            st.sh([sys.executable, "benchmarks/residual_span.py", *args, "--unseen", str(HEADROOM_UNSEEN_PER_CONFIG),
+                   "--csv", str(partial)], f"headroom-span-{name}.log", echo=True)
+            partial.rename(path)
+        with open(path, newline="") as f:  # as written (the script's own number format)
+            tables[name] = list(csv.DictReader(f))
+    st.write_csv("headroom-span.csv", tables["r16"] + tables["r64"])
+    st.write_csv("headroom-span-bank.csv", tables["bank16"])
+    return {"headroom_span": tables["r16"] + tables["r64"] + tables["bank16"]}

@@ -1,0 +1,362 @@
+"""benchmarks/studylib/headroom.py: the headroom testbed's bookkeeping (G with exact answers, seed records,
+pairs, curves, excluded configurations), its full-size pass, its search ablation and the span part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.studylib import common, headroom, report, runner, settings
+from tests.benchmarks.studylib.conftest import study_in, write_csv
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_gap_closed_and_the_headroom_rows_have_exact_answers():
+    assert headroom.gap_closed(shared=5.0, coa=4.5, per_config=4.0) == 0.5
+    assert headroom.gap_closed(shared=5.0, coa=5.5, per_config=4.0) == -0.5  # worse than shared
+    assert headroom.gap_closed(shared=4.0, coa=3.9, per_config=4.0) is None  # no gap to close
+    row = lambda loss, bits: {"loss": loss, "avg_bits": bits}  # noqa: E731
+    losses = {"per-config": {"a": row(4.0, 3.0), "u1": row(4.2, 3.2)},
+              "shared": {"a": row(5.0, 3.0), "u1": row(5.2, 3.2), "u2": row(5.4, 3.4)},
+              "coa": {"a": row(4.25, 3.0), "u1": row(5.0, 3.2), "u2": row(5.0, 3.4)}}
+    rows = headroom.headroom_rows(7, losses, seen=["a"], budgets=[3.0], unseen=["u1", "u2"])
+    coa = {r["config_id"]: r for r in rows if r["method"] == "coa"}
+    assert coa["a"] == {"method": "coa", "seed": 7, "set": "seen", "budget": 3.0, "config_id": "a",
+                        "avg_bits": 3.0, "loss": 4.25, "gap_closed": 0.75, "gap_closed_match": None}
+    assert coa["u1"]["gap_closed"] == pytest.approx(0.2) and coa["u1"]["budget"] is None
+    assert coa["u2"]["gap_closed"] is None  # per-config has no adapter for u2
+    assert all(r["gap_closed"] is None for r in rows if r["method"] != "coa")
+    assert len(rows) == 2 + 3 + 3
+    summary = {(r["method"], r["set"]): r for r in headroom.headroom_summary(rows)}
+    assert summary[("coa", "seen")]["gap_closed"] == 0.75 and summary[("coa", "seen")]["configs"] == 1
+    assert summary[("coa", "unseen")]["mean_loss"] == 5.0 and summary[("coa", "unseen")]["gap_closed"] == pytest.approx(0.2)
+    assert summary[("shared", "unseen")]["gap_closed"] is None and summary[("per-config", "unseen")]["configs"] == 1
+
+def test_a_coa_variant_is_also_scored_against_the_shared_variant_with_its_option():
+    """G_match: coa-x against shared-x (the same option given to shared), beside G against plain shared."""
+    row = lambda loss: {"loss": loss, "avg_bits": 3.0}  # noqa: E731
+    losses = {"per-config": {"a": row(4.0)}, "shared": {"a": row(6.0)}, "shared-x": {"a": row(5.0)},
+              "coa-x": {"a": row(4.5)}, "coa": {"a": row(5.5)}}
+    losses["per-config-x"] = {"a": row(3.0)}
+    rows = headroom.headroom_rows(0, losses, seen=["a"], budgets=[3.0], unseen=[],
+                               match={"coa-x": ("shared-x", "per-config-x")})
+    by = {r["method"]: r for r in rows}
+    assert by["coa-x"]["gap_closed"] == 0.75 and by["coa-x"]["gap_closed_match"] == 0.25  # (5 - 4.5) / (5 - 3)
+    assert by["coa"]["gap_closed"] == 0.25 and by["coa"]["gap_closed_match"] is None
+    assert by["shared-x"]["gap_closed"] == 0.5  # what the option alone gives shared
+    assert by["per-config-x"]["gap_closed"] is None  # a baseline
+    summary = {r["method"]: r for r in headroom.headroom_summary(rows)}
+    assert summary["coa-x"]["gap_closed_match"] == 0.25 and summary["coa-x"]["gap_closed_match_std"] == 0.0
+    assert settings.HEADROOM_MATCH["coa-residual-fit"] == ("shared-residual", "per-config-residual")
+    assert all(settings.HEADROOM_VARIANTS[sh][0] == "shared" and pc in settings.HEADROOM_PER_CONFIG
+               for sh, pc in settings.HEADROOM_MATCH.values())
+
+def test_every_headroom_variant_is_a_valid_configuration_of_the_testbed():
+    from coalora.pipeline.config import load_config
+
+    for name, (method, sets) in settings.HEADROOM_VARIANTS.items():
+        cfg = load_config(settings.ROOT / settings.LOWBIT, sets)
+        assert method in ("coa", "shared"), name
+        assert cfg.lora.bank == (16 if "bank" in name else 0), name
+
+def test_exclude_trained_keeps_the_same_configurations_for_rows_and_curves():
+    # Positions count seen then unseen: 1 is seen "b" (budget 3.0), 4 is unseen "v".
+    hits = {"coa": [1, 4], "shared": [1]}
+    seen, budgets, unseen, drop = headroom.kept_configs(hits, ["a", "b", "c"], [2.75, 3.0, 3.25], ["u", "v"])
+    assert (seen, budgets, unseen) == (["a", "c"], [2.75, 3.25], ["u"])
+    assert drop == {"b": ["coa", "shared"], "v": ["coa"]}  # each dropped id names only those that trained on it
+    assert headroom.kept_configs({}, ["a"], [3.0], ["u"]) == (["a"], [3.0], ["u"], {})
+
+def test_seed_records_keep_every_calls_methods_and_leave_out_each_seeds_excluded_configs(tmp_path):
+    def row(method, seed, cid, loss):
+        return {"method": method, "seed": seed, "config_id": cid, "loss": loss}
+
+    # Seed 0: a first call with two methods; a second with one of them again (its rows replace the first's)
+    # and a new one, which trained on "b" (--exclude-trained).
+    s0 = tmp_path / "headroom-s0.json"
+    headroom.record_seed(s0, {"rows": [row("shared", 0, "a", 5.0), row("shared", 0, "b", 4.0), row("coa", 0, "a", 4.5)],
+                           "seconds": [{"method": "shared", "seed": 0, "train_seconds": 10.0}]}, {})
+    headroom.record_seed(s0, {"rows": [row("coa", 0, "a", 4.4), row("coa", 0, "b", 3.9), row("coa-bank", 0, "a", 4.0)]},
+                      {"b": ["coa-bank"]})
+    # Seed 10 (ordered after 2 by number, not by name), seed 2 with its own exclusion; a file of another
+    # kind (the testbed's seen configurations) is not a record.
+    headroom.record_seed(tmp_path / "headroom-s10.json", {"rows": [row("shared", 10, "a", 5.5)]}, {})
+    headroom.record_seed(tmp_path / "headroom-s2.json", {"rows": [row("shared", 2, "a", 5.2), row("shared", 2, "c", 5.1)]},
+                      {"c": ["coa"], "b": ["coa"]})
+    (tmp_path / "headroom-seen.json").write_text("[]")
+    tables, excluded = headroom.seed_records(tmp_path)
+    assert [(r["method"], r["seed"], r["config_id"], r["loss"]) for r in tables["rows"]] == [
+        ("shared", 0, "a", 5.0), ("coa", 0, "a", 4.4), ("coa-bank", 0, "a", 4.0),  # seed 0 without b, for all
+        ("shared", 2, "a", 5.2), ("shared", 10, "a", 5.5)]
+    assert tables["seconds"] == [{"method": "shared", "seed": 0, "train_seconds": 10.0}]  # kept by the second call
+    assert excluded == {"b": ["coa", "coa-bank"], "c": ["coa"]}
+    assert headroom.seed_records(tmp_path / "nothing") == ({}, {})
+
+def test_headroom_pairs_compare_a_variant_with_its_shared_variant_seed_by_seed(tmp_path):
+    ev = lambda *losses: [{"loss": x} for x in losses]  # noqa: E731
+    evals = {("coa-x", 0, "seen"): ev(4.0, 5.0), ("shared-x", 0, "seen"): ev(4.5, 4.9),
+             ("coa-x", 1, "seen"): ev(3.0, 3.0), ("shared-x", 1, "seen"): ev(3.5, 3.5),
+             ("coa-x", 2, "unseen"): ev(1.0)}  # seed 2 has no shared-x: no row
+    rows = headroom.headroom_pairs(evals, {"coa-x": "shared-x"})
+    assert [(r["seed"], r["set"], r["lower_on"], r["configs"]) for r in rows] == [(0, "seen", 1, 2), (1, "seen", 2, 2)]
+    assert rows[0]["difference"] == pytest.approx(-0.2) and rows[1]["loss_against"] == 3.5
+    evals[("coa-x", 1, "seen")][0]["config_id"] = "gone"
+    (_, one) = headroom.headroom_pairs(evals, {"coa-x": "shared-x"}, exclude={"gone"})
+    assert one["configs"] == 1 and one["loss"] == 3.0 and one["loss_against"] == 3.5
+    # The evaluations are found in the runs directory by name, whatever the seed.
+    st = runner.Study.__new__(runner.Study)
+    st.runs = tmp_path
+    (tmp_path / "eval-hr-coa-x-s1-unseen.json").write_text(json.dumps(ev(2.0)))
+    (tmp_path / "eval-hr-coa-x-s1-budgets.json").write_text("[]")  # not a headroom set
+    assert headroom._pair_evals(st, ["coa-x"]) == {("coa-x", 1, "unseen"): ev(2.0)}
+
+def test_learning_curves_score_each_step_on_per_configs_configurations(tmp_path):
+    assert headroom.snapshot_steps(60) == [15, 30, 45] and headroom.snapshot_steps(2) == [1]
+    row = lambda loss: {"loss": loss, "avg_bits": 3.0}  # noqa: E731
+    by_step = {
+        15: {"per-config": {"a": row(5.0), "u1": row(5.0)}, "shared": {"a": row(7.0), "u1": row(7.0), "u2": row(9.0)},
+             "coa": {"a": row(6.0), "u1": row(6.5), "u2": row(1.0)}},
+        60: {"per-config": {"a": row(4.0), "u1": row(4.0)}, "shared": {"a": row(5.0), "u1": row(5.0), "u2": row(9.0)},
+             "coa": {"a": row(4.25), "u1": row(4.5), "u2": row(1.0)}},
+    }
+    rows = headroom.headroom_curves(3, by_step, seen=["a"], budgets=[3.0], unseen=["u1", "u2"])
+    got = {(r["step"], r["method"], r["set"]): r for r in rows}
+    # u2 has no per-config adapter: it is in no curve, so every method's unseen mean is over u1 alone.
+    assert got[(15, "coa", "seen")]["mean_loss"] == 6.0 and got[(15, "coa", "seen")]["gap_closed"] == 0.5
+    assert got[(15, "coa", "unseen")]["mean_loss"] == 6.5 and got[(15, "coa", "unseen")]["gap_closed"] == 0.25
+    assert got[(60, "coa", "seen")]["gap_closed"] == 0.75 and got[(60, "shared", "unseen")]["mean_loss"] == 5.0
+    assert {r["seed"] for r in rows} == {3} and len(rows) == 2 * 3 * 2
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "report-template.md").write_text("{{headroom-curves}}\n")
+    assert report.render_report(res, tmp_path / "r.md") == "_Not run yet: `python benchmarks/study.py --parts headroom`._\n"
+    st = type("St", (), {"results": res})()
+    runner.Study.write_csv(st, "headroom-curves.csv", rows)
+    lines = report.render_report(res, tmp_path / "docs" / "results.md").splitlines()
+    assert lines[0] == "| method | set | step 15 | step 60 |"
+    assert "| coa | seen | 6.000 (G 0.50) | 4.250 (G 0.75) |" in lines
+    assert "| shared | unseen | 7.000 | 5.000 |" in lines
+
+def test_the_headroom_search_runs_a_valid_configuration_and_reports_it(tmp_path):
+    from coalora.pipeline.config import load_config
+
+    sets = settings.HEADROOM_SEARCH_SETS + settings.HEADROOM_VARIANTS[settings.HEADROOM_SEARCH_VARIANT][1]
+    cfg = load_config(settings.ROOT / settings.LOWBIT, sets + ["search.method=frozen", "run.steps_per_round=30"])
+    assert (cfg.run.rounds, cfg.search.bits_range, cfg.hypernet.residual_fit) == (4, (2.7, 4.5), 200)
+    assert set(settings.HEADROOM_SEARCH_METHODS) == {"gp", "frozen", "random-extend"}
+    res = tmp_path / "results"
+    res.mkdir()
+    write_csv(res / "headroom-search-seeds.csv",
+               "seed,method,rounds,evaluations,distinct_configs,final_set_size,final_hypervolume,seen_mean_loss,"
+               "unseen_mean_loss,train_seconds,total_seconds",
+               "0,gp,4,40,30,12,0.5,4.1,4.0,600,900", "1,gp,4,42,31,13,0.6,4.3,4.2,620,950")
+    write_csv(res / "headroom-search.csv", "method,seeds,seen_mean_loss,seen_mean_loss_std,unseen_mean_loss,"
+               "unseen_mean_loss_std,final_hypervolume,final_hypervolume_std",
+               "gp,2,4.2,0.1,4.1,0.1,0.55,0.05")
+    (res / "report-template.md").write_text("{{headroom-search}}\n")
+    lines = report.render_report(res, tmp_path / "docs" / "results.md").splitlines()
+    assert lines[2] == ("| gp | 4.100 / 4.300, 4.200 ± 0.100 | 4.000 / 4.200, 4.100 ± 0.100 | 0.500 / 0.600, "
+                        "0.550 ± 0.050 | 40 / 42 | 12 / 13 | 900 / 950 |")
+
+def test_the_headroom_search_can_run_one_method_a_call_and_keeps_the_others_rows(tmp_path, monkeypatch):
+    """``--variants gp`` then ``--variants frozen``: the second call's tables hold both methods (each run
+    is an hour on 2 cores, so they may be run in separate calls), and a method run again replaces its rows."""
+    from orchestration.store import RunStore
+
+    st = study_in(tmp_path)
+    monkeypatch.setattr(headroom, "_seen_configs", lambda st, o: st.runs / "seen.json")
+    monkeypatch.setattr(headroom, "_unseen_configs", lambda st, o: st.runs / "unseen.json")
+    monkeypatch.setattr(headroom, "trained_on", lambda runs, paths: {})
+    hv = {"gp": [0.4, 0.5], "frozen": [0.4, 0.45]}
+    ran = []
+
+    def orchestrated(name, config, sets, lm=False):
+        ran.append(name)
+        method = name.split("-")[1]
+        run = st.runs / name
+        run.mkdir(parents=True, exist_ok=True)
+        store = RunStore(run)
+        for k, h in enumerate(hv[method]):
+            store.append_round([], {"round": k, "hypervolume": h, "set_size": 8 + k, "train_seconds": 10.0,
+                                    "eval_seconds": 5.0, "search_seconds": 1.0})
+        return run
+
+    monkeypatch.setattr(st, "orchestrated", orchestrated)
+    monkeypatch.setattr(st, "evaluate", lambda name, *a: [{"loss": 4.0 if "seen" in name.split("-")[-1] else 4.5}])
+    st.variants = ["gp"]
+    headroom.headroom_search(st, [0])
+    st.variants = ["frozen"]
+    hv["gp"] = [0.1, 0.2]  # not run in this call: gp's rows must stay as the first call wrote them
+    agg = {r["method"]: r for r in headroom.headroom_search(st, [0])["headroom_search"]}
+    assert ran == ["hrs-gp-s0", "hrs-frozen-s0"]
+    assert agg["gp"]["final_hypervolume"] == pytest.approx(0.5) and agg["frozen"]["final_hypervolume"] == 0.45
+    rows = common.read_csv(st.results / "headroom-search-seeds.csv")
+    assert [(r["seed"], r["method"], r["rounds"], r["final_set_size"]) for r in rows] == [(0, "gp", 2, 9),
+                                                                                          (0, "frozen", 2, 9)]
+    assert (st.results / "headroom-search-seeds.csv").read_text().splitlines()[1].startswith("0,gp,2,")
+    curves = common.read_csv(st.results / "headroom-search-curves.csv")
+    assert [(r["method"], r["round"], r["hypervolume"]) for r in curves] == [
+        ("frozen", 0, 0.4), ("frozen", 1, 0.45), ("gp", 0, 0.4), ("gp", 1, 0.5)]
+    assert (st.results / "headroom-search.png").is_file()
+    st.variants = ["coa-bank"]
+    with pytest.raises(SystemExit, match="none of headroom-search's methods"):
+        headroom.headroom_search(st, [0])
+    st.variants = ["gp"]  # and the headroom part has no variant of that name
+    with pytest.raises(SystemExit, match="none of headroom's variants"):
+        headroom.headroom(st, [0])
+
+def test_unseen_configurations_are_compared_with_a_line_through_the_seen_ones():
+    """Through (3.0 bits, 5.0) and (3.5 bits, 4.0) the line predicts 4.5 at 3.25 bits: 4.95 there is 10 %
+    above it (seed 0), 4.5 is on it (seed 1); the mean over seeds is 5 %."""
+    rows = []
+    for seed, unseen_loss in ((0, 4.95), (1, 4.5)):
+        rows += [{"method": "coa", "seed": seed, "set": "seen", "avg_bits": 3.0, "loss": 5.0},
+                 {"method": "coa", "seed": seed, "set": "seen", "avg_bits": 3.5, "loss": 4.0},
+                 {"method": "coa", "seed": seed, "set": "unseen", "avg_bits": 3.25, "loss": unseen_loss}]
+    by_set = {r["set"]: r for r in headroom.headroom_summary(rows)}
+    assert by_set["unseen"]["unseen_vs_seen_line_pct"] == pytest.approx(5.0)
+    assert "unseen_vs_seen_line_pct" not in by_set["seen"]
+    one = [r for r in rows if not (r["set"] == "seen" and r["avg_bits"] == 3.5)]
+    assert {r["set"]: r for r in headroom.headroom_summary(one)}["unseen"]["unseen_vs_seen_line_pct"] is None
+
+def test_the_span_part_runs_each_analysis_once_and_splits_the_bank_table(tmp_path, monkeypatch):
+    st = study_in(tmp_path)
+    ran = []
+    header = "rank,set,avg_bits,shared,best_core,own_top_r,own_top_4r,reach"
+
+    def sh(cmd, log, echo=False):
+        ran.append(log)
+        csv_path = Path(cmd[cmd.index("--csv") + 1])
+        rank = cmd[cmd.index("--rank") + 1]
+        if "--bank" in cmd:
+            write_csv(csv_path, header + ",shared_bank,best_core_bank,reach_bank",
+                       f"{rank},unseen,3.1,0.99,0.98,0.89,0.68,0.15,0.98,0.96,0.35")
+        else:
+            write_csv(csv_path, header, f"{rank},unseen,3.1,0.99,0.98,0.89,0.68,0.15")
+        return ""
+
+    monkeypatch.setattr(st, "sh", sh)
+    headroom.headroom_span(st, [0])
+    assert ran == ["headroom-span-r16.log", "headroom-span-r64.log", "headroom-span-bank16.log"]
+    assert (st.results / "headroom-span.csv").read_text().splitlines()[1:] == [
+        "16,unseen,3.1,0.99,0.98,0.89,0.68,0.15", "64,unseen,3.1,0.99,0.98,0.89,0.68,0.15"]  # as the script wrote
+    headroom.headroom_span(st, [0])  # every table is there: nothing runs again
+    assert len(ran) == 3
+    (st.results / "report-template.md").write_text("{{headroom-span-bank}}\n")
+    lines = report.render_report(st.results, tmp_path / "r.md").splitlines()
+    assert lines[2] == "| 16 | unseen | 3.10 | 1.0 % | 2.0 % | 2.0 % | 4.0 % | 11.0 % | 0.15 | 0.35 |"
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_ones(tmp_path, monkeypatch,
+                                                                                    jobs):
+    """``--parts headroom-full``: the headroom part at the testbed's own size, with the same run names under
+    ``runs/study-full/`` and its tables in ``headroom-full*.csv``; the mid-size pass's tables are left as they
+    were, and the report renders the full pass from its own files. Every command is answered here (each is
+    an hour of SmolLM2): the bookkeeping around them is what is tested, with exact G. With ``--jobs 2`` the
+    trainings run side by side, then every evaluation, finals and learning curves alike (none is left to
+    run one at a time after them), and the tables are the same."""
+    import threading
+
+    from coalora.pipeline.methods import snapshot_dir
+
+    st = study_in(tmp_path)
+    st.jobs = jobs
+    mid = st.results / "headroom-summary.csv"
+    mid.write_text("method,set,mean_loss\nshared,seen,5.0\n")  # the mid-size pass's table: must stay
+    seen_ids, unseen_ids = [f"b{i}" for i in range(4)], [f"u{i}" for i in range(8)]
+    monkeypatch.setattr(headroom, "_unseen_configs", lambda st, o: _json_file(st.runs / "headroom-unseen.json",
+                                                                               unseen_ids))
+    monkeypatch.setattr(headroom, "trained_on", lambda outs, paths: {})
+    loss = {"shared": 5.0, "per-config": 4.0, "per-config-residual": 3.8, "shared-residual-random": 4.8,
+            "coa-residual-fit-random": 4.5}
+    trained, commands = [], []
+
+    def per_config_dir(out, ids):
+        _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(len(ids))], "train_seconds": 40.0})
+        for i, cid in enumerate(ids):
+            _json_file(out / f"c{i}" / "meta.json", {"trainset": [cid]})
+
+    def fake_trained(name, config, method, sets, lm=False):
+        out = st.runs / name
+        trained.append(out)
+        for k in (30, 60, 90):  # train.snapshots of 120 steps
+            snapshot_dir(out, k).mkdir(parents=True)
+        if method == "per-config":
+            _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(4)], "train_seconds": 40.0})
+            for i, cid in enumerate(seen_ids):
+                _json_file(out / f"c{i}" / "meta.json", {"trainset": [cid]})
+        else:
+            _json_file(out / "meta.json", {"train_seconds": 10.0, "trainset": []})
+        return out
+
+    def fake_coalora(*args, log, echo=False):
+        commands.append((args[0], threading.current_thread() is threading.main_thread()))
+        a = dict(zip(args[1::2], args[2::2])) if args[0] == "evaluate" else {}
+        if args[0] == "train":  # per-config's adapters for the first unseen configurations
+            out = Path(args[args.index("--out") + 1])
+            for k in (30, 60, 90):
+                snapshot_dir(out, k).mkdir(parents=True)
+            _json_file(out / "per_config.json", {"train_seconds": 30.0})
+            return ""
+        ckpt = Path(a["--checkpoint"])
+        run = next(p for p in [ckpt, *ckpt.parents] if p.name.startswith("hr-"))
+        assert run.parent == tmp_path / "runs" / "study-full", ckpt
+        method = run.name.removeprefix("hr-").removesuffix("-s0").removesuffix("-unseen")
+        step = int(ckpt.name.removeprefix("step-")) if ckpt != run else 120
+        if "--config" in a:
+            ids = seen_ids if a["--config"].endswith("configs.json") else unseen_ids
+        else:  # a per-config directory: its own adapters' configurations
+            ids = unseen_ids[:settings.HEADROOM_UNSEEN_PER_CONFIG] if "unseen" in run.name else seen_ids
+        # The loss falls by 0.01 nats a step to its final value, the same for every method.
+        return json.dumps([{"config_id": c, "avg_bits": 3.0 + i / 10, "loss": loss[method] + (120 - step) / 100}
+                           for i, c in enumerate(ids)])
+
+    monkeypatch.setattr(st, "trained", fake_trained)
+    monkeypatch.setattr(st, "coalora", fake_coalora)
+    st.variants = ["coa-residual-fit-random", "shared-residual-random"]
+    runs = st.runs
+    summary = headroom.headroom_full(st, [0])["headroom-full"]
+    assert st.runs == runs and st.logs == runs / "logs"  # the next part runs where it should
+    full = tmp_path / "runs" / "study-full"
+    assert {p.name for p in trained} == {"hr-shared-s0", "hr-per-config-s0", "hr-per-config-residual-s0",
+                                         "hr-coa-residual-fit-random-s0", "hr-shared-residual-random-s0"}
+    assert all(p.parent == full for p in trained) and (full / "headroom-s0.json").is_file()
+    # per-config and per-config-residual, each on 3 unseen configurations
+    assert [c for c, _ in commands].count("train") == 2
+    # Finals: 2 per-config methods × (budgets, unseen) + 3 others × (seen, unseen); curves: 3 snapshots of
+    # each of those 5 (HEADROOM_CURVES). With --jobs 2 every one ran in the pool, none after it.
+    assert [c for c, _ in commands].count("evaluate") == 10 * 4
+    assert all(main for _, main in commands) if jobs == 1 else not any(main for _, main in commands)
+    assert mid.read_text() == "method,set,mean_loss\nshared,seen,5.0\n"
+    assert not (st.results / "headroom.csv").exists()
+    for name in ("headroom-full.csv", "headroom-full-summary.csv", "headroom-full-pairs.csv",
+                 "headroom-full-seconds.csv", "headroom-full-excluded.csv", "headroom-full.png"):
+        assert (st.results / name).is_file(), name
+    got = {(r["method"], r["set"]): r for r in summary}
+    # G = (5.0 - 4.5) / (5.0 - 4.0); G_match = (4.8 - 4.5) / (4.8 - 3.8), on every budget and on the 3
+    # unseen configurations per-config trained for.
+    for set_name in ("seen", "unseen"):
+        assert got[("coa-residual-fit-random", set_name)]["gap_closed"] == pytest.approx(0.5)
+        assert got[("coa-residual-fit-random", set_name)]["gap_closed_match"] == pytest.approx(0.3)
+    assert got[("per-config", "unseen")]["mean_loss"] == 4.0
+    pairs = common.read_csv(st.results / "headroom-full-pairs.csv")
+    assert [(r["set"], r["configs"], r["difference"]) for r in pairs] == [("seen", 4, pytest.approx(-0.3)),
+                                                                         ("unseen", 8, pytest.approx(-0.3))]
+    curves = {(r["method"], r["set"], r["step"]): r for r in common.read_csv(st.results / "headroom-full-curves.csv")}
+    assert curves[("shared", "seen", 30)]["mean_loss"] == pytest.approx(5.9)
+    assert curves[("coa-residual-fit-random", "seen", 30)]["gap_closed"] == pytest.approx(0.5)
+    assert (st.results / "headroom-full-curves.png").is_file()
+    (st.results / "report-template.md").write_text("{{headroom-full}}\n\n{{headroom-full-curves}}\n")
+    text = report.render_report(st.results, tmp_path / "r.md")
+    line = next(x for x in text.splitlines() if x.startswith("| coa-residual-fit-random "))
+    assert "0.50" in line and "0.30" in line and "4.500" in line, line
+    line = next(x for x in text.splitlines() if x.startswith("| shared | seen |"))
+    assert line.split(" | ")[2:] == ["5.900", "5.600", "5.300", "5.000 |"], line
+
+def _json_file(path: Path, value) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return path
