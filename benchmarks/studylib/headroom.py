@@ -418,11 +418,20 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom") -> dict[str,
     return {tables: summary}
 
 
+# What sets the size of a headroom pass (and so what headroom-full keeps at the configuration's values).
+FULL_SIZE_KEYS = ("train.steps", "train.warmup_steps", "data.max_train", "data.max_eval", "eval.random",
+                  "eval.budgets", "train.snapshots")
+
+
 def headroom_full(st: Study, seeds: list[int]) -> dict[str, Any]:
     """:func:`headroom` at the testbed configuration's own size, kept apart from the mid-size pass: its runs
     (same names) under ``runs/study-full/`` (``runs/study-quick-full/`` with ``--quick``) and its tables
-    ``headroom-full*.csv`` beside ``headroom*.csv``. ``--set`` values still apply (``model.cache_gib``, say);
-    one that changes the size makes it another pass than the one the report calls full."""
+    ``headroom-full*.csv`` beside ``headroom*.csv``. ``--set`` values still apply (``model.cache_gib``, say),
+    but not one that changes the size: the report calls these tables full-size."""
+    resized = [kv for kv in st.overrides if kv.split("=", 1)[0].strip() in FULL_SIZE_KEYS]
+    if resized:
+        raise SystemExit(f"study: headroom-full runs the testbed at its configuration's own size; --set "
+                         f"{' '.join(resized)} changes it (the headroom part takes a smaller size)")
     saved = st.runs, st.logs, st.excluded
     st.runs = st.runs.with_name(st.runs.name + "-full")
     st.logs = st.runs / "logs"

@@ -360,3 +360,13 @@ def _json_file(path: Path, value) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value))
     return path
+
+
+def test_the_full_size_pass_refuses_a_set_that_changes_its_size(tmp_path):
+    """``--parts headroom-full --set train.steps=60`` would write a mid-size pass into the full-size tables:
+    refused before anything runs; a --set that leaves the size alone (the weight cache's cap) is taken."""
+    st = study_in(tmp_path)
+    st.overrides = ["model.cache_gib=1.5", "train.steps=60", "data.max_eval = 32"]
+    with pytest.raises(SystemExit, match=r"--set train.steps=60 data.max_eval = 32 changes it"):
+        headroom.headroom_full(st, [0])
+    assert not (tmp_path / "runs" / "study-full").exists()
