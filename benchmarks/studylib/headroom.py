@@ -8,9 +8,10 @@ import csv
 import functools
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -246,45 +247,89 @@ def _unseen_configs(st: Study, overrides: list[str]) -> Path:
     return path
 
 
-def _train_unseen_per_config(st: Study, name: str, sets: list[str], configs: Path) -> Path:
-    """Per-config's adapters for the first :data:`HEADROOM_UNSEEN_PER_CONFIG` unseen configurations
-    (``configs``) into ``runs/<study>/<name>`` (skipped when it is there)."""
-    out = st.runs / name
-    if (out / "per_config.json").is_file():
-        st.reuse(f"train-{name}.log")
-        return out
-    st.coalora("train", "--config", LOWBIT, "--method", "per-config", "--configs", str(configs), "--out", str(out),
-               "--overwrite", "--json", *st.sets(sets, lm=True), log=f"train-{name}.log", echo=True)
+def _unit_evaluations(st: Study, unit: str, per_config: bool, curve: bool, snaps: list[int], seen_path: Path,
+                      unseen_path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """Every ``coalora evaluate`` of one training output ``runs/<study>/<unit>``, as (cache name, arguments):
+    its final, then (``curve``: a method of :data:`HEADROOM_CURVES`) each snapshot, when it has them all.
+    A per-config output is evaluated on its own adapters' configurations (``<unit>[-step<k>]``), any other
+    on the seen and unseen files (``<unit>-<set>[-step<k>]``): the names :func:`headroom` and
+    :func:`_headroom_curve` read back."""
+    from coalora.pipeline.methods import snapshot_dir
+
+    out = st.runs / unit
+    steps: list[int | None] = [None]
+    if curve and all(snapshot_dir(out, k).is_dir() for k in snaps):  # else no curve (made without snapshots)
+        steps += snaps
+    calls: list[tuple[str, tuple[str, ...]]] = []
+    for k in steps:
+        ckpt, suffix = (out, "") if k is None else (snapshot_dir(out, k), f"-step{k}")
+        if per_config:
+            calls.append((f"{unit}{suffix}", ("--checkpoint", str(ckpt))))
+        else:
+            calls += [(f"{unit}-{set_name}{suffix}", ("--checkpoint", str(ckpt), "--config", str(path)))
+                      for set_name, path in (("seen", seen_path), ("unseen", unseen_path))]
+    return calls
+
+
+def _train_and_evaluate(st: Study, unit: str, train: functools.partial, evaluations: Callable[[], list],
+                        keep: Path | None) -> Path:
+    """One unit of a headroom seed: a training, then every evaluation of its output; with ``keep``, the
+    finished unit is then kept there (:func:`keep_unit`), so a pass stopped later loses none of it."""
+    out = train()
+    calls = evaluations()
+    for name, args in calls:
+        st.evaluate(name, *args)
+    if keep is not None:
+        keep_unit(st.runs, keep, unit, [name for name, _ in calls])
     return out
 
 
-def _headroom_evaluations(st: Study, seed: int, outs: dict[str, Path], per_configs: list[str], snaps: list[int],
-                          seen_path: Path, unseen_path: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """Every ``coalora evaluate`` the headroom part makes for one seed, as (cache name, arguments): the
-    finals of :func:`headroom` and the snapshots of :func:`_headroom_curve`, which make the same calls."""
-    calls: list[tuple[str, tuple[str, ...]]] = []
+# What a kept unit leaves out: the weights (a checkpoint's tensors, its snapshots', the optimizer's moments).
+WEIGHTS = "*.safetensors"
 
-    def of(m: str, path: Path, suffix: str = "") -> None:
-        if m in per_configs:  # its adapters, on their own configurations
-            calls.append((f"hr-{m}-s{seed}{suffix}", ("--checkpoint", str(path))))
-            unseen = st.runs / f"hr-{m}-unseen-s{seed}"
-            if suffix:
-                unseen = snapshot_dir(unseen, int(suffix.removeprefix("-step")))
-            calls.append((f"hr-{m}-unseen-s{seed}{suffix}", ("--checkpoint", str(unseen))))
-        else:
-            calls.extend((f"hr-{m}-s{seed}-{set_name}{suffix}", ("--checkpoint", str(path), "--config", str(c)))
-                         for set_name, c in (("seen", seen_path), ("unseen", unseen_path)))
 
-    from coalora.pipeline.methods import snapshot_dir
+def keep_unit(runs: Path, keep: Path, unit: str, evaluations: list[str]) -> None:
+    """Copy a finished unit (a training output and its evaluations) from ``runs`` into ``keep``, a directory
+    that is committed: everything of ``runs/<unit>`` but its weights (metadata, training sets, times,
+    snapshot indexes), its evaluations' cached rows and the logs of its commands. A pass resumed on another
+    machine (:func:`restore_units`) then needs neither its training nor its evaluations again.
 
-    for m, out in outs.items():
-        of(m, out)
-    curves = [m for m in HEADROOM_CURVES if m in outs]
-    if all(snapshot_dir(outs[m], k).is_dir() for m in curves for k in snaps):  # else no curve at all
-        for m in curves:
-            for k in snaps:
-                of(m, snapshot_dir(outs[m], k), f"-step{k}")
-    return calls
+    The unit's directory is renamed into place last: it is in ``keep`` only when all it needs is."""
+    logs = keep / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in evaluations:
+        shutil.copy2(runs / f"eval-{name}.json", keep / f"eval-{name}.json")
+    for log in [f"train-{unit}.log", *(f"eval-{name}.log" for name in evaluations)]:
+        if (runs / "logs" / log).is_file():  # an evaluation cached by an earlier call may have no log here
+            shutil.copy2(runs / "logs" / log, logs / log)
+    for name in ("headroom-seen.json", "headroom-unseen.json"):
+        if (runs / name).is_file() and not (keep / name).is_file():
+            shutil.copy2(runs / name, keep / name)
+    partial = keep / f".{unit}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(runs / unit, partial, ignore=shutil.ignore_patterns(WEIGHTS))
+    shutil.rmtree(keep / unit, ignore_errors=True)
+    partial.rename(keep / unit)
+    print(f"   kept {unit} ({len(evaluations)} evaluations) in {keep}", flush=True)
+
+
+def restore_units(keep: Path, runs: Path) -> list[str]:
+    """Put what :func:`keep_unit` kept back into ``runs`` where ``runs`` lacks it (nothing there is
+    overwritten); returns the units restored. A restored unit has no weights: its training and evaluations
+    are skipped because their outputs are there."""
+    if not keep.is_dir():
+        return []
+    restored = []
+    for unit in sorted(p for p in keep.iterdir() if p.is_dir() and p.name.startswith("hr-")):
+        if not (runs / unit.name).exists():
+            shutil.copytree(unit, runs / unit.name)
+            restored.append(unit.name)
+    for path in [*keep.glob("*.json"), *(keep / "logs").glob("*.log")]:
+        dest = runs / path.relative_to(keep)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
+    return restored
 
 
 def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int], steps: int,
@@ -318,7 +363,7 @@ def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int
     return headroom_curves(seed, by_step, seen_ids, budgets, unseen_ids)
 
 
-def headroom(st: Study, seeds: list[int], tables: str = "headroom") -> dict[str, Any]:
+def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path | None = None) -> dict[str, Any]:
     """The testbed where quantization hurts (issue #15): shared, per-config and coa's variants on SmolLM2 at
     2.75–3.5 bits; the gap closed per budget and on random unseen configurations.
 
@@ -332,26 +377,44 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom") -> dict[str,
     quick = QUICK_HEADROOM if st.quick else []
     overrides = st.overrides_for(lm=True) + quick
     cfg = load_config(ROOT / LOWBIT, overrides)
+    if keep is not None:  # first: the kept runs hold the configurations they were evaluated on
+        restored = restore_units(keep, st.runs)
+        if restored:
+            print(f"   restored {len(restored)} finished units from {keep}: {' '.join(restored)}", flush=True)
     unseen_path = _unseen_configs(st, overrides)
     unseen_some = st.runs / "headroom-unseen-per-config.json"
     unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
     per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
         pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
     snaps = snapshot_steps(cfg.train.steps)
+    # The allocations at eval.budgets, which per-config trains for (checked below): known before any
+    # training, so each method's evaluations follow its own training.
+    seen_path = _seen_configs(st, overrides)
     for seed in seeds:
         base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
-        # Every training of the seed is independent of the others: --jobs runs them side by side.
-        trained = st.run_all({
-            **{m: functools.partial(st.trained, f"hr-{m}-s{seed}", LOWBIT, method, base + sets, lm=True)
-               for m, (method, sets) in plan.items()},
-            **{f"{m}-unseen": functools.partial(_train_unseen_per_config, st, f"hr-{m}-unseen-s{seed}",
-                                                base + sets, unseen_some) for m, sets in per_configs.items()}})
+
+        def unit(name: str, method: str, sets: list[str], per_config: bool, curve: bool,
+                 extra: tuple[str, ...] = (), base: list[str] = base) -> functools.partial:
+            return functools.partial(
+                _train_and_evaluate, st, name,
+                functools.partial(st.trained, name, LOWBIT, method, base + sets, lm=True, extra=extra),
+                functools.partial(_unit_evaluations, st, name, per_config, curve, snaps, seen_path, unseen_path),
+                keep)
+
+        # Units of the seed (a training, then its evaluations) are independent: --jobs runs them side by
+        # side; each per-config method's unseen adapters follow it.
+        units: dict[str, functools.partial] = {}
+        for m, (method, sets) in plan.items():
+            units[m] = unit(f"hr-{m}-s{seed}", method, sets, m in per_configs, m in HEADROOM_CURVES)
+            if m in per_configs:
+                units[f"{m}-unseen"] = unit(f"hr-{m}-unseen-s{seed}", method, sets, True, m in HEADROOM_CURVES,
+                                            ("--configs", str(unseen_some)))
+        trained = st.run_all(units)
         outs = {m: trained[m] for m in plan}
-        seen_path = per_config_configs(outs["per-config"])  # the allocations at eval.budgets, in order
-        # So are the evaluations: made here side by side, then read back from their cache below.
-        st.run_all({name: functools.partial(st.evaluate, name, *args) for name, args in _headroom_evaluations(
-            st, seed, outs, list(per_configs), snaps, seen_path, unseen_path)})
+        if json.loads(per_config_configs(outs["per-config"]).read_text()) != json.loads(seen_path.read_text()):
+            raise SystemExit(f"study: {outs['per-config']} trained for other allocations than {seen_path} holds "
+                             "(a stale file from another configuration? delete it and run again)")
         losses = {}
         seconds: list[dict[str, Any]] = []  # this seed's training times (its record holds them)
         for m, sets in per_configs.items():
@@ -437,7 +500,7 @@ def headroom_full(st: Study, seeds: list[int]) -> dict[str, Any]:
     st.logs = st.runs / "logs"
     st.logs.mkdir(parents=True, exist_ok=True)
     try:
-        return headroom(st, seeds, tables="headroom-full")
+        return headroom(st, seeds, tables="headroom-full", keep=st.results / "headroom-full-runs")
     finally:
         st.runs, st.logs, st.excluded = saved
 

@@ -195,13 +195,14 @@ class Study:
         self.sh(cmd, f"run-{name}.log", echo=True)
         return run_dir
 
-    def trained(self, name: str, config: str, method: str, sets: list[str], lm: bool = False) -> Path:
-        """``coalora train --method M`` into ``runs/<study>/<name>`` (skipped when it is there)."""
+    def trained(self, name: str, config: str, method: str, sets: list[str], lm: bool = False,
+                extra: Sequence[str] = ()) -> Path:
+        """``coalora train --method M [extra]`` into ``runs/<study>/<name>`` (skipped when it is there)."""
         out = self.runs / name
         if (out / "meta.json").is_file() or (out / "per_config.json").is_file():
             self.reuse(f"train-{name}.log")
             return out
-        self.coalora("train", "--config", config, "--method", method, "--out", str(out), "--overwrite",
+        self.coalora("train", "--config", config, "--method", method, *extra, "--out", str(out), "--overwrite",
                      "--json", *self.sets(sets, lm), log=f"train-{name}.log", echo=True)
         return out
 

@@ -255,81 +255,33 @@ def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_on
     """``--parts headroom-full``: the headroom part at the testbed's own size, with the same run names under
     ``runs/study-full/`` and its tables in ``headroom-full*.csv``; the mid-size pass's tables are left as they
     were, and the report renders the full pass from its own files. Every command is answered here (each is
-    an hour of SmolLM2): the bookkeeping around them is what is tested, with exact G. With ``--jobs 2`` the
-    trainings run side by side, then every evaluation, finals and learning curves alike (none is left to
-    run one at a time after them), and the tables are the same."""
-    import threading
-
-    from coalora.pipeline.methods import snapshot_dir
-
+    an hour of SmolLM2): the bookkeeping around them is what is tested, with exact G. Each method's
+    evaluations, finals and learning curves alike, follow its own training; with ``--jobs 2`` those units
+    run side by side (no evaluation is left to run one at a time after them), and the tables are the same."""
     st = study_in(tmp_path)
     st.jobs = jobs
     mid = st.results / "headroom-summary.csv"
     mid.write_text("method,set,mean_loss\nshared,seen,5.0\n")  # the mid-size pass's table: must stay
-    seen_ids, unseen_ids = [f"b{i}" for i in range(4)], [f"u{i}" for i in range(8)]
-    monkeypatch.setattr(headroom, "_unseen_configs", lambda st, o: _json_file(st.runs / "headroom-unseen.json",
-                                                                               unseen_ids))
-    monkeypatch.setattr(headroom, "trained_on", lambda outs, paths: {})
-    loss = {"shared": 5.0, "per-config": 4.0, "per-config-residual": 3.8, "shared-residual-random": 4.8,
-            "coa-residual-fit-random": 4.5}
-    trained, commands = [], []
-
-    def per_config_dir(out, ids):
-        _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(len(ids))], "train_seconds": 40.0})
-        for i, cid in enumerate(ids):
-            _json_file(out / f"c{i}" / "meta.json", {"trainset": [cid]})
-
-    def fake_trained(name, config, method, sets, lm=False):
-        out = st.runs / name
-        trained.append(out)
-        for k in (30, 60, 90):  # train.snapshots of 120 steps
-            snapshot_dir(out, k).mkdir(parents=True)
-        if method == "per-config":
-            _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(4)], "train_seconds": 40.0})
-            for i, cid in enumerate(seen_ids):
-                _json_file(out / f"c{i}" / "meta.json", {"trainset": [cid]})
-        else:
-            _json_file(out / "meta.json", {"train_seconds": 10.0, "trainset": []})
-        return out
-
-    def fake_coalora(*args, log, echo=False):
-        commands.append((args[0], threading.current_thread() is threading.main_thread()))
-        a = dict(zip(args[1::2], args[2::2])) if args[0] == "evaluate" else {}
-        if args[0] == "train":  # per-config's adapters for the first unseen configurations
-            out = Path(args[args.index("--out") + 1])
-            for k in (30, 60, 90):
-                snapshot_dir(out, k).mkdir(parents=True)
-            _json_file(out / "per_config.json", {"train_seconds": 30.0})
-            return ""
-        ckpt = Path(a["--checkpoint"])
-        run = next(p for p in [ckpt, *ckpt.parents] if p.name.startswith("hr-"))
-        assert run.parent == tmp_path / "runs" / "study-full", ckpt
-        method = run.name.removeprefix("hr-").removesuffix("-s0").removesuffix("-unseen")
-        step = int(ckpt.name.removeprefix("step-")) if ckpt != run else 120
-        if "--config" in a:
-            ids = seen_ids if a["--config"].endswith("configs.json") else unseen_ids
-        else:  # a per-config directory: its own adapters' configurations
-            ids = unseen_ids[:settings.HEADROOM_UNSEEN_PER_CONFIG] if "unseen" in run.name else seen_ids
-        # The loss falls by 0.01 nats a step to its final value, the same for every method.
-        return json.dumps([{"config_id": c, "avg_bits": 3.0 + i / 10, "loss": loss[method] + (120 - step) / 100}
-                           for i, c in enumerate(ids)])
-
-    monkeypatch.setattr(st, "trained", fake_trained)
-    monkeypatch.setattr(st, "coalora", fake_coalora)
+    trained, commands = _answer_the_full_pass(st, monkeypatch)
     st.variants = ["coa-residual-fit-random", "shared-residual-random"]
     runs = st.runs
     summary = headroom.headroom_full(st, [0])["headroom-full"]
     assert st.runs == runs and st.logs == runs / "logs"  # the next part runs where it should
     full = tmp_path / "runs" / "study-full"
+    # per-config and per-config-residual, each also on 3 unseen configurations
     assert {p.name for p in trained} == {"hr-shared-s0", "hr-per-config-s0", "hr-per-config-residual-s0",
-                                         "hr-coa-residual-fit-random-s0", "hr-shared-residual-random-s0"}
+                                         "hr-coa-residual-fit-random-s0", "hr-shared-residual-random-s0",
+                                         "hr-per-config-unseen-s0", "hr-per-config-residual-unseen-s0"}
     assert all(p.parent == full for p in trained) and (full / "headroom-s0.json").is_file()
-    # per-config and per-config-residual, each on 3 unseen configurations
-    assert [c for c, _ in commands].count("train") == 2
     # Finals: 2 per-config methods × (budgets, unseen) + 3 others × (seen, unseen); curves: 3 snapshots of
     # each of those 5 (HEADROOM_CURVES). With --jobs 2 every one ran in the pool, none after it.
-    assert [c for c, _ in commands].count("evaluate") == 10 * 4
-    assert all(main for _, main in commands) if jobs == 1 else not any(main for _, main in commands)
+    assert [c for c, _, _ in commands].count("evaluate") == 10 * 4
+    assert all(main for _, main, _ in commands) if jobs == 1 else not any(main for _, main, _ in commands)
+    # Each unit's evaluations follow its own training (with one job, before the next training starts).
+    logs = [log for _, _, log in commands]
+    assert logs.index("eval-hr-shared-s0-unseen-step90.log") < logs.index("train-hr-per-config-s0.log") or jobs > 1
+    assert logs.index("train-hr-coa-residual-fit-random-s0.log") < logs.index(
+        "eval-hr-coa-residual-fit-random-s0-seen.log")
     assert mid.read_text() == "method,set,mean_loss\nshared,seen,5.0\n"
     assert not (st.results / "headroom.csv").exists()
     for name in ("headroom-full.csv", "headroom-full-summary.csv", "headroom-full-pairs.csv",
@@ -355,6 +307,114 @@ def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_on
     assert "0.50" in line and "0.30" in line and "4.500" in line, line
     line = next(x for x in text.splitlines() if x.startswith("| shared | seen |"))
     assert line.split(" | ")[2:] == ["5.900", "5.600", "5.300", "5.000 |"], line
+
+def test_a_full_size_pass_stopped_midway_resumes_on_another_machine_from_what_it_kept(tmp_path, monkeypatch):
+    """A seed of the full pass is hours; the machine may go before it ends, taking ``runs/`` with it. Each
+    finished unit (a training and every evaluation of it) is kept, without its weights, in
+    ``benchmarks/results/study/headroom-full-runs/``, which is committed. A later call on a machine with no
+    runs at all restores those units and runs only the rest; the tables are those of an unbroken pass."""
+    import shutil
+
+    from coalora.pipeline.methods import snapshot_dir
+
+    variants = ["coa-residual-fit-random", "shared-residual-random"]
+    st = study_in(tmp_path)
+    trained, _ = _answer_the_full_pass(st, monkeypatch, fail=("eval-hr-per-config-residual-s0-step60.log",))
+    st.variants = variants
+    with pytest.raises(SystemExit, match="eval-hr-per-config-residual-s0-step60"):
+        headroom.headroom_full(st, [0])
+    keep = st.results / "headroom-full-runs"
+    # One job: shared, per-config and its unseen adapters finished before per-config-residual's evaluation
+    # failed, and nothing started after it.
+    assert sorted(p.name for p in keep.iterdir() if p.is_dir() and p.name != "logs") == [
+        "hr-per-config-s0", "hr-per-config-unseen-s0", "hr-shared-s0"]
+    assert len(trained) == 4 and not list(keep.rglob("*.safetensors"))
+    assert (keep / "hr-shared-s0" / "meta.json").is_file() and snapshot_dir(keep / "hr-shared-s0", 90).is_dir()
+    assert len(list(keep.glob("eval-*.json"))) == 8 + 4 + 4  # shared: 2 sets × 4 steps; per-config: 4 steps × 2
+    assert (keep / "logs" / "train-hr-shared-s0.log").is_file() and (keep / "logs" / "eval-hr-shared-s0-seen.log").is_file()
+    assert not (keep / "eval-hr-per-config-residual-s0.json").exists()  # its unit did not finish
+    # Another machine: a clone holds the kept directory and nothing of runs/.
+    shutil.rmtree(tmp_path / "runs")
+    st = study_in(tmp_path)
+    trained, commands = _answer_the_full_pass(st, monkeypatch)
+    st.variants = variants
+    summary = headroom.headroom_full(st, [0])["headroom-full"]
+    assert sorted(p.name for p in trained) == ["hr-coa-residual-fit-random-s0", "hr-per-config-residual-s0",
+                                               "hr-per-config-residual-unseen-s0", "hr-shared-residual-random-s0"]
+    ran = [log for _, _, log in commands]
+    assert not any(u in log for log in ran for u in ("hr-shared-s0", "hr-per-config-s0", "hr-per-config-unseen-s0"))
+    assert len(ran) == 4 + 8 + 4 + 4 + 8  # the 4 trainings left and their evaluations
+    got = {(r["method"], r["set"]): r for r in summary}
+    for set_name in ("seen", "unseen"):  # as in an unbroken pass
+        assert got[("coa-residual-fit-random", set_name)]["gap_closed"] == pytest.approx(0.5)
+        assert got[("coa-residual-fit-random", set_name)]["gap_closed_match"] == pytest.approx(0.3)
+    curves = {(r["method"], r["set"], r["step"]): r for r in common.read_csv(st.results / "headroom-full-curves.csv")}
+    assert curves[("shared", "seen", 30)]["mean_loss"] == pytest.approx(5.9)
+    assert len([p for p in keep.iterdir() if p.is_dir() and p.name != "logs"]) == 7
+    logged = {c["log"].rsplit("/", 1)[1] for c in st.manifest["commands"]}  # the restored commands too
+    assert {"train-hr-shared-s0.log", "eval-hr-per-config-unseen-s0-step90.log"} <= logged
+    seconds = {r["method"]: r["train_seconds"] for r in common.read_csv(st.results / "headroom-full-seconds.csv")}
+    assert seconds["shared"] == 10.0 and seconds["per-config"] == 40.0  # read from the restored metadata
+
+
+def _answer_the_full_pass(st, monkeypatch, fail: tuple[str, ...] = ()) -> tuple[list[Path], list[tuple]]:
+    """Answer the full-size pass's commands as SmolLM2 would in hours: every training writes what the tables
+    read (with weights), every evaluation of a method returns its loss, falling by 0.01 nats a step to its
+    final value; an evaluation whose log is in ``fail`` fails. Returns the trainings' outputs and the
+    commands (name, run on the main thread?, log), as they ran."""
+    import threading
+
+    from coalora.pipeline.methods import snapshot_dir
+
+    seen_ids, unseen_ids = [f"b{i}" for i in range(4)], [f"u{i}" for i in range(8)]
+    monkeypatch.setattr(headroom, "_unseen_configs", lambda st, o: _json_file(st.runs / "headroom-unseen.json",
+                                                                               unseen_ids))
+    monkeypatch.setattr(headroom, "_seen_configs", lambda st, o: _json_file(st.runs / "headroom-seen.json",
+                                                                           [[c] for c in seen_ids]))
+    monkeypatch.setattr(headroom, "trained_on", lambda outs, paths: {})
+    loss = {"shared": 5.0, "per-config": 4.0, "per-config-residual": 3.8, "shared-residual-random": 4.8,
+            "coa-residual-fit-random": 4.5}
+    trained, commands = [], []
+
+    def fake_coalora(*args, log, echo=False):
+        commands.append((args[0], threading.current_thread() is threading.main_thread(), log))
+        if log not in fail:  # as Study.sh leaves it
+            (st.logs / log).write_text(f"$ coalora {' '.join(args)}\n# exit 0 after 60 s\n")
+        a = dict(zip(args[1::2], args[2::2])) if args[0] == "evaluate" else {}
+        if args[0] == "train":  # Study.trained's command: what it writes is what the tables read
+            out = Path(args[args.index("--out") + 1])
+            trained.append(out)
+            for k in (30, 60, 90):  # train.snapshots of 120 steps
+                snapshot_dir(out, k).mkdir(parents=True)
+                (snapshot_dir(out, k) / "trainable.safetensors").write_bytes(b"weights")
+            if "--configs" in args:  # per-config's adapters for the first unseen configurations
+                _json_file(out / "per_config.json", {"train_seconds": 30.0})
+            elif args[args.index("--method") + 1] == "per-config":
+                _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(4)], "train_seconds": 40.0})
+                for i, cid in enumerate(seen_ids):
+                    _json_file(out / f"c{i}" / "meta.json", {"trainset": [[cid]]})
+            else:
+                _json_file(out / "meta.json", {"train_seconds": 10.0, "trainset": []})
+                (out / "trainable.safetensors").write_bytes(b"weights")
+            return ""
+        if log in fail:
+            raise SystemExit(f"study: command failed ({log})")
+        ckpt = Path(a["--checkpoint"])
+        run = next(p for p in [ckpt, *ckpt.parents] if p.name.startswith("hr-"))
+        assert run.parent == st.root / "runs" / "study-full", ckpt
+        method = run.name.removeprefix("hr-").removesuffix("-s0").removesuffix("-unseen")
+        step = int(ckpt.name.removeprefix("step-")) if ckpt != run else 120
+        if "--config" in a:
+            ids = seen_ids if a["--config"].endswith("headroom-seen.json") else unseen_ids
+        else:  # a per-config directory: its own adapters' configurations
+            ids = unseen_ids[:settings.HEADROOM_UNSEEN_PER_CONFIG] if "unseen" in run.name else seen_ids
+        # The loss falls by 0.01 nats a step to its final value, the same for every method.
+        return json.dumps([{"config_id": c, "avg_bits": 3.0 + i / 10, "loss": loss[method] + (120 - step) / 100}
+                           for i, c in enumerate(ids)])
+
+    monkeypatch.setattr(st, "coalora", fake_coalora)
+    return trained, commands
+
 
 def _json_file(path: Path, value) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
