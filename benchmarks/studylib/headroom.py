@@ -11,7 +11,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -247,41 +247,63 @@ def _unseen_configs(st: Study, overrides: list[str]) -> Path:
     return path
 
 
-def _unit_evaluations(st: Study, unit: str, per_config: bool, curve: bool, snaps: list[int], seen_path: Path,
-                      unseen_path: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """Every ``coalora evaluate`` of one training output ``runs/<study>/<unit>``, as (cache name, arguments):
-    its final, then (``curve``: a method of :data:`HEADROOM_CURVES`) each snapshot, when it has them all.
-    A per-config output is evaluated on its own adapters' configurations (``<unit>[-step<k>]``), any other
-    on the seen and unseen files (``<unit>-<set>[-step<k>]``): the names :func:`headroom` and
-    :func:`_headroom_curve` read back."""
+class Evaluation(NamedTuple):
+    """One ``coalora evaluate`` of a headroom unit: at ``step`` (None: the final checkpoint), on the ``set``
+    (``seen`` or ``unseen``) of configurations, cached as ``eval-<name>.json``."""
+
+    step: int | None
+    set: str
+    name: str
+    args: tuple[str, ...]
+
+
+class Unit(NamedTuple):
+    """A finished unit of a headroom seed: its training output and its evaluations' rows by (step, set)."""
+
+    out: Path
+    evals: dict[tuple[int | None, str], list[dict[str, Any]]]
+
+    def rows(self, step: int | None = None) -> list[dict[str, Any]]:
+        """Every row at ``step`` (None: the final), seen then unseen."""
+        return [r for s in ("seen", "unseen") for r in self.evals.get((step, s), [])]
+
+
+def _unit_evaluations(st: Study, unit: str, own: str | None, curve: bool, snaps: list[int], seen_path: Path,
+                      unseen_path: Path) -> list[Evaluation]:
+    """Every ``coalora evaluate`` of one training output ``runs/<study>/<unit>``: its final, then (``curve``:
+    a method of :data:`HEADROOM_CURVES`) each snapshot, when it has them all (runs made before
+    ``train.snapshots`` existed have none). A per-config output is evaluated on its own adapters'
+    configurations, which are the ``own`` set (``<unit>[-step<k>]``); any other on the seen and the unseen
+    files (``<unit>-<set>[-step<k>]``). The only place the cache names are made."""
     from coalora.pipeline.methods import snapshot_dir
 
     out = st.runs / unit
     steps: list[int | None] = [None]
-    if curve and all(snapshot_dir(out, k).is_dir() for k in snaps):  # else no curve (made without snapshots)
+    if curve and all(snapshot_dir(out, k).is_dir() for k in snaps):
         steps += snaps
-    calls: list[tuple[str, tuple[str, ...]]] = []
+    calls: list[Evaluation] = []
     for k in steps:
         ckpt, suffix = (out, "") if k is None else (snapshot_dir(out, k), f"-step{k}")
-        if per_config:
-            calls.append((f"{unit}{suffix}", ("--checkpoint", str(ckpt))))
+        if own is not None:
+            calls.append(Evaluation(k, own, f"{unit}{suffix}", ("--checkpoint", str(ckpt))))
         else:
-            calls += [(f"{unit}-{set_name}{suffix}", ("--checkpoint", str(ckpt), "--config", str(path)))
+            calls += [Evaluation(k, set_name, f"{unit}-{set_name}{suffix}",
+                                 ("--checkpoint", str(ckpt), "--config", str(path)))
                       for set_name, path in (("seen", seen_path), ("unseen", unseen_path))]
     return calls
 
 
-def _train_and_evaluate(st: Study, unit: str, train: functools.partial, evaluations: Callable[[], list],
-                        keep: Path | None) -> Path:
-    """One unit of a headroom seed: a training, then every evaluation of its output; with ``keep``, the
-    finished unit is then kept there (:func:`keep_unit`), so a pass stopped later loses none of it."""
+def _train_and_evaluate(st: Study, unit: str, train: Callable[[], Path], evaluations: Callable[[], list[Evaluation]],
+                        keep: Path | None) -> Unit:
+    """One unit of a headroom seed: a training, then every evaluation of its output (listed once it is
+    trained: the snapshots are looked for); with ``keep``, the finished unit is then kept there
+    (:func:`keep_unit`), so a pass stopped later loses none of it."""
     out = train()
     calls = evaluations()
-    for name, args in calls:
-        st.evaluate(name, *args)
+    evals = {(e.step, e.set): st.evaluate(e.name, *e.args) for e in calls}
     if keep is not None:
-        keep_unit(st.runs, keep, unit, [name for name, _ in calls])
-    return out
+        keep_unit(st.runs, keep, unit, [e.name for e in calls])
+    return Unit(out, evals)
 
 
 # What a kept unit leaves out: the weights (a checkpoint's tensors, its snapshots', the optimizer's moments).
@@ -332,33 +354,22 @@ def restore_units(keep: Path, runs: Path) -> list[str]:
     return restored
 
 
-def _headroom_curve(st: Study, seed: int, outs: dict[str, Path], snaps: list[int], steps: int,
+def _headroom_curve(seed: int, units: dict[str, Unit], methods: list[str], snaps: list[int], steps: int,
                     final: dict[str, dict[str, dict[str, Any]]], seen_ids: list[str], budgets: list[float],
-                    unseen_ids: list[str], seen_path: Path, unseen_path: Path) -> list[dict[str, Any]]:
-    """One seed's learning curves: the snapshots of :data:`HEADROOM_CURVES` evaluated like the finals (a
-    per-config snapshot on its adapters' own configurations, seen and unseen). Runs made without
-    snapshots (before ``train.snapshots`` existed) give no curve, and the log says so."""
-    from coalora.pipeline.methods import snapshot_dir
-
-    methods = [m for m in HEADROOM_CURVES if m in outs]
-    by_step: dict[int, dict[str, dict[str, dict[str, Any]]]] = {steps: {m: final[m] for m in methods}}
-    # Checked before any is evaluated: a curve with a method missing is no curve (and no wasted evaluation).
-    missing = [(m, k) for m in methods for k in snaps if not snapshot_dir(outs[m], k).is_dir()]
+                    unseen_ids: list[str]) -> list[dict[str, Any]]:
+    """One seed's learning curves: the snapshots of ``methods`` (those of :data:`HEADROOM_CURVES` in the
+    seed), evaluated like the finals (a per-config snapshot on its adapters' own configurations, seen and
+    unseen; ``units`` holds per-config's unseen adapters as ``<method>-unseen``). A method without every
+    snapshot (a run made before ``train.snapshots`` existed) means no curve, and the log says so."""
+    missing = [(m, k) for m in methods for k in snaps if not units[m].rows(k)]
     if missing:
         m, k = missing[0]
-        print(f"   {outs[m].name}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
+        print(f"   {units[m].out.name}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
         return []
+    by_step: dict[int, dict[str, dict[str, dict[str, Any]]]] = {steps: {m: final[m] for m in methods}}
     for m in methods:
         for k in snaps:
-            snap = snapshot_dir(outs[m], k)
-            if m.startswith("per-config"):
-                got = st.evaluate(f"hr-{m}-s{seed}-step{k}", "--checkpoint", str(snap))
-                got += st.evaluate(f"hr-{m}-unseen-s{seed}-step{k}", "--checkpoint",
-                                   str(snapshot_dir(st.runs / f"hr-{m}-unseen-s{seed}", k)))
-            else:
-                got = [r for set_name, path in (("seen", seen_path), ("unseen", unseen_path))
-                       for r in st.evaluate(f"hr-{m}-s{seed}-{set_name}-step{k}", "--checkpoint", str(snap),
-                                            "--config", str(path))]
+            got = units[m].rows(k) + (units[f"{m}-unseen"].rows(k) if f"{m}-unseen" in units else [])
             by_step.setdefault(k, {})[m] = {r["config_id"]: r for r in got}
     return headroom_curves(seed, by_step, seen_ids, budgets, unseen_ids)
 
@@ -394,51 +405,48 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
         base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
 
-        def unit(name: str, method: str, sets: list[str], per_config: bool, curve: bool,
+        def unit(name: str, method: str, sets: list[str], own: str | None, curve: bool,
                  extra: tuple[str, ...] = (), base: list[str] = base) -> functools.partial:
             return functools.partial(
                 _train_and_evaluate, st, name,
                 functools.partial(st.trained, name, LOWBIT, method, base + sets, lm=True, extra=extra),
-                functools.partial(_unit_evaluations, st, name, per_config, curve, snaps, seen_path, unseen_path),
+                functools.partial(_unit_evaluations, st, name, own, curve, snaps, seen_path, unseen_path),
                 keep)
 
         # Units of the seed (a training, then its evaluations) are independent: --jobs runs them side by
-        # side; each per-config method's unseen adapters follow it.
-        units: dict[str, functools.partial] = {}
+        # side; each per-config method's adapters for unseen configurations follow it.
+        todo: dict[str, functools.partial] = {}
         for m, (method, sets) in plan.items():
-            units[m] = unit(f"hr-{m}-s{seed}", method, sets, m in per_configs, m in HEADROOM_CURVES)
-            if m in per_configs:
-                units[f"{m}-unseen"] = unit(f"hr-{m}-unseen-s{seed}", method, sets, True, m in HEADROOM_CURVES,
-                                            ("--configs", str(unseen_some)))
-        trained = st.run_all(units)
-        outs = {m: trained[m] for m in plan}
+            pc = m in per_configs
+            todo[m] = unit(f"hr-{m}-s{seed}", method, sets, "seen" if pc else None, m in HEADROOM_CURVES)
+            if pc:
+                todo[f"{m}-unseen"] = unit(f"hr-{m}-unseen-s{seed}", method, sets, "unseen", m in HEADROOM_CURVES,
+                                           ("--configs", str(unseen_some)))
+        units: dict[str, Unit] = st.run_all(todo)
+        outs = {m: units[m].out for m in plan}
         if json.loads(per_config_configs(outs["per-config"]).read_text()) != json.loads(seen_path.read_text()):
             raise SystemExit(f"study: {outs['per-config']} trained for other allocations than {seen_path} holds "
                              "(a stale file from another configuration? delete it and run again)")
-        losses = {}
+        losses: dict[str, dict[str, dict[str, Any]]] = {}
         seconds: list[dict[str, Any]] = []  # this seed's training times (its record holds them)
-        for m, sets in per_configs.items():
-            unseen_out = trained[f"{m}-unseen"]
-            rows_pc = st.evaluate(f"hr-{m}-s{seed}", "--checkpoint", str(outs[m]))
-            rows_pc += st.evaluate(f"hr-{m}-unseen-s{seed}", "--checkpoint", str(unseen_out))
-            losses[m] = {r["config_id"]: r for r in rows_pc}
+        for m in per_configs:  # its adapters on their own configurations: the budgets', then unseen ones
+            unseen_out = units[f"{m}-unseen"].out
+            losses[m] = {r["config_id"]: r for r in units[m].rows() + units[f"{m}-unseen"].rows()}
             seconds.append({"method": f"{m}-unseen", "seed": seed,
                             "train_seconds": json.loads((unseen_out / "per_config.json").read_text())["train_seconds"]})
-        ids: dict[str, list[str]] = {}
+        # The same files for every method: the seen and unseen ids in the files' order.
+        ids = {set_name: [r["config_id"] for r in units["shared"].evals[(None, set_name)]]
+               for set_name in ("seen", "unseen")}
         for m in ("shared", *variants):
-            losses[m] = {}
-            for set_name, path in (("seen", seen_path), ("unseen", unseen_path)):
-                got = st.evaluate(f"hr-{m}-s{seed}-{set_name}", "--checkpoint", str(outs[m]), "--config", str(path))
-                ids[set_name] = [r["config_id"] for r in got]  # the same for every method: one file each
-                losses[m].update({r["config_id"]: r for r in got})
+            losses[m] = {r["config_id"]: r for r in units[m].rows()}
         hits = trained_on(outs, [seen_path, unseen_path])
         if hits and not st.exclude_trained:
             raise SystemExit(f"study: evaluated configurations are in training sets (positions, seen then unseen: "
                              f"{hits}): an unfair comparison; fix train.init_budgets, or pass --exclude-trained")
         # --exclude-trained: those configurations leave every method's rows and curves; the report says so.
         seen_ids, budgets, unseen_ids, drop = kept_configs(hits, ids["seen"], list(cfg.eval.budgets), ids["unseen"])
-        curves = _headroom_curve(st, seed, outs, snaps, cfg.train.steps, losses, seen_ids, budgets,
-                                 unseen_ids, seen_path, unseen_path)
+        curves = _headroom_curve(seed, units, [m for m in HEADROOM_CURVES if m in outs], snaps, cfg.train.steps,
+                                 losses, seen_ids, budgets, unseen_ids)
         # Every configuration's row; the seed's record leaves out the excluded ones (of this call and earlier).
         rows = headroom_rows(seed, losses, ids["seen"], list(cfg.eval.budgets), ids["unseen"], HEADROOM_MATCH)
         for m, out in outs.items():

@@ -249,6 +249,47 @@ def test_the_span_part_runs_each_analysis_once_and_splits_the_bank_table(tmp_pat
     lines = report.render_report(st.results, tmp_path / "r.md").splitlines()
     assert lines[2] == "| 16 | unseen | 3.10 | 1.0 % | 2.0 % | 2.0 % | 4.0 % | 11.0 % | 0.15 | 0.35 |"
 
+def test_a_units_evaluations_are_named_once_and_read_back_by_step_and_set(tmp_path, capsys):
+    """The cache names of a unit's evaluations (finals, then each snapshot of a curve method when it has them
+    all) are made in one place; the curve reads the rows back by (step, set), per-config's unseen adapters
+    from their own unit, and a method without its snapshots means no curve."""
+    from coalora.pipeline.methods import snapshot_dir
+
+    st = study_in(tmp_path)
+    seen, unseen = Path("seen.json"), Path("unseen.json")
+    for k in (30, 60):
+        snapshot_dir(st.runs / "hr-shared-s0", k).mkdir(parents=True)
+    snapshot_dir(st.runs / "hr-per-config-s0", 30).mkdir(parents=True)  # 60 is missing
+    names = lambda calls: [(e.step, e.set, e.name) for e in calls]  # noqa: E731
+    assert names(headroom._unit_evaluations(st, "hr-shared-s0", None, True, [30, 60], seen, unseen)) == [
+        (None, "seen", "hr-shared-s0-seen"), (None, "unseen", "hr-shared-s0-unseen"),
+        (30, "seen", "hr-shared-s0-seen-step30"), (30, "unseen", "hr-shared-s0-unseen-step30"),
+        (60, "seen", "hr-shared-s0-seen-step60"), (60, "unseen", "hr-shared-s0-unseen-step60")]
+    assert headroom._unit_evaluations(st, "hr-shared-s0", None, True, [30], seen, unseen)[2].args == (
+        "--checkpoint", str(snapshot_dir(st.runs / "hr-shared-s0", 30)), "--config", "seen.json")
+    assert names(headroom._unit_evaluations(st, "hr-shared-s0", None, False, [30, 60], seen, unseen)) == [
+        (None, "seen", "hr-shared-s0-seen"), (None, "unseen", "hr-shared-s0-unseen")]  # not a curve method
+    assert names(headroom._unit_evaluations(st, "hr-per-config-s0", "seen", True, [30, 60], seen, unseen)) == [
+        (None, "seen", "hr-per-config-s0")]  # without every snapshot: the final only
+    row = lambda cid, loss: {"config_id": cid, "avg_bits": 3.0, "loss": loss}  # noqa: E731
+    units = {"shared": headroom.Unit(Path("s"), {(None, "seen"): [row("a", 5.0)], (None, "unseen"): [row("u", 5.0)],
+                                                 (30, "seen"): [row("a", 6.0)], (30, "unseen"): [row("u", 7.0)]}),
+             "per-config": headroom.Unit(Path("p"), {(None, "seen"): [row("a", 4.0)], (30, "seen"): [row("a", 5.0)]}),
+             "per-config-unseen": headroom.Unit(Path("pu"), {(None, "unseen"): [row("u", 4.0)],
+                                                             (30, "unseen"): [row("u", 4.5)]})}
+    assert units["shared"].rows(30) == [row("a", 6.0), row("u", 7.0)]
+    final = {m: {r["config_id"]: r for r in units[m].rows() + (units[f"{m}-unseen"].rows() if m == "per-config" else [])}
+             for m in ("shared", "per-config")}
+    curves = headroom._headroom_curve(0, units, ["shared", "per-config"], [30], 120, final, ["a"], [3.0], ["u"])
+    got = {(r["step"], r["method"], r["set"]): r["mean_loss"] for r in curves}
+    assert got == {(30, "shared", "seen"): 6.0, (30, "shared", "unseen"): 7.0, (30, "per-config", "seen"): 5.0,
+                   (30, "per-config", "unseen"): 4.5, (120, "shared", "seen"): 5.0, (120, "shared", "unseen"): 5.0,
+                   (120, "per-config", "seen"): 4.0, (120, "per-config", "unseen"): 4.0}
+    units["per-config"] = headroom.Unit(Path("hr-per-config-s0"), {(None, "seen"): [row("a", 4.0)]})
+    assert headroom._headroom_curve(0, units, ["shared", "per-config"], [30], 120, final, ["a"], [3.0], ["u"]) == []
+    assert "hr-per-config-s0: no snapshot at step 30" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_ones(tmp_path, monkeypatch,
                                                                                     jobs):
