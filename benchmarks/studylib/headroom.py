@@ -354,6 +354,36 @@ def restore_units(keep: Path, runs: Path) -> list[str]:
     return restored
 
 
+def keep_error_table(keep: Path, overrides: list[str]) -> None:
+    """Keep the testbed model's quantization-error table (about 15 minutes of one core to compute, in the
+    user's cache) in ``keep/errors/``, so that :func:`restore_error_tables` spares a new machine that."""
+    from coalora.allocation.error_tables import ErrorTableCache
+    from coalora.pipeline.config import load_config
+    from coalora.pipeline.experiment import build_space, load_base
+
+    cfg = load_config(ROOT / LOWBIT, overrides)
+    table = ErrorTableCache().path(cfg.model.name, build_space(cfg, load_base(cfg).model))
+    for path in (table, table.with_suffix(".json")):
+        if path.is_file() and not (keep / "errors" / path.name).is_file():
+            (keep / "errors").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, keep / "errors" / path.name)
+
+
+def restore_error_tables(keep: Path) -> list[str]:
+    """Copy the kept error tables into the user's cache where it lacks them (:func:`keep_error_table`).
+    The cache checks each table's sidecar (model, space, quantizer source, checksum) before using it, so
+    a table from another version of the quantizer is recomputed, never trusted."""
+    from coalora.allocation.error_tables import ErrorTableCache
+
+    root, copied = ErrorTableCache().root, []
+    for path in sorted((keep / "errors").glob("*")):
+        if not (root / path.name).exists():
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, root / path.name)
+            copied.append(path.name)
+    return copied
+
+
 def _headroom_curve(seed: int, units: dict[str, Unit], methods: list[str], snaps: list[int], steps: int,
                     final: dict[str, dict[str, dict[str, Any]]], seen_ids: list[str], budgets: list[float],
                     unseen_ids: list[str]) -> list[dict[str, Any]]:
@@ -392,6 +422,8 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
         restored = restore_units(keep, st.runs)
         if restored:
             print(f"   restored {len(restored)} finished units from {keep}: {' '.join(restored)}", flush=True)
+        if restore_error_tables(keep):
+            print(f"   restored the error table from {keep / 'errors'}", flush=True)
     unseen_path = _unseen_configs(st, overrides)
     unseen_some = st.runs / "headroom-unseen-per-config.json"
     unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
@@ -400,7 +432,9 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
     snaps = snapshot_steps(cfg.train.steps)
     # The allocations at eval.budgets, which per-config trains for (checked below): known before any
     # training, so each method's evaluations follow its own training.
-    seen_path = _seen_configs(st, overrides)
+    seen_path = _seen_configs(st, overrides)  # computes the error table the trainings read (once, here)
+    if keep is not None:
+        keep_error_table(keep, overrides)
     for seed in seeds:
         base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}

@@ -367,15 +367,16 @@ def test_a_full_size_pass_stopped_midway_resumes_on_another_machine_from_what_it
     keep = st.results / "headroom-full-runs"
     # One job: shared, per-config and its unseen adapters finished before per-config-residual's evaluation
     # failed, and nothing started after it.
-    assert sorted(p.name for p in keep.iterdir() if p.is_dir() and p.name != "logs") == [
+    assert sorted(p.name for p in keep.iterdir() if p.name.startswith("hr-")) == [
         "hr-per-config-s0", "hr-per-config-unseen-s0", "hr-shared-s0"]
     assert len(trained) == 4 and not list(keep.rglob("*.safetensors"))
     assert (keep / "hr-shared-s0" / "meta.json").is_file() and snapshot_dir(keep / "hr-shared-s0", 90).is_dir()
     assert len(list(keep.glob("eval-*.json"))) == 8 + 4 + 4  # shared: 2 sets × 4 steps; per-config: 4 steps × 2
     assert (keep / "logs" / "train-hr-shared-s0.log").is_file() and (keep / "logs" / "eval-hr-shared-s0-seen.log").is_file()
     assert not (keep / "eval-hr-per-config-residual-s0.json").exists()  # its unit did not finish
-    # Another machine: a clone holds the kept directory and nothing of runs/.
+    # Another machine: a clone holds the kept directory and nothing of runs/ or of the user's cache.
     shutil.rmtree(tmp_path / "runs")
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
     st = study_in(tmp_path)
     trained, commands = _answer_the_full_pass(st, monkeypatch)
     st.variants = variants
@@ -391,11 +392,24 @@ def test_a_full_size_pass_stopped_midway_resumes_on_another_machine_from_what_it
         assert got[("coa-residual-fit-random", set_name)]["gap_closed_match"] == pytest.approx(0.3)
     curves = {(r["method"], r["set"], r["step"]): r for r in common.read_csv(st.results / "headroom-full-curves.csv")}
     assert curves[("shared", "seen", 30)]["mean_loss"] == pytest.approx(5.9)
-    assert len([p for p in keep.iterdir() if p.is_dir() and p.name != "logs"]) == 7
+    assert len([p for p in keep.iterdir() if p.name.startswith("hr-")]) == 7
+    assert json.loads((tmp_path / "cache" / "errors" / "SmolLM2-table.json").read_text()) == {"sha1": "..."}
     logged = {c["log"].rsplit("/", 1)[1] for c in st.manifest["commands"]}  # the restored commands too
     assert {"train-hr-shared-s0.log", "eval-hr-per-config-unseen-s0-step90.log"} <= logged
     seconds = {r["method"]: r["train_seconds"] for r in common.read_csv(st.results / "headroom-full-seconds.csv")}
     assert seconds["shared"] == 10.0 and seconds["per-config"] == 40.0  # read from the restored metadata
+
+
+def test_kept_error_tables_go_into_the_cache_only_where_it_lacks_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
+    keep = tmp_path / "keep"
+    assert headroom.restore_error_tables(keep) == []  # nothing kept yet
+    _json_file(keep / "errors" / "a.json", "kept")
+    _json_file(keep / "errors" / "b.json", "kept")
+    _json_file(tmp_path / "cache" / "errors" / "b.json", "the user's")
+    assert headroom.restore_error_tables(keep) == ["a.json"]
+    assert json.loads((tmp_path / "cache" / "errors" / "a.json").read_text()) == "kept"
+    assert json.loads((tmp_path / "cache" / "errors" / "b.json").read_text()) == "the user's"
 
 
 def _answer_the_full_pass(st, monkeypatch, fail: tuple[str, ...] = ()) -> tuple[list[Path], list[tuple]]:
@@ -413,6 +427,11 @@ def _answer_the_full_pass(st, monkeypatch, fail: tuple[str, ...] = ()) -> tuple[
     monkeypatch.setattr(headroom, "_seen_configs", lambda st, o: _json_file(st.runs / "headroom-seen.json",
                                                                            [[c] for c in seen_ids]))
     monkeypatch.setattr(headroom, "trained_on", lambda outs, paths: {})
+
+    def keep_error_table(keep, overrides):  # the real one loads SmolLM2 for the table's name
+        _json_file(keep / "errors" / "SmolLM2-table.json", {"sha1": "..."})
+
+    monkeypatch.setattr(headroom, "keep_error_table", keep_error_table)
     loss = {"shared": 5.0, "per-config": 4.0, "per-config-residual": 3.8, "shared-residual-random": 4.8,
             "coa-residual-fit-random": 4.5}
     trained, commands = [], []
