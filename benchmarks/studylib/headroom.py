@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .common import aggregate, per_config_configs, plot, search_run_row, seed_sets, trained_on, with_earlier
+from .common import aggregate, plot, search_run_row, seed_sets, trained_on, with_earlier
 from .runner import Study
 from .settings import (
     HEADROOM_CURVES,
@@ -354,6 +354,14 @@ def restore_units(keep: Path, runs: Path) -> list[str]:
     return restored
 
 
+def method_rows(units: dict[str, Unit], groups: dict[str, list[str]], method: str,
+                step: int | None = None) -> list[dict[str, Any]]:
+    """A method's evaluated rows at ``step`` (None: the final checkpoints), over all its units (``groups``:
+    method → unit names); per-config's on the budgets' allocations, then (``<method>-unseen``) on the
+    unseen configurations it has adapters for."""
+    return [r for key in (method, f"{method}-unseen") for name in groups.get(key, []) for r in units[name].rows(step)]
+
+
 def keep_error_table(keep: Path, overrides: list[str]) -> None:
     """Keep the testbed model's quantization-error table (about 15 minutes of one core to compute, in the
     user's cache) in ``keep/errors/``, so that :func:`restore_error_tables` spares a new machine that."""
@@ -384,22 +392,20 @@ def restore_error_tables(keep: Path) -> list[str]:
     return copied
 
 
-def _headroom_curve(seed: int, units: dict[str, Unit], methods: list[str], snaps: list[int], steps: int,
-                    final: dict[str, dict[str, dict[str, Any]]], seen_ids: list[str], budgets: list[float],
-                    unseen_ids: list[str]) -> list[dict[str, Any]]:
+def _headroom_curve(seed: int, rows_of: Callable[[str, int], list[dict[str, Any]]], methods: list[str],
+                    snaps: list[int], steps: int, final: dict[str, dict[str, dict[str, Any]]], seen_ids: list[str],
+                    budgets: list[float], unseen_ids: list[str]) -> list[dict[str, Any]]:
     """One seed's learning curves: the snapshots of ``methods`` (those of :data:`HEADROOM_CURVES` in the
-    seed), evaluated like the finals (a per-config snapshot on its adapters' own configurations, seen and
-    unseen; ``units`` holds per-config's unseen adapters as ``<method>-unseen``). A method without every
-    snapshot (a run made before ``train.snapshots`` existed) means no curve, and the log says so."""
-    missing = [(m, k) for m in methods for k in snaps if not units[m].rows(k)]
-    if missing:
-        m, k = missing[0]
-        print(f"   {units[m].out.name}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
-        return []
+    seed), evaluated like the finals; ``rows_of(method, step)`` gives a method's evaluated rows at a
+    snapshot (per-config's: each adapter on its own configuration, seen and unseen). A method with no rows
+    at a snapshot (a run made before ``train.snapshots`` existed) means no curve, and the log says so."""
     by_step: dict[int, dict[str, dict[str, dict[str, Any]]]] = {steps: {m: final[m] for m in methods}}
     for m in methods:
         for k in snaps:
-            got = units[m].rows(k) + (units[f"{m}-unseen"].rows(k) if f"{m}-unseen" in units else [])
+            got = rows_of(m, k)
+            if len(got) < len(final[m]):  # an evaluation per final one, or the curve would mix sets
+                print(f"   {m}: no snapshot at step {k} (made without train.snapshots): no curve", flush=True)
+                return []
             by_step.setdefault(k, {})[m] = {r["config_id"]: r for r in got}
     return headroom_curves(seed, by_step, seen_ids, budgets, unseen_ids)
 
@@ -425,8 +431,6 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
         if restore_error_tables(keep):
             print(f"   restored the error table from {keep / 'errors'}", flush=True)
     unseen_path = _unseen_configs(st, overrides)
-    unseen_some = st.runs / "headroom-unseen-per-config.json"
-    unseen_some.write_text(json.dumps(json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]))
     per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
         pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
     snaps = snapshot_steps(cfg.train.steps)
@@ -435,6 +439,14 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
     seen_path = _seen_configs(st, overrides)  # computes the error table the trainings read (once, here)
     if keep is not None:
         keep_error_table(keep, overrides)
+    # Per-config's adapters: one for each budget's allocation and each of the first unseen configurations,
+    # each from a file of its own configuration.
+    unseen_some = json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]
+    per_config_files: dict[str, list[Path]] = {}
+    for set_name, configs in (("seen", json.loads(seen_path.read_text())), ("unseen", unseen_some)):
+        per_config_files[set_name] = [st.runs / f"headroom-{set_name}-{i}.json" for i in range(len(configs))]
+        for path, c in zip(per_config_files[set_name], configs):
+            path.write_text(json.dumps([c]))
     for seed in seeds:
         base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
@@ -448,44 +460,40 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
                 keep)
 
         # Units of the seed (a training, then its evaluations) are independent: --jobs runs them side by
-        # side; each per-config method's adapters for unseen configurations follow it.
+        # side. Per-config trains one adapter a unit (each is seeded alike, whatever else a process
+        # trains), so that a stopped pass loses at most one adapter's training and the pool stays full.
         todo: dict[str, functools.partial] = {}
+        groups: dict[str, list[str]] = {}  # method (per-config: and <method>-unseen) -> its units, in order
         for m, (method, sets) in plan.items():
-            pc = m in per_configs
-            todo[m] = unit(f"hr-{m}-s{seed}", method, sets, "seen" if pc else None, m in HEADROOM_CURVES)
-            if pc:
-                todo[f"{m}-unseen"] = unit(f"hr-{m}-unseen-s{seed}", method, sets, "unseen", m in HEADROOM_CURVES,
-                                           ("--configs", str(unseen_some)))
+            if m not in per_configs:
+                groups[m] = [f"hr-{m}-s{seed}"]
+                todo[groups[m][0]] = unit(groups[m][0], method, sets, None, m in HEADROOM_CURVES)
+                continue
+            for key, set_name, configs in ((m, "seen", [f"b{b:g}" for b in cfg.eval.budgets]),
+                                           (f"{m}-unseen", "unseen", [f"unseen{i}" for i in range(len(unseen_some))])):
+                groups[key] = [f"hr-{m}-{c}-s{seed}" for c in configs]
+                for name, config in zip(groups[key], per_config_files[set_name]):
+                    todo[name] = unit(name, method, sets, set_name, m in HEADROOM_CURVES, ("--configs", str(config)))
         units: dict[str, Unit] = st.run_all(todo)
-        outs = {m: units[m].out for m in plan}
-        if json.loads(per_config_configs(outs["per-config"]).read_text()) != json.loads(seen_path.read_text()):
-            raise SystemExit(f"study: {outs['per-config']} trained for other allocations than {seen_path} holds "
-                             "(a stale file from another configuration? delete it and run again)")
-        losses: dict[str, dict[str, dict[str, Any]]] = {}
-        seconds: list[dict[str, Any]] = []  # this seed's training times (its record holds them)
-        for m in per_configs:  # its adapters on their own configurations: the budgets', then unseen ones
-            unseen_out = units[f"{m}-unseen"].out
-            losses[m] = {r["config_id"]: r for r in units[m].rows() + units[f"{m}-unseen"].rows()}
-            seconds.append({"method": f"{m}-unseen", "seed": seed,
-                            "train_seconds": json.loads((unseen_out / "per_config.json").read_text())["train_seconds"]})
+        rows_of = functools.partial(method_rows, units, groups)
+        losses = {m: {r["config_id"]: r for r in rows_of(m)} for m in plan}
         # The same files for every method: the seen and unseen ids in the files' order.
-        ids = {set_name: [r["config_id"] for r in units["shared"].evals[(None, set_name)]]
+        ids = {set_name: [r["config_id"] for r in units[f"hr-shared-s{seed}"].evals[(None, set_name)]]
                for set_name in ("seen", "unseen")}
-        for m in ("shared", *variants):
-            losses[m] = {r["config_id"]: r for r in units[m].rows()}
+        outs = {m: units[groups[m][0]].out for m in plan if m not in per_configs}
         hits = trained_on(outs, [seen_path, unseen_path])
         if hits and not st.exclude_trained:
             raise SystemExit(f"study: evaluated configurations are in training sets (positions, seen then unseen: "
                              f"{hits}): an unfair comparison; fix train.init_budgets, or pass --exclude-trained")
         # --exclude-trained: those configurations leave every method's rows and curves; the report says so.
         seen_ids, budgets, unseen_ids, drop = kept_configs(hits, ids["seen"], list(cfg.eval.budgets), ids["unseen"])
-        curves = _headroom_curve(seed, units, [m for m in HEADROOM_CURVES if m in outs], snaps, cfg.train.steps,
+        curves = _headroom_curve(seed, rows_of, [m for m in HEADROOM_CURVES if m in plan], snaps, cfg.train.steps,
                                  losses, seen_ids, budgets, unseen_ids)
         # Every configuration's row; the seed's record leaves out the excluded ones (of this call and earlier).
         rows = headroom_rows(seed, losses, ids["seen"], list(cfg.eval.budgets), ids["unseen"], HEADROOM_MATCH)
-        for m, out in outs.items():
-            meta = out / ("per_config.json" if m in per_configs else "meta.json")
-            seconds.append({"method": m, "seed": seed, "train_seconds": json.loads(meta.read_text())["train_seconds"]})
+        seconds = [{"method": key, "seed": seed, "train_seconds": sum(
+            json.loads((units[name].out / ("per_config.json" if key.startswith("per-config") else "meta.json"))
+                       .read_text())["train_seconds"] for name in names)} for key, names in groups.items()]
         record_seed(st.runs / f"headroom-s{seed}.json", {"rows": rows, "curves": curves, "seconds": seconds}, drop)
     # The tables hold every seed and method recorded in the runs directory, this call's and earlier calls'.
     records, st.excluded = seed_records(st.runs)

@@ -3,6 +3,7 @@ pairs, curves, excluded configurations), its full-size pass, its search ablation
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -278,16 +279,17 @@ def test_a_units_evaluations_are_named_once_and_read_back_by_step_and_set(tmp_pa
              "per-config-unseen": headroom.Unit(Path("pu"), {(None, "unseen"): [row("u", 4.0)],
                                                              (30, "unseen"): [row("u", 4.5)]})}
     assert units["shared"].rows(30) == [row("a", 6.0), row("u", 7.0)]
-    final = {m: {r["config_id"]: r for r in units[m].rows() + (units[f"{m}-unseen"].rows() if m == "per-config" else [])}
-             for m in ("shared", "per-config")}
-    curves = headroom._headroom_curve(0, units, ["shared", "per-config"], [30], 120, final, ["a"], [3.0], ["u"])
+    rows_of = functools.partial(headroom.method_rows, units, {name: [name] for name in units})
+    assert rows_of("per-config", 30) == [row("a", 5.0), row("u", 4.5)]  # its unseen adapters' unit too
+    final = {m: {r["config_id"]: r for r in rows_of(m)} for m in ("shared", "per-config")}
+    curves = headroom._headroom_curve(0, rows_of, ["shared", "per-config"], [30], 120, final, ["a"], [3.0], ["u"])
     got = {(r["step"], r["method"], r["set"]): r["mean_loss"] for r in curves}
     assert got == {(30, "shared", "seen"): 6.0, (30, "shared", "unseen"): 7.0, (30, "per-config", "seen"): 5.0,
                    (30, "per-config", "unseen"): 4.5, (120, "shared", "seen"): 5.0, (120, "shared", "unseen"): 5.0,
                    (120, "per-config", "seen"): 4.0, (120, "per-config", "unseen"): 4.0}
     units["per-config"] = headroom.Unit(Path("hr-per-config-s0"), {(None, "seen"): [row("a", 4.0)]})
-    assert headroom._headroom_curve(0, units, ["shared", "per-config"], [30], 120, final, ["a"], [3.0], ["u"]) == []
-    assert "hr-per-config-s0: no snapshot at step 30" in capsys.readouterr().out
+    assert headroom._headroom_curve(0, rows_of, ["shared", "per-config"], [30], 120, final, ["a"], [3.0], ["u"]) == []
+    assert "per-config: no snapshot at step 30" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -309,18 +311,20 @@ def test_the_full_size_pass_keeps_its_runs_and_tables_apart_from_the_mid_size_on
     summary = headroom.headroom_full(st, [0])["headroom-full"]
     assert st.runs == runs and st.logs == runs / "logs"  # the next part runs where it should
     full = tmp_path / "runs" / "study-full"
-    # per-config and per-config-residual, each also on 3 unseen configurations
-    assert {p.name for p in trained} == {"hr-shared-s0", "hr-per-config-s0", "hr-per-config-residual-s0",
-                                         "hr-coa-residual-fit-random-s0", "hr-shared-residual-random-s0",
-                                         "hr-per-config-unseen-s0", "hr-per-config-residual-unseen-s0"}
+    # per-config and per-config-residual: an adapter a unit, for each budget and 3 unseen configurations
+    per_config = [f"hr-{m}-{c}-s0" for m in ("per-config", "per-config-residual")
+                  for c in ("b2.75", "b3", "b3.25", "b3.5", "unseen0", "unseen1", "unseen2")]
+    assert sorted(p.name for p in trained) == sorted(["hr-shared-s0", "hr-coa-residual-fit-random-s0",
+                                                      "hr-shared-residual-random-s0", *per_config])
     assert all(p.parent == full for p in trained) and (full / "headroom-s0.json").is_file()
-    # Finals: 2 per-config methods × (budgets, unseen) + 3 others × (seen, unseen); curves: 3 snapshots of
-    # each of those 5 (HEADROOM_CURVES). With --jobs 2 every one ran in the pool, none after it.
-    assert [c for c, _, _ in commands].count("evaluate") == 10 * 4
+    # Finals: 14 per-config adapters + 3 others × (seen, unseen); curves: 3 snapshots of each (every method
+    # here is one of HEADROOM_CURVES). With --jobs 2 every one ran in the pool, none after it.
+    assert [c for c, _, _ in commands].count("evaluate") == (14 + 3 * 2) * 4
     assert all(main for _, main, _ in commands) if jobs == 1 else not any(main for _, main, _ in commands)
     # Each unit's evaluations follow its own training (with one job, before the next training starts).
     logs = [log for _, _, log in commands]
-    assert logs.index("eval-hr-shared-s0-unseen-step90.log") < logs.index("train-hr-per-config-s0.log") or jobs > 1
+    assert logs.index("eval-hr-shared-s0-unseen-step90.log") < logs.index("train-hr-per-config-b2.75-s0.log") or jobs > 1
+    assert json.loads((full / "headroom-seen-1.json").read_text()) == [["b1"]]  # per-config's 3-bit adapter's
     assert logs.index("train-hr-coa-residual-fit-random-s0.log") < logs.index(
         "eval-hr-coa-residual-fit-random-s0-seen.log")
     assert mid.read_text() == "method,set,mean_loss\nshared,seen,5.0\n"
@@ -360,20 +364,21 @@ def test_a_full_size_pass_stopped_midway_resumes_on_another_machine_from_what_it
 
     variants = ["coa-residual-fit-random", "shared-residual-random"]
     st = study_in(tmp_path)
-    trained, _ = _answer_the_full_pass(st, monkeypatch, fail=("eval-hr-per-config-residual-s0-step60.log",))
+    trained, _ = _answer_the_full_pass(st, monkeypatch, fail=("eval-hr-per-config-residual-b3-s0-step60.log",))
     st.variants = variants
-    with pytest.raises(SystemExit, match="eval-hr-per-config-residual-s0-step60"):
+    with pytest.raises(SystemExit, match="eval-hr-per-config-residual-b3-s0-step60"):
         headroom.headroom_full(st, [0])
     keep = st.results / "headroom-full-runs"
-    # One job: shared, per-config and its unseen adapters finished before per-config-residual's evaluation
-    # failed, and nothing started after it.
-    assert sorted(p.name for p in keep.iterdir() if p.name.startswith("hr-")) == [
-        "hr-per-config-s0", "hr-per-config-unseen-s0", "hr-shared-s0"]
-    assert len(trained) == 4 and not list(keep.rglob("*.safetensors"))
+    # One job: shared, per-config's 7 adapters and per-config-residual's first finished before the
+    # evaluation of its second failed, and nothing started after it.
+    first = ["hr-shared-s0", *(f"hr-per-config-{c}-s0" for c in ("b2.75", "b3", "b3.25", "b3.5", "unseen0",
+                                                                "unseen1", "unseen2")), "hr-per-config-residual-b2.75-s0"]
+    assert sorted(p.name for p in keep.iterdir() if p.name.startswith("hr-")) == sorted(first)
+    assert len(trained) == 10 and not list(keep.rglob("*.safetensors"))
     assert (keep / "hr-shared-s0" / "meta.json").is_file() and snapshot_dir(keep / "hr-shared-s0", 90).is_dir()
-    assert len(list(keep.glob("eval-*.json"))) == 8 + 4 + 4  # shared: 2 sets × 4 steps; per-config: 4 steps × 2
+    assert len(list(keep.glob("eval-*.json"))) == 8 + 8 * 4  # shared: 2 sets × 4 steps; a per-config adapter: 4
     assert (keep / "logs" / "train-hr-shared-s0.log").is_file() and (keep / "logs" / "eval-hr-shared-s0-seen.log").is_file()
-    assert not (keep / "eval-hr-per-config-residual-s0.json").exists()  # its unit did not finish
+    assert not (keep / "eval-hr-per-config-residual-b3-s0.json").exists()  # its unit did not finish
     # Another machine: a clone holds the kept directory and nothing of runs/ or of the user's cache.
     shutil.rmtree(tmp_path / "runs")
     monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
@@ -381,23 +386,25 @@ def test_a_full_size_pass_stopped_midway_resumes_on_another_machine_from_what_it
     trained, commands = _answer_the_full_pass(st, monkeypatch)
     st.variants = variants
     summary = headroom.headroom_full(st, [0])["headroom-full"]
-    assert sorted(p.name for p in trained) == ["hr-coa-residual-fit-random-s0", "hr-per-config-residual-s0",
-                                               "hr-per-config-residual-unseen-s0", "hr-shared-residual-random-s0"]
+    assert sorted(p.name for p in trained) == sorted([
+        "hr-coa-residual-fit-random-s0", "hr-shared-residual-random-s0",
+        *(f"hr-per-config-residual-{c}-s0" for c in ("b3", "b3.25", "b3.5", "unseen0", "unseen1", "unseen2"))])
     ran = [log for _, _, log in commands]
-    assert not any(u in log for log in ran for u in ("hr-shared-s0", "hr-per-config-s0", "hr-per-config-unseen-s0"))
-    assert len(ran) == 4 + 8 + 4 + 4 + 8  # the 4 trainings left and their evaluations
+    assert not any(f"-{u}." in log or f"-{u}-" in log for log in ran for u in first)
+    assert len(ran) == 8 + 6 * 4 + 2 * 8  # the 8 trainings left and their evaluations
     got = {(r["method"], r["set"]): r for r in summary}
     for set_name in ("seen", "unseen"):  # as in an unbroken pass
         assert got[("coa-residual-fit-random", set_name)]["gap_closed"] == pytest.approx(0.5)
         assert got[("coa-residual-fit-random", set_name)]["gap_closed_match"] == pytest.approx(0.3)
     curves = {(r["method"], r["set"], r["step"]): r for r in common.read_csv(st.results / "headroom-full-curves.csv")}
     assert curves[("shared", "seen", 30)]["mean_loss"] == pytest.approx(5.9)
-    assert len([p for p in keep.iterdir() if p.name.startswith("hr-")]) == 7
+    assert len([p for p in keep.iterdir() if p.name.startswith("hr-")]) == 17
     assert json.loads((tmp_path / "cache" / "errors" / "SmolLM2-table.json").read_text()) == {"sha1": "..."}
     logged = {c["log"].rsplit("/", 1)[1] for c in st.manifest["commands"]}  # the restored commands too
-    assert {"train-hr-shared-s0.log", "eval-hr-per-config-unseen-s0-step90.log"} <= logged
+    assert {"train-hr-shared-s0.log", "eval-hr-per-config-unseen2-s0-step90.log"} <= logged
     seconds = {r["method"]: r["train_seconds"] for r in common.read_csv(st.results / "headroom-full-seconds.csv")}
-    assert seconds["shared"] == 10.0 and seconds["per-config"] == 40.0  # read from the restored metadata
+    # read from the restored metadata: per-config's is the sum over its 4 budgets' adapters
+    assert seconds["shared"] == 10.0 and seconds["per-config"] == 40.0 and seconds["per-config-unseen"] == 30.0
 
 
 def test_kept_error_tables_go_into_the_cache_only_where_it_lacks_them(tmp_path, monkeypatch):
@@ -417,13 +424,14 @@ def _answer_the_full_pass(st, monkeypatch, fail: tuple[str, ...] = ()) -> tuple[
     read (with weights), every evaluation of a method returns its loss, falling by 0.01 nats a step to its
     final value; an evaluation whose log is in ``fail`` fails. Returns the trainings' outputs and the
     commands (name, run on the main thread?, log), as they ran."""
+    import re
     import threading
 
     from coalora.pipeline.methods import snapshot_dir
 
     seen_ids, unseen_ids = [f"b{i}" for i in range(4)], [f"u{i}" for i in range(8)]
     monkeypatch.setattr(headroom, "_unseen_configs", lambda st, o: _json_file(st.runs / "headroom-unseen.json",
-                                                                               unseen_ids))
+                                                                               [[c] for c in unseen_ids]))
     monkeypatch.setattr(headroom, "_seen_configs", lambda st, o: _json_file(st.runs / "headroom-seen.json",
                                                                            [[c] for c in seen_ids]))
     monkeypatch.setattr(headroom, "trained_on", lambda outs, paths: {})
@@ -447,12 +455,9 @@ def _answer_the_full_pass(st, monkeypatch, fail: tuple[str, ...] = ()) -> tuple[
             for k in (30, 60, 90):  # train.snapshots of 120 steps
                 snapshot_dir(out, k).mkdir(parents=True)
                 (snapshot_dir(out, k) / "trainable.safetensors").write_bytes(b"weights")
-            if "--configs" in args:  # per-config's adapters for the first unseen configurations
-                _json_file(out / "per_config.json", {"train_seconds": 30.0})
-            elif args[args.index("--method") + 1] == "per-config":
-                _json_file(out / "per_config.json", {"checkpoints": [f"c{i}" for i in range(4)], "train_seconds": 40.0})
-                for i, cid in enumerate(seen_ids):
-                    _json_file(out / f"c{i}" / "meta.json", {"trainset": [[cid]]})
+            if "--configs" in args:  # per-config: one adapter, for the configuration in that file
+                ids = [c[0] for c in json.loads(Path(args[args.index("--configs") + 1]).read_text())]
+                _json_file(out / "per_config.json", {"checkpoints": ["c0"], "train_seconds": 10.0, "ids": ids})
             else:
                 _json_file(out / "meta.json", {"train_seconds": 10.0, "trainset": []})
                 (out / "trainable.safetensors").write_bytes(b"weights")
@@ -462,15 +467,15 @@ def _answer_the_full_pass(st, monkeypatch, fail: tuple[str, ...] = ()) -> tuple[
         ckpt = Path(a["--checkpoint"])
         run = next(p for p in [ckpt, *ckpt.parents] if p.name.startswith("hr-"))
         assert run.parent == st.root / "runs" / "study-full", ckpt
-        method = run.name.removeprefix("hr-").removesuffix("-s0").removesuffix("-unseen")
+        method = re.sub(r"-(b[\d.]+|unseen\d+)$", "", run.name.removeprefix("hr-").removesuffix("-s0"))
         step = int(ckpt.name.removeprefix("step-")) if ckpt != run else 120
         if "--config" in a:
             ids = seen_ids if a["--config"].endswith("headroom-seen.json") else unseen_ids
-        else:  # a per-config directory: its own adapters' configurations
-            ids = unseen_ids[:settings.HEADROOM_UNSEEN_PER_CONFIG] if "unseen" in run.name else seen_ids
+        else:  # a per-config directory: its own adapter's configuration
+            ids = json.loads((run / "per_config.json").read_text())["ids"]
         # The loss falls by 0.01 nats a step to its final value, the same for every method.
-        return json.dumps([{"config_id": c, "avg_bits": 3.0 + i / 10, "loss": loss[method] + (120 - step) / 100}
-                           for i, c in enumerate(ids)])
+        return json.dumps([{"config_id": c, "avg_bits": 3.0 + int(c[1:]) / 10,
+                            "loss": loss[method] + (120 - step) / 100} for c in ids])
 
     monkeypatch.setattr(st, "coalora", fake_coalora)
     return trained, commands
