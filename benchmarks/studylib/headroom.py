@@ -434,8 +434,8 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
     per_configs = {m: sets for m, sets in HEADROOM_PER_CONFIG.items() if m == "per-config" or any(
         pc == m for v, (_, pc) in HEADROOM_MATCH.items() if v in variants)}
     snaps = snapshot_steps(cfg.train.steps)
-    # The allocations at eval.budgets, which per-config trains for (checked below): known before any
-    # training, so each method's evaluations follow its own training.
+    # The allocations at eval.budgets, known before any training: each method's evaluations follow its own
+    # training, and per-config trains an adapter for each of them.
     seen_path = _seen_configs(st, overrides)  # computes the error table the trainings read (once, here)
     if keep is not None:
         keep_error_table(keep, overrides)
