@@ -491,9 +491,12 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
                                  losses, seen_ids, budgets, unseen_ids)
         # Every configuration's row; the seed's record leaves out the excluded ones (of this call and earlier).
         rows = headroom_rows(seed, losses, ids["seen"], list(cfg.eval.budgets), ids["unseen"], HEADROOM_MATCH)
+        # A per-config unit records its time in per_config.json, any other in meta.json; `groups` keys a
+        # per-config method's unseen adapters as "<method>-unseen".
         seconds = [{"method": key, "seed": seed, "train_seconds": sum(
-            json.loads((units[name].out / ("per_config.json" if key.startswith("per-config") else "meta.json"))
-                       .read_text())["train_seconds"] for name in names)} for key, names in groups.items()]
+            json.loads((units[name].out / ("per_config.json" if key.removesuffix("-unseen") in per_configs
+                                           else "meta.json")).read_text())["train_seconds"] for name in names)}
+                   for key, names in groups.items()]
         record_seed(st.runs / f"headroom-s{seed}.json", {"rows": rows, "curves": curves, "seconds": seconds}, drop)
     # The tables hold every seed and method recorded in the runs directory, this call's and earlier calls'.
     records, st.excluded = seed_records(st.runs)
