@@ -362,19 +362,15 @@ def method_rows(units: dict[str, Unit], groups: dict[str, list[str]], method: st
     return [r for key in (method, f"{method}-unseen") for name in groups.get(key, []) for r in units[name].rows(step)]
 
 
-def keep_error_table(keep: Path, overrides: list[str]) -> None:
-    """Keep the testbed model's quantization-error table (about 15 minutes of one core to compute, in the
-    user's cache) in ``keep/errors/``, so that :func:`restore_error_tables` spares a new machine that."""
-    from coalora.allocation.error_tables import ErrorTableCache
-    from coalora.pipeline.config import load_config
-    from coalora.pipeline.experiment import build_space, load_base
-
-    cfg = load_config(ROOT / LOWBIT, overrides)
-    table = ErrorTableCache().path(cfg.model.name, build_space(cfg, load_base(cfg).model))
+def keep_error_table(keep: Path, table: Path) -> None:
+    """Keep an error table (``table``, the ``.npy`` in the user's cache, and its ``.json`` sidecar; SmolLM2's
+    is about 15 minutes of one core to compute) in ``keep/errors/``, so that :func:`restore_error_tables`
+    spares a new machine that. A table already kept is left as it is."""
     for path in (table, table.with_suffix(".json")):
-        if path.is_file() and not (keep / "errors" / path.name).is_file():
-            (keep / "errors").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, keep / "errors" / path.name)
+        dest = keep / "errors" / path.name
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
 
 
 def restore_error_tables(keep: Path) -> list[str]:
@@ -436,9 +432,7 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
     snaps = snapshot_steps(cfg.train.steps)
     # The allocations at eval.budgets, known before any training: each method's evaluations follow its own
     # training, and per-config trains an adapter for each of them.
-    seen_path = _seen_configs(st, overrides)  # computes the error table the trainings read (once, here)
-    if keep is not None:
-        keep_error_table(keep, overrides)
+    seen_path = _seen_configs(st, overrides, keep)  # computes the error table the trainings read (once, here)
     # Per-config's adapters: one for each budget's allocation and each of the first unseen configurations,
     # each from a file of its own configuration.
     unseen_some = json.loads(unseen_path.read_text())[:HEADROOM_UNSEEN_PER_CONFIG]
@@ -446,7 +440,9 @@ def headroom(st: Study, seeds: list[int], tables: str = "headroom", keep: Path |
     for set_name, configs in (("seen", json.loads(seen_path.read_text())), ("unseen", unseen_some)):
         per_config_files[set_name] = [st.runs / f"headroom-{set_name}-{i}.json" for i in range(len(configs))]
         for path, c in zip(per_config_files[set_name], configs):
-            path.write_text(json.dumps([c]))
+            text = json.dumps([c])
+            if not path.is_file() or path.read_text() != text:  # a resumed pass leaves them as they were
+                path.write_text(text)
     for seed in seeds:
         base = quick + [f"train.seed={seed}", f"train.snapshots=[{', '.join(map(str, snaps))}]"]
         plan = {"shared": ("shared", []), **{m: ("per-config", sets) for m, sets in per_configs.items()}, **variants}
@@ -558,9 +554,14 @@ def headroom_full(st: Study, seeds: list[int]) -> dict[str, Any]:
         st.runs, st.logs, st.excluded = saved
 
 
-def _seen_configs(st: Study, overrides: list[str]) -> Path:
+def _seen_configs(st: Study, overrides: list[str], keep: Path | None = None) -> Path:
     """The testbed's allocations at ``eval.budgets`` as a JSON list of configurations:
-    ``runs/<study>/headroom-seen.json`` (the configurations per-config trains for)."""
+    ``runs/<study>/headroom-seen.json`` (the configurations per-config trains for).
+
+    With ``keep``, the error table they come from is kept there (:func:`keep_error_table`) before the file is
+    written: a pass whose file exists has kept its table, and only a pass that computes the allocations loads
+    the model (the table's name depends on the model's matrices)."""
+    from coalora.allocation.error_tables import ErrorTableCache
     from coalora.pipeline.config import load_config
     from coalora.pipeline.experiment import budget_configs, build_space, error_table_for, load_base
 
@@ -570,6 +571,8 @@ def _seen_configs(st: Study, overrides: list[str]) -> Path:
         model = load_base(cfg).model
         space = build_space(cfg, model)
         configs = budget_configs(cfg, space, error_table_for(cfg, model, space, progress=False))
+        if keep is not None:
+            keep_error_table(keep, ErrorTableCache().path(cfg.model.name, space))
         path.write_text(json.dumps([space.to_json(c) for c in configs]))
     return path
 

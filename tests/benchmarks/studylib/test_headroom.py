@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,7 @@ def test_the_headroom_search_can_run_one_method_a_call_and_keeps_the_others_rows
     from orchestration.store import RunStore
 
     st = study_in(tmp_path)
-    monkeypatch.setattr(headroom, "_seen_configs", lambda st, o: st.runs / "seen.json")
+    monkeypatch.setattr(headroom, "_seen_configs", lambda st, o, keep=None: st.runs / "seen.json")
     monkeypatch.setattr(headroom, "_unseen_configs", lambda st, o: st.runs / "unseen.json")
     monkeypatch.setattr(headroom, "trained_on", lambda runs, paths: {})
     hv = {"gp": [0.4, 0.5], "frozen": [0.4, 0.45]}
@@ -358,7 +359,6 @@ def test_a_full_size_pass_stopped_midway_resumes_on_another_machine_from_what_it
     finished unit (a training and every evaluation of it) is kept, without its weights, in
     ``benchmarks/results/study/headroom-full-runs/``, which is committed. A later call on a machine with no
     runs at all restores those units and runs only the rest; the tables are those of an unbroken pass."""
-    import shutil
 
     from coalora.pipeline.methods import snapshot_dir
 
@@ -407,6 +407,44 @@ def test_a_full_size_pass_stopped_midway_resumes_on_another_machine_from_what_it
     assert seconds["shared"] == 10.0 and seconds["per-config"] == 40.0 and seconds["per-config-unseen"] == 30.0
 
 
+def test_an_error_table_is_kept_with_its_sidecar_and_a_kept_one_is_left_alone(tmp_path):
+    keep, cache = tmp_path / "keep", tmp_path / "cache"
+    table = _json_file(cache / "m-abc.npy", "table")
+    _json_file(cache / "m-abc.json", "sidecar")
+    headroom.keep_error_table(keep, table)
+    assert sorted(p.name for p in (keep / "errors").iterdir()) == ["m-abc.json", "m-abc.npy"]
+    assert json.loads((keep / "errors" / "m-abc.json").read_text()) == "sidecar"
+    _json_file(cache / "m-abc.json", "recomputed")
+    headroom.keep_error_table(keep, table)  # what was kept stays: a table is kept once
+    assert json.loads((keep / "errors" / "m-abc.json").read_text()) == "sidecar"
+    with pytest.raises(FileNotFoundError):  # a table that is not there is a bug of the caller, not skipped
+        headroom.keep_error_table(keep, cache / "other.npy")
+
+
+def test_the_seen_allocations_keep_their_error_table_and_a_second_call_loads_no_model(tmp_path, monkeypatch):
+    """The real ``_seen_configs`` on a tiny Llama: the error table it computed is kept beside the runs with its
+    sidecar, byte for byte; once the file exists, a call (a resumed pass) neither loads the model nor keeps
+    anything again."""
+    from coalora.pipeline import experiment
+
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
+    st, keep = study_in(tmp_path), tmp_path / "keep"
+    st.runs.mkdir(parents=True, exist_ok=True)
+    overrides = ["model.name=tiny-llama", "eval.budgets=[3.0, 3.5]"]
+    path = headroom._seen_configs(st, overrides, keep)
+    assert len(json.loads(path.read_text())) == 2  # an allocation per budget
+    cached = sorted((tmp_path / "cache" / "errors").iterdir())
+    assert [p.suffix for p in cached] == [".json", ".npy"] and cached[0].name.startswith("tiny-llama-")
+    assert [(keep / "errors" / p.name).read_bytes() for p in cached] == [p.read_bytes() for p in cached]
+    shutil.rmtree(keep)
+
+    def no_model(cfg):
+        raise AssertionError("the model was loaded again")
+
+    monkeypatch.setattr(experiment, "load_base", no_model)
+    assert headroom._seen_configs(st, overrides, keep) == path and not keep.exists()
+
+
 def test_kept_error_tables_go_into_the_cache_only_where_it_lacks_them(tmp_path, monkeypatch):
     monkeypatch.setenv("COALORA_CACHE", str(tmp_path / "cache"))
     keep = tmp_path / "keep"
@@ -432,14 +470,19 @@ def _answer_the_full_pass(st, monkeypatch, fail: tuple[str, ...] = ()) -> tuple[
     seen_ids, unseen_ids = [f"b{i}" for i in range(4)], [f"u{i}" for i in range(8)]
     monkeypatch.setattr(headroom, "_unseen_configs", lambda st, o: _json_file(st.runs / "headroom-unseen.json",
                                                                                [[c] for c in unseen_ids]))
-    monkeypatch.setattr(headroom, "_seen_configs", lambda st, o: _json_file(st.runs / "headroom-seen.json",
-                                                                           [[c] for c in seen_ids]))
+    cache = st.runs.parent / "a-cache"  # where the real one finds SmolLM2's table: the user's cache
+
+    def seen_configs(st, overrides, keep=None):  # as the real one: the table kept, then the file written, once
+        path = st.runs / "headroom-seen.json"
+        if not path.is_file():
+            if keep is not None:
+                _json_file(cache / "SmolLM2-table.npy", "the table")
+                headroom.keep_error_table(keep, _json_file(cache / "SmolLM2-table.json", {"sha1": "..."}).with_suffix(".npy"))
+            _json_file(path, [[c] for c in seen_ids])
+        return path
+
+    monkeypatch.setattr(headroom, "_seen_configs", seen_configs)
     monkeypatch.setattr(headroom, "trained_on", lambda outs, paths: {})
-
-    def keep_error_table(keep, overrides):  # the real one loads SmolLM2 for the table's name
-        _json_file(keep / "errors" / "SmolLM2-table.json", {"sha1": "..."})
-
-    monkeypatch.setattr(headroom, "keep_error_table", keep_error_table)
     loss = {"shared": 5.0, "per-config": 4.0, "per-config-residual": 3.8, "shared-residual-random": 4.8,
             "coa-residual-fit-random": 4.5}
     trained, commands = [], []
