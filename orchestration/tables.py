@@ -23,7 +23,7 @@ import numpy as np
 import ray
 import torch
 
-from coalora.allocation.error_tables import ErrorTableCache, matrix_errors
+from coalora.allocation.error_tables import ErrorTableCache, matrix_errors, table_key
 from coalora.allocation.sensitivity import target_weights
 from coalora.core.space import QuantSpace
 
@@ -109,7 +109,7 @@ def _compute_table(
 
 
 def error_table_parallel(
-    model_key: str,
+    model_name: str,
     model: Any,
     space: QuantSpace,
     progress: Callable[[int, int], None] | None = None,
@@ -123,10 +123,11 @@ def error_table_parallel(
     device is not part of the cache key (see the module docstring).
     """
     _check_fraction(gpu_fraction)
-    cache = ErrorTableCache()
-    hit = cache.load(model_key, space)
+    cache, weights = ErrorTableCache(), target_weights(model, space)
+    key = table_key(model_name, weights)  # the same key as coalora.pipeline.experiment.error_table_for's
+    hit = cache.load(key, space)
     if hit is not None:
         return hit
-    err, _ = _compute_table(target_weights(model, space), space, gpu_fraction, progress)
-    cache.save(model_key, space, err)
+    err, _ = _compute_table(weights, space, gpu_fraction, progress)
+    cache.save(key, space, err)
     return err

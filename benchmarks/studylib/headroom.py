@@ -561,9 +561,8 @@ def _seen_configs(st: Study, overrides: list[str], keep: Path | None = None) -> 
     With ``keep``, the error table they come from is kept there (:func:`keep_error_table`) before the file is
     written: a pass whose file exists has kept its table, and only a pass that computes the allocations loads
     the model (the table's name depends on the model's matrices)."""
-    from coalora.allocation.error_tables import ErrorTableCache
     from coalora.pipeline.config import load_config
-    from coalora.pipeline.experiment import budget_configs, build_space, error_table_for, load_base
+    from coalora.pipeline.experiment import budget_configs, build_space, error_table_for, error_table_path, load_base
 
     path = st.runs / "headroom-seen.json"
     if not path.is_file():
@@ -572,7 +571,7 @@ def _seen_configs(st: Study, overrides: list[str], keep: Path | None = None) -> 
         space = build_space(cfg, model)
         configs = budget_configs(cfg, space, error_table_for(cfg, model, space, progress=False))
         if keep is not None:
-            keep_error_table(keep, ErrorTableCache().path(cfg.model.name, space))
+            keep_error_table(keep, error_table_path(cfg, model, space))
         path.write_text(json.dumps([space.to_json(c) for c in configs]))
     return path
 

@@ -1,5 +1,6 @@
 """Error tables: ``err[i, k]``, the (Fisher-weighted) quantization error of matrix ``i`` under option
-``k``, and :class:`ErrorTableCache`, which keeps them on disk keyed by model, space and weighting.
+``k``, and :class:`ErrorTableCache`, which keeps them on disk keyed by model (its name and a fingerprint
+of its weights, :func:`table_key`), space and weighting.
 
 Shapes: ``N`` target matrices, ``K`` options per matrix (``space.n_options``).
 """
@@ -83,8 +84,40 @@ def _quantizer_id() -> str:
     return hashlib.sha1(Path(_quant.__file__).read_bytes()).hexdigest()[:12]
 
 
+# Elements of each matrix that the fingerprint reads, evenly strided: a fine-tuned, merged or re-cast
+# (bf16 against fp32) model differs in nearly every element, and the read stays cheap for a model on a GPU.
+FINGERPRINT_SAMPLE = 65536
+
+
+def weights_fingerprint(weights: Sequence[torch.Tensor]) -> str:
+    """A short hash of ``weights`` (the ``N`` target matrices, any dtype and device): each one's dtype, shape
+    and :data:`FINGERPRINT_SAMPLE` evenly strided elements (all of a smaller one) as float32.
+
+    Two models under one name (the same checkpoint loaded in bf16 and in fp32, a local directory whose
+    weights were replaced) have different tables; the fingerprint tells their caches apart. Matrices that
+    differ only outside the sample are not told apart: the price of never hashing a 7B model whole."""
+    h = hashlib.sha1()
+    for w in weights:
+        flat = w.detach().reshape(-1)
+        step = max(1, flat.numel() // FINGERPRINT_SAMPLE)
+        h.update(f"{w.dtype}{tuple(w.shape)}".encode())
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def table_key(model_name: str, weights: Sequence[torch.Tensor]) -> str:
+    """The cache key of the error table of ``weights`` (a model's target matrices, in space order):
+    ``<model name>@<weights fingerprint>`` (:func:`weights_fingerprint`)."""
+    if not model_name:
+        raise ValueError("model_name must be a non-empty string (e.g. the model name)")
+    return f"{model_name}@{weights_fingerprint(weights)}"
+
+
 class ErrorTableCache:
-    """Error tables on disk: ``<root>/<model>-<space fingerprint>-<weighting>.npy`` + a JSON sidecar.
+    """Error tables on disk: ``<root>/<model key>-<space fingerprint>-<weighting>.npy`` + a JSON sidecar.
+
+    The model key names the weights, not only the model (:func:`table_key`): a table belongs to the
+    weights it was computed from, and a bf16 copy of a model does not read its fp32 copy's table.
 
     ``root`` defaults to ``<cache_root()>/errors`` (:func:`coalora.io.cache_root`). The sidecar records
     model key, space fingerprint, weighting, shape, the quantizer's source hash and the array's

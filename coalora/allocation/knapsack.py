@@ -13,8 +13,8 @@ another option) are dropped first; that never changes the optimum and shrinks th
 fourfold (75–105 of 432 options survive per MiniLM-L6 matrix).
 
 Error tables cost minutes on a CPU (every option quantizes every matrix once), so
-:class:`~coalora.allocation.error_tables.ErrorTableCache` keeps them on disk, keyed by model, space
-and weighting.
+:class:`~coalora.allocation.error_tables.ErrorTableCache` keeps them on disk, keyed by model (name and
+weights), space and weighting.
 
 Shapes: ``N`` target matrices, ``K`` options per matrix (``space.n_options``), ``B`` budgets.
 """

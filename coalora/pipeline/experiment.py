@@ -9,12 +9,13 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from coalora.allocation.error_tables import ErrorTableCache, error_table
+from coalora.allocation.error_tables import ErrorTableCache, error_table, table_key
 from coalora.allocation.knapsack import initial_set
 from coalora.allocation.sensitivity import target_weights
 from coalora.core.space import QuantSpace
@@ -176,11 +177,16 @@ def load_data(cfg: ExperimentConfig, tokenizer: Any, task: str) -> DataBundle:
 
 def error_table_for(cfg: ExperimentConfig, model: torch.nn.Module, space: QuantSpace,
                     progress: bool = True) -> np.ndarray:
-    """The (cached) ``(N, K)`` quantization-error table of the model's target weights."""
-    cache = ErrorTableCache()
-    return cache.get_or_compute(
-        cfg.model.name, space, lambda: error_table(target_weights(model, space), space, progress=progress)
-    )
+    """The (cached) ``(N, K)`` quantization-error table of the model's target weights, keyed by the model's
+    name and its weights (:func:`coalora.allocation.error_tables.table_key`)."""
+    weights = target_weights(model, space)
+    return ErrorTableCache().get_or_compute(table_key(cfg.model.name, weights), space,
+                                            lambda: error_table(weights, space, progress=progress))
+
+
+def error_table_path(cfg: ExperimentConfig, model: torch.nn.Module, space: QuantSpace) -> Path:
+    """Where :func:`error_table_for` keeps the model's table (``.npy``; its sidecar: ``.json``)."""
+    return ErrorTableCache().path(table_key(cfg.model.name, target_weights(model, space)), space)
 
 
 def initial_trainset(cfg: ExperimentConfig, space: QuantSpace, err: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import ray
 import torch
 
 torch.set_num_threads(1)
-from coalora.allocation.error_tables import ErrorTableCache, error_table
+from coalora.allocation.error_tables import ErrorTableCache, error_table, table_key
 from coalora.allocation.sensitivity import target_weights
 from coalora.model.loading import load_model
 from coalora.core.space import QuantSpace
@@ -44,7 +44,8 @@ try:
         "equal": bool(np.array_equal(err, expected)),
         "max_rel": float(np.max(np.abs(err - expected) / np.abs(expected))),
         "cached_equal": bool(np.array_equal(cached, expected)),
-        "in_cache": bool(np.array_equal(ErrorTableCache().load("tiny-bert", space), expected)),
+        "in_cache": bool(np.array_equal(ErrorTableCache().load(table_key("tiny-bert", target_weights(model, space)), space),
+                                        expected)),
         "shape": list(err.shape),
         "devices": sorted({r.device for r in results}),
         "gpu_ids": sorted({",".join(r.gpu_ids) for r in results}),

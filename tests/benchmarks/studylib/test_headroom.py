@@ -434,7 +434,7 @@ def test_the_seen_allocations_keep_their_error_table_and_a_second_call_loads_no_
     path = headroom._seen_configs(st, overrides, keep)
     assert len(json.loads(path.read_text())) == 2  # an allocation per budget
     cached = sorted((tmp_path / "cache" / "errors").iterdir())
-    assert [p.suffix for p in cached] == [".json", ".npy"] and cached[0].name.startswith("tiny-llama-")
+    assert [p.suffix for p in cached] == [".json", ".npy"] and cached[0].name.startswith("tiny-llama_")  # name@weights
     assert [(keep / "errors" / p.name).read_bytes() for p in cached] == [p.read_bytes() for p in cached]
     shutil.rmtree(keep)
 

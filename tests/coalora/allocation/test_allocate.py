@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from coalora.allocation.error_tables import ErrorTableCache, error_table, total_error
+from coalora.allocation.error_tables import (FINGERPRINT_SAMPLE, ErrorTableCache, error_table, table_key, total_error,
+                                             weights_fingerprint)
 from coalora.allocation.knapsack import allocate, budget_grid, initial_set, pareto_options
 from coalora.allocation.sensitivity import fisher_diagonal, target_weights
 from coalora.core import quant
@@ -431,6 +432,29 @@ def test_cache_round_trip_and_mismatch_recompute(tmp_path, monkeypatch, small_ca
     assert not list(cache.root.glob("*.tmp"))  # atomic writes leave no temporaries behind
     with pytest.raises(SpaceError, match="error table has shape"):
         cache.save("org/model", space, err[:2])
+
+
+def test_the_weights_fingerprint_tells_apart_what_changes_a_table():
+    """The cache key follows the weights: the same values in another tensor give the same key; the same
+    model cast to bf16, a changed sampled element, another shape or another order give another."""
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(64, 96, generator=g), torch.randn(400, 400, generator=g)]  # the second one is sampled
+    fp = weights_fingerprint(ws)
+    assert len(fp) == 12 and weights_fingerprint([w.clone() for w in ws]) == fp
+    assert table_key("org/model", ws) == f"org/model@{fp}"
+    assert weights_fingerprint([w.bfloat16() for w in ws]) != fp
+    assert weights_fingerprint(ws[::-1]) != fp
+    assert weights_fingerprint([ws[0].reshape(96, 64), ws[1]]) != fp
+    step = ws[1].numel() // FINGERPRINT_SAMPLE
+    assert step > 1  # so the next two lines test the stride
+    changed = ws[1].clone()
+    changed.view(-1)[step] += 1.0  # a sampled element
+    assert weights_fingerprint([ws[0], changed]) != fp
+    changed = ws[1].clone()
+    changed.view(-1)[1] += 1.0  # between samples: the documented blind spot, not a hashed element
+    assert weights_fingerprint([ws[0], changed]) == fp
+    with pytest.raises(ValueError, match="model_name"):
+        table_key("", ws)
 
 
 # ---------------------------------------------------------------------- solver output

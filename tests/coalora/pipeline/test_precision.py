@@ -268,3 +268,35 @@ def test_sync_gradients_is_a_no_op_without_a_process_group():
     sync_gradients([p])
     assert p.grad.tolist() == [1.0, 1.0]
 
+
+
+def test_a_bf16_base_reads_its_own_error_table_not_its_fp32_copys(tmp_path, monkeypatch):
+    """The error-table cache is keyed by the weights: the same model name loaded in fp32 and in bf16 keeps
+    two tables, each that of its own weights. (Keyed by the name alone, a bf16 run read the table an fp32
+    run of the same model had cached: its U_θ damage inputs, and so its scores, depended on which run
+    wrote the cache first; tests/orchestration/test_concurrent.py caught it.)"""
+    from pathlib import Path
+
+    from coalora.allocation.error_tables import error_table
+    from coalora.allocation.sensitivity import target_weights
+    from coalora.pipeline import experiment
+    from coalora.pipeline.config import load_config
+
+    monkeypatch.setenv("COALORA_CACHE", str(tmp_path))
+    smoke = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
+    cfgs = {dtype: load_config(smoke, [f"model.dtype={dtype}"]) for dtype in ("float32", "bfloat16")}
+    models = {dtype: experiment.load_base(cfg).model for dtype, cfg in cfgs.items()}
+    space = experiment.build_space(cfgs["float32"], models["float32"])
+    tables = {d: experiment.error_table_for(cfgs[d], models[d], space, progress=False) for d in cfgs}
+    for d, model in models.items():
+        np.testing.assert_array_equal(tables[d], error_table(target_weights(model, space), space, progress=False))
+    assert not np.array_equal(tables["float32"], tables["bfloat16"])
+    assert len(list((tmp_path / "errors").glob("*.npy"))) == 2
+    assert all(experiment.error_table_path(cfgs[d], models[d], space).is_file() for d in cfgs)
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a cached table was computed again")
+
+    monkeypatch.setattr(experiment, "error_table", no_compute)
+    for d in cfgs:  # each reads its own file back
+        np.testing.assert_array_equal(experiment.error_table_for(cfgs[d], models[d], space, progress=False), tables[d])
