@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Ray Train's preemption watcher (an actor per fit that polls the cluster for draining nodes) is Ray's
+# feature, not the product's, and no test drains a node; without it each fit starts one process fewer,
+# about 4 CPU-seconds of imports, and the suite makes a dozen orchestrated runs of two fits each.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 import sys  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -29,7 +33,7 @@ import pytest  # noqa: E402
 RAY_MODULES = ("tests/orchestration/", "tests/fuzz/test_fuzz_run_dir.py")
 # fuzz_run_dir (tests/fuzz/conftest.py) asks for `reference` at run time, so pytest's static fixture list
 # does not show it: it is named here.
-RAY_FIXTURES = frozenset({"ray_local", "reference", "smoke_pair", "smoke_runs", "fuzz_run_dir"})
+RAY_FIXTURES = frozenset({"ray_local", "reference", "smoke_beside", "smoke_runs", "fuzz_run_dir"})
 
 
 def _ray_module(nodeid: str) -> bool:
@@ -206,71 +210,61 @@ def smoke_runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
-# The two runs of test_concurrent.py, each `python orchestration/run.py --smoke-test` with its own local Ray:
-# name -> extra arguments. The bf16 one also carries the issue-#15 options that reach the orchestrator.
-# The fp32 one passes --overwrite for a name that does not exist yet (it once failed: nothing to replace).
-SMOKE_PAIR = {
-    "fp32": ["--overwrite"],
-    "bf16": ["--set", "model.dtype=bfloat16", "--set", "train.steps=8", "--set", "train.lr=0.01",
-             "--set", "hypernet.damage=true", "--set", "lora.init=residual", "--set", "train.random_configs=1",
-             "--set", "hypernet.residual_fit=20", "--set", "hypernet.residual_fit_calibration=2"],
-}
+# The run of test_concurrent.py that runs beside the reference run: `python orchestration/run.py --smoke-test`
+# with its own local Ray, a bf16 base and the issue-#15 options that reach the orchestrator. It passes
+# --overwrite for a name that does not exist yet (that once failed: nothing to replace).
+BESIDE = ["--overwrite", "--set", "model.dtype=bfloat16", "--set", "train.steps=8", "--set", "train.lr=0.01",
+          "--set", "hypernet.damage=true", "--set", "lora.init=residual", "--set", "train.random_configs=1",
+          "--set", "hypernet.residual_fit=20", "--set", "hypernet.residual_fit_calibration=2"]
 
 
 @pytest.fixture(scope="session")
-def smoke_pair(tmp_path_factory):
-    """Starts the two concurrent smoke runs of ``test_concurrent.py`` (subprocesses, each with its own local
-    Ray) and yields ``wait() -> (runs_dir, {name: (returncode, stdout, stderr)})``.
+def smoke_beside(tmp_path_factory):
+    """Starts the bf16 smoke run of ``test_concurrent.py`` (a subprocess with its own local Ray) and yields
+    ``wait() -> (run_dir, returncode, stdout, stderr)``.
 
-    :func:`reference` starts them before its own run and waits for them after it, so the three runs share
-    the machine's idle time instead of taking turns (about a minute of suite time); nothing else runs
-    beside them.
+    :func:`reference` starts it before its own run (in this process, on another local Ray) and waits for it
+    after: two runs on one machine at once, each with its own Ray, as two users would start them, and they
+    share the machine's idle time instead of taking turns. Nothing else runs beside them.
     """
     import subprocess
     import sys
 
-    tmp = tmp_path_factory.mktemp("two")
+    tmp = tmp_path_factory.mktemp("beside")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["OMP_NUM_THREADS"] = "1"
-    procs = {}
-    for name, extra in SMOKE_PAIR.items():
-        # Files, not pipes: nobody reads the output until the run ends, and a full pipe would block it.
-        out, err = open(tmp / f"{name}.out", "w"), open(tmp / f"{name}.err", "w")
-        procs[name] = (subprocess.Popen(
-            [sys.executable, str(ROOT / "orchestration" / "run.py"), "--smoke-test",
-             "--set", f"run.out_dir={tmp / 'runs'}", "--set", f"run.name={name}", *extra],
-            cwd=tmp, env=env, stdout=out, stderr=err, text=True), out, err)
-    done: dict = {}
+    # Files, not pipes: nobody reads the output until the run ends, and a full pipe would block it.
+    out, err = open(tmp / "bf16.out", "w"), open(tmp / "bf16.err", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "orchestration" / "run.py"), "--smoke-test",
+                             "--set", f"run.out_dir={tmp / 'runs'}", "--set", "run.name=bf16", *BESIDE],
+                            cwd=tmp, env=env, stdout=out, stderr=err, text=True)
 
     def wait():
-        for name, (p, out, err) in procs.items():
-            if name not in done:
-                p.wait(timeout=900)
-                out.close()
-                err.close()
-                done[name] = (p.returncode, (tmp / f"{name}.out").read_text(), (tmp / f"{name}.err").read_text())
-        return tmp / "runs", done
+        if not out.closed:
+            proc.wait(timeout=900)
+            out.close()
+            err.close()
+        return tmp / "runs" / "bf16", proc.returncode, (tmp / "bf16.out").read_text(), (tmp / "bf16.err").read_text()
 
     try:
         yield wait
     finally:
-        for p, out, err in procs.values():
-            if p.poll() is None:  # a failed session: end only what this fixture started
-                p.kill()
-                p.wait()
-            out.close()
-            err.close()
+        if proc.poll() is None:  # a failed session: end only what this fixture started
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
 
 
 @pytest.fixture(scope="session")
-def reference(ray_local, smoke_runs, smoke_pair):
+def reference(ray_local, smoke_runs, smoke_beside):
     """The smoke run (2 rounds, 2 Ray Train workers, 2 evaluators) on the local Ray, with a fault: one
     evaluator is killed half-way through round 1's evaluation. Returns ``(run_dir, summary, fault)``.
 
     Everything is seeded, so every other run of this configuration (undisturbed, resumed after a killed
     driver, on several nodes) must end with the same archive; an undisturbed one equal to this is what
-    shows the killed evaluator lost nothing (``test_concurrent.py``). The two concurrent runs of
-    ``test_concurrent.py`` run beside it (:func:`smoke_pair`).
+    shows the killed evaluator lost nothing (the job of ``test_job_submit.py``). The bf16 run of
+    ``test_concurrent.py`` runs beside it (:func:`smoke_beside`).
     """
     import ray
 
@@ -288,5 +282,5 @@ def reference(ray_local, smoke_runs, smoke_pair):
     orch = Orchestrator(cfg, smoke_runs / "ref", say=lambda s: None, on_eval_progress=kill_one)
     summary = orch.run()
     fault["spawned"] = orch.pool.spawned
-    smoke_pair()  # both concurrent runs end here, before any other test runs beside them
+    smoke_beside()  # the run beside it ends here, before any other test runs beside it
     return smoke_runs / "ref", summary, fault

@@ -1,9 +1,11 @@
 """Two runs started at once on one machine, each with its own local Ray, as two users (or a sweep and a
-run) would: both finish, with no traceback; their consoles show the product's progress once per line
-and none of Ray's chatter, which goes to each run's log. The second run trains a bf16 base with two
-DDP workers and the issue-#15 options that touch the orchestrator (U_θ's damage inputs from the driver's
-error table, the residual LoRA initialisation in round 0, a fresh random configuration per step): its loss
-falls, its checkpoints load back, and ``coalora adapt`` exports from it.
+run) would: the reference run in the test process and, beside it, ``python orchestration/run.py
+--smoke-test`` in a subprocess (tests/conftest.py's ``smoke_beside``). Both finish; the subprocess's
+console shows the product's progress once per line and none of Ray's chatter, which goes to its log. That
+run trains a bf16 base with two DDP workers and the issue-#15 options that touch the orchestrator (U_θ's
+damage inputs from the driver's error table, the residual LoRA initialisation in round 0, a fresh random
+configuration per step): its loss falls, its checkpoints load back, and ``coalora adapt`` exports from it.
+(That an undisturbed fp32 run equals the reference is the job of ``test_job_submit.py``.)
 """
 
 from __future__ import annotations
@@ -24,19 +26,18 @@ CHATTER = ("Checkpoint successfully created", "Reporting training result", "core
 
 
 @pytest.fixture(scope="module")
-def two_runs(reference, smoke_pair):
-    """The two runs (started beside the reference run: tests/conftest.py's ``smoke_pair``)."""
-    return smoke_pair()
+def beside(reference, smoke_beside):
+    """The bf16 run, started beside the reference run (which is therefore finished too)."""
+    return smoke_beside()
 
 
-@pytest.mark.parametrize("name", ["fp32", "bf16"])
-def test_both_finish_and_the_console_is_readable(two_runs, name):
-    runs, done = two_runs
-    rc, out, err = done[name]
+def test_both_finish_and_the_console_is_readable(beside, reference):
+    run_dir, rc, out, err = beside
+    assert reference[1]["rounds"] == 2
     assert rc == 0, out[-3000:] + err[-3000:]
     console = out + err
     for line in CHATTER:
-        assert line not in console, f"{line!r} on the console of {name}:\n{console[-3000:]}"
+        assert line not in console, f"{line!r} on the console:\n{console[-3000:]}"
     lines = console.splitlines()
     steps = [x for x in lines if re.fullmatch(r"\[round \d\] train step \d+/\d+ loss \d\.\d+", x)]
     assert len(steps) == 2 and len(set(steps)) == 2, lines  # one progress line per round, each once
@@ -44,19 +45,10 @@ def test_both_finish_and_the_console_is_readable(two_runs, name):
     log = Path(lines[0].removeprefix("log: "))
     text = log.read_text()
     assert "Checkpoint successfully created" in text and "train step" in text  # Ray's chatter is kept, in the log
-    assert (runs / name / "logs" / log.name).read_text() == text
+    assert (run_dir / "logs" / log.name).read_text() == text
 
 
-def test_fp32_run_equals_the_reference(two_runs, reference):
-    """Undisturbed and seeded, it equals the reference run, whose killed evaluator therefore lost nothing."""
-    from orchestration.store import RunStore
-
-    runs, _ = two_runs
-    assert reference[2]["killed_at"] is not None
-    assert _stable(RunStore(runs / "fp32").read_archive()) == _stable(RunStore(reference[0]).read_archive())
-
-
-def test_bf16_run_trains_loads_back_and_exports(two_runs, tmp_path):
+def test_bf16_run_trains_loads_back_and_exports(beside, tmp_path):
     import torch
 
     from coalora.cli import main
@@ -65,8 +57,8 @@ def test_bf16_run_trains_loads_back_and_exports(two_runs, tmp_path):
     from coalora.pipeline.methods import load_adapted
     from orchestration.store import RunStore
 
-    runs, _ = two_runs
-    store = RunStore(runs / "bf16")
+    run_dir = beside[0]
+    store = RunStore(run_dir)
     rounds = store.read_rounds()
     assert rounds[1]["train_loss"] < rounds[0]["train_loss"]
     model, meta, cfg, loaded = load_adapted(store.checkpoint_dir(1).path)
@@ -79,7 +71,7 @@ def test_bf16_run_trains_loads_back_and_exports(two_runs, tmp_path):
     model.set_config(np.asarray(row["knobs"], dtype=np.int64).reshape(model.space.n_matrices, 5))
     batches = load_data(cfg, loaded.tokenizer, loaded.task).eval_batches(cfg, "validation")
     assert evaluate_one(model, batches, loaded.task)["loss"] == pytest.approx(row["loss"], abs=1e-5)
-    assert main(["adapt", "--run", str(runs / "bf16"), "--budget", "4.0", "--out", str(tmp_path / "a")]) == 0
+    assert main(["adapt", "--run", str(run_dir), "--budget", "4.0", "--out", str(tmp_path / "a")]) == 0
     export = json.loads((tmp_path / "a" / "export.json").read_text())
     assert export["base_dtype"] == "bfloat16"
     assert (tmp_path / "a" / "adapter" / "adapter_model.safetensors").is_file()

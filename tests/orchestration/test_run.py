@@ -74,8 +74,8 @@ def test_smoke_run_writes_every_artefact(reference):
 
 def test_killed_evaluator_is_replaced_and_its_work_redone(reference):
     """An evaluator killed mid-round: a replacement starts and every configuration is still scored
-    (that the scores are the undisturbed ones is checked against an undisturbed run in
-    ``test_concurrent.py``)."""
+    (that the scores are the undisturbed ones is checked against an undisturbed run, the job of
+    ``test_job_submit.py``)."""
     from orchestration.store import RunStore
 
     run_dir, _, fault = reference
