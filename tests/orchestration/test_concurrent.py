@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.orchestration.test_run import _stable
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
