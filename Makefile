@@ -34,9 +34,10 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(PY) orchestration/run.py $(ARGS)
 
-# One process by default. TEST_WORKERS=2: two pytest-xdist workers, the Ray modules together in one
-# (tests/conftest.py's scheduler), the other modules shared out whole; measured, 950 s against 1,076 s.
-TEST_WORKERS ?= 0
+# Two pytest-xdist workers by default (tests/conftest.py's scheduler: the tests on the session's Ray cluster
+# together in one, every other module whole, the Ray modules with a cluster of their own last); measured on a
+# quiet machine, 867 s against 1,076 s in one process. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 

@@ -29,7 +29,11 @@ import pytest  # noqa: E402
 # own-cluster ones (several nodes, a `ray start` head) sent to the other worker, an evaluator-replacement test
 # and the multi-node resume test failed. So a custom scheduler sends every Ray module, as one unit, to the
 # first worker that asks, and the other modules, whole, to whichever worker is free. (xdist's own
-# `--dist loadgroup` does not group on pytest 9.2: pytest-xdist issue #1386.)
+# `--dist loadgroup` does not group on pytest 9.2: pytest-xdist issue #1386.) Nor does it help to hold the
+# own-cluster modules back until the reference run is done and then run them on the free worker: measured,
+# 868 s against 867 s. With two workers the machine's 2 cores are busy all the way (vmstat), so only less
+# work makes the suite shorter; each orchestrated smoke run is about 100 CPU-seconds, most of it starting
+# processes (torch and transformers imports, Ray Train's helper actors).
 RAY_MODULES = ("tests/orchestration/", "tests/fuzz/test_fuzz_run_dir.py")
 # fuzz_run_dir (tests/fuzz/conftest.py) asks for `reference` at run time, so pytest's static fixture list
 # does not show it: it is named here.
