@@ -34,9 +34,9 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(PY) orchestration/run.py $(ARGS)
 
-# Two pytest-xdist workers by default (tests/conftest.py's scheduler: the tests on the session's Ray cluster
-# together in one, every other module whole, the Ray modules with a cluster of their own last); measured on a
-# quiet machine, 867 s against 1,076 s in one process. TEST_WORKERS=0: one process.
+# Two pytest-xdist workers by default (tests/conftest.py's scheduler: every Ray module together in one worker,
+# every other module whole); measured on a quiet machine, 867 s against 1,076 s in one process.
+# TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 # Byte-compile the package first: where PYTHONDONTWRITEBYTECODE is set (our machines) no process writes
 # its .pyc, so each of the suite's hundreds of processes (Ray workers, drivers, CLI calls) would compile
